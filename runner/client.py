@@ -1,0 +1,71 @@
+"""TaskRunnerClient: create, read and list tasks; redrive failed ones."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from runner.app import App
+from runner.errors import TaskConflict
+from runner.executor import Outcome
+from runner.model import ClaimSource, Task, TaskStatus
+from runner.store import iso
+
+
+class TaskRunnerClient:
+    """What an application (or the CLI) uses to talk to the runner's table."""
+
+    def __init__(self, app: App | None = None) -> None:
+        if app is None:
+            from runner.app import get_app
+
+            app = get_app()
+        self.app = app
+
+    def create_task(
+        self, task_type: str, data: dict[str, Any], *, task_id: str | None = None
+    ) -> Task:
+        """Validate data against the type's model, then insert the task as PENDING."""
+        definition = self.app.registry.get(task_type)
+        model = definition.parse_input(data)
+        now = iso(self.app.store.clock())
+        task = Task(
+            id=task_id or str(uuid.uuid4()),
+            type=definition.type,
+            status=TaskStatus.PENDING,
+            data=model.model_dump(mode="json"),
+            created_at=now,
+            updated_at=now,
+        )
+        return self.app.store.put_new(task)
+
+    def get_task(self, task_id: str) -> Task:
+        return self.app.store.get(task_id)
+
+    def list_tasks(
+        self, status: TaskStatus | str | None = None, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        wanted = TaskStatus(str(status).upper()) if status else None
+        return self.app.store.list(wanted, limit=limit, cursor=cursor)
+
+    def run_task(self, task_id: str) -> Outcome:
+        """Claim a PENDING task and run it here, now."""
+        task = self.app.store.get(task_id)
+        if task.status is not TaskStatus.PENDING:
+            raise TaskConflict(
+                f"task {task_id} is {task.status.value}; run-task runs PENDING tasks"
+                + (" (use retry-task for a FAILED one)" if task.status is TaskStatus.FAILED else "")
+            )
+        return self.app.runner.run_claimable(task, source=ClaimSource.CLI)
+
+    def retry_task(self, task_id: str) -> dict[str, Any]:
+        """Manual redrive: FAILED → RETRYING in a new episode, and start its execution."""
+        arn = self.app.workflow.state_machine_arn  # fail before touching the task
+        task = self.app.store.start_retry_episode(task_id)
+        execution, _ = self.app.workflow.start(task.id, task.episode)
+        return {
+            "task_id": task.id,
+            "episode": task.episode,
+            "execution_arn": execution,
+            "state_machine_arn": arn,
+        }

@@ -1,0 +1,56 @@
+"""Configuration: the one place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# The names the original TypeScript runner used, kept for its users.
+TABLE_NAME_ENV = "AWS_DYNAMO_DB_TABLE_NAME"
+REGION_ENV = "AWS_REGION"
+
+DEFAULT_TABLE_NAME = "task-runner-tasks"
+DEFAULT_REGION = "us-east-1"
+# Finished tasks are kept this long, then DynamoDB's TTL deletes them.
+DEFAULT_RESULT_TTL_DAYS = 30
+# Shards of the by-status index: enough that one busy status is never one hot partition
+# (each GSI partition takes ~1,000 writes/s), few enough that list-tasks stays cheap.
+STATUS_SHARDS = 16
+STATUS_INDEX = "by-status"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the runner reads from its environment."""
+
+    table_name: str = DEFAULT_TABLE_NAME
+    region: str = DEFAULT_REGION
+    endpoint_url: str | None = None
+    state_machine_arn: str | None = None
+    export_bucket: str | None = None
+    sender_email: str | None = None
+    task_modules: tuple[str, ...] = field(default_factory=tuple)
+    result_ttl_days: int = DEFAULT_RESULT_TTL_DAYS
+    # Tasks of one stream batch run at once; None means the whole batch.
+    max_concurrency: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        modules = tuple(
+            m.strip() for m in env.get("TASK_RUNNER_TASK_MODULES", "").split(",") if m.strip()
+        )
+        return cls(
+            table_name=env.get(TABLE_NAME_ENV) or DEFAULT_TABLE_NAME,
+            region=env.get(REGION_ENV) or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            state_machine_arn=env.get("TASK_RUNNER_STATE_MACHINE_ARN") or None,
+            export_bucket=env.get("TASK_RUNNER_EXPORT_BUCKET") or None,
+            sender_email=env.get("TASK_RUNNER_SENDER_EMAIL") or None,
+            task_modules=modules,
+            result_ttl_days=int(env.get("TASK_RUNNER_RESULT_TTL_DAYS") or DEFAULT_RESULT_TTL_DAYS),
+            max_concurrency=int(env["TASK_RUNNER_MAX_CONCURRENCY"])
+            if env.get("TASK_RUNNER_MAX_CONCURRENCY")
+            else None,
+        )

@@ -1,0 +1,101 @@
+"""The project's one error tree.
+
+Retryable and permanent task failures are distinct types: the retry workflow depends on it.
+"""
+
+from __future__ import annotations
+
+
+class TaskRunnerError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+# --- Registration and input ------------------------------------------------------------
+
+
+class RegistryError(TaskRunnerError):
+    """A task type was registered twice, or is malformed."""
+
+
+class UnknownTaskType(TaskRunnerError):
+    """No task is registered under this type."""
+
+
+class InvalidTaskInput(TaskRunnerError):
+    """The task's data does not match its input model."""
+
+
+class ItemTooLarge(TaskRunnerError):
+    """The item would exceed DynamoDB's 400 KB item limit."""
+
+
+class MalformedTask(TaskRunnerError):
+    """A stored item or stream record is not a task this runner can read."""
+
+
+# --- Storage ----------------------------------------------------------------------------
+
+
+class StoreError(TaskRunnerError):
+    """DynamoDB could not be reached or refused a request for a reason other than a condition."""
+
+
+class TaskNotFound(TaskRunnerError):
+    """No task with this id exists."""
+
+
+class TaskConflict(TaskRunnerError):
+    """A conditional write lost: the task is not in the state the caller expected."""
+
+    def __init__(self, message: str, old: object | None = None) -> None:
+        super().__init__(message)
+        # The item as it was when the condition failed, where DynamoDB returned it.
+        self.old = old
+
+
+class TaskAlreadyClaimed(TaskConflict):
+    """Another worker (or an earlier delivery of the same record) claimed the task first."""
+
+
+# --- Task outcomes ----------------------------------------------------------------------
+
+
+class TaskFailure(TaskRunnerError):
+    """Raised by task handlers to fail a task; the subclass says whether a retry may help."""
+
+    retryable: bool = False
+
+
+class RetryableTaskError(TaskFailure):
+    """A transient failure: the retry workflow will run the task again with backoff."""
+
+    retryable = True
+
+
+class PermanentTaskError(TaskFailure):
+    """A failure no retry can fix; the task ends FAILED."""
+
+    retryable = False
+
+
+class TaskTimedOut(RetryableTaskError):
+    """The task outlived its timeout or lease."""
+
+
+# --- Workflow signals (names matched by the state machine's Retry/Catch) ------------------
+
+
+class TaskRetryableError(TaskRunnerError):
+    """Raised by run_task so the state machine's Retry schedules another attempt."""
+
+
+class RetriesExhausted(TaskRunnerError):
+    """Raised by run_task when the attempts allowed for the task's type are spent."""
+
+
+class WorkflowError(TaskRunnerError):
+    """Step Functions could not be asked to start or describe an execution."""
+
+
+class ConfigurationError(TaskRunnerError):
+    """A setting the requested operation needs is missing."""

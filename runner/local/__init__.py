@@ -1,0 +1,1 @@
+"""The embedded local stack: a moto server driven by the same serverless.yml (not deployed)."""

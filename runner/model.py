@@ -1,0 +1,124 @@
+"""The task as pure data: statuses, the allowed transitions, errors and attempts.
+
+Nothing here knows about DynamoDB; `runner.store` converts to and from items.
+"""
+
+from __future__ import annotations
+
+import zlib
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runner.config import STATUS_SHARDS
+
+# Attempts kept on the task for `get-task`; older ones are dropped first.
+MAX_ATTEMPT_LOG = 20
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life; stored as the plain string."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    # A retry workflow owns the task and will run it again.
+    RETRYING = "RETRYING"
+
+
+class ClaimSource(StrEnum):
+    """Who claimed a task; the sweeper only recovers claims made outside a workflow."""
+
+    STREAM = "stream"
+    CLI = "cli"
+    SWEEPER = "sweeper"
+    WORKFLOW = "workflow"
+
+
+S = TaskStatus
+# The only moves the DynamoDB layer will make; each is enforced there by a condition.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.PENDING: frozenset({S.PROCESSING}),
+    S.PROCESSING: frozenset({S.DONE, S.FAILED, S.RETRYING}),
+    S.FAILED: frozenset({S.PROCESSING, S.RETRYING}),
+    S.RETRYING: frozenset({S.PROCESSING, S.FAILED}),
+    S.DONE: frozenset(),
+}
+FINAL_STATUSES = frozenset({S.DONE, S.FAILED})
+
+
+def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
+    """True if the runner may move a task from `current` to `target`."""
+    return target in TRANSITIONS[current]
+
+
+def status_shard(task_id: str, status: TaskStatus | str) -> str:
+    """The by-status index key: the status plus a stable shard derived from the id."""
+    shard = zlib.crc32(task_id.encode("utf-8")) % STATUS_SHARDS
+    return f"{TaskStatus(status).value}#{shard:02d}"
+
+
+class TaskErrorInfo(BaseModel):
+    """Why a task failed, as stored on the task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    retryable: bool
+
+
+class AttemptRecord(BaseModel):
+    """One run of a task, kept in the task's bounded attempt log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int
+    episode: int = 0
+    source: str
+    started_at: str
+    finished_at: str
+    outcome: TaskStatus
+    error: TaskErrorInfo | None = None
+
+
+class Task(BaseModel):
+    """A task item. Only id, type, status and data are required to insert one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=1024)
+    type: str = Field(min_length=1)
+    status: TaskStatus
+    data: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: TaskErrorInfo | None = None
+    # Mirrors error.retryable at the top level so a stream filter can match it.
+    retryable: bool | None = None
+    attempts: int = 0
+    # Failure episodes: each retryable failure outside a workflow starts a new one.
+    episode: int = 0
+    episode_attempts: int = 0
+    retries_exhausted: bool = False
+    claimed_by: ClaimSource | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    # Epoch seconds: when a PROCESSING claim is presumed dead.
+    lease_expires_at: int | None = None
+    # Epoch seconds, read by DynamoDB's TTL.
+    expires_at: int | None = None
+    executions: list[str] = Field(default_factory=list)
+    attempt_log: list[AttemptRecord] = Field(default_factory=list)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across every retry of this task: use it to make side effects idempotent."""
+        return f"task:{self.id}"
+
+    def with_attempt(self, record: AttemptRecord) -> list[AttemptRecord]:
+        """The attempt log with `record` appended, oldest entries dropped past the bound."""
+        return [*self.attempt_log, record][-MAX_ATTEMPT_LOG:]

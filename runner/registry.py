@@ -1,0 +1,115 @@
+"""Task definitions and the registry that maps a task type to its handler."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from runner.errors import InvalidTaskInput, RegistryError, UnknownTaskType
+
+if TYPE_CHECKING:
+    from runner.context import TaskContext
+
+# A task may run this long unless its definition says otherwise (it is also capped by
+# the Lambda's remaining time).
+DEFAULT_TASK_TIMEOUT_SECONDS = 300.0
+# Workflow attempts per failure episode before the task's retries are exhausted.
+DEFAULT_MAX_ATTEMPTS = 3
+# The state machine's Retry allows at most this many attempts; see statemachine/.
+MAX_ATTEMPTS_CAP = 10
+
+ModelClass = type[BaseModel]
+TaskHandler = Callable[[Any, "TaskContext"], Any | Awaitable[Any]]
+_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """One task type: its input model, its handler and how it may be retried."""
+
+    type: str
+    input_model: ModelClass
+    handler: TaskHandler
+    description: str = ""
+    timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS
+    # Attempts the retry workflow makes per failure episode.
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Quick in-process retries of RetryableTaskError before the task is marked FAILED.
+    local_retries: int = 0
+    local_retry_delay_seconds: float = 0.2
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not _TYPE_RE.match(self.type):
+            raise RegistryError(f"task type {self.type!r} must be UPPER_SNAKE_CASE")
+        if not (isinstance(self.input_model, type) and issubclass(self.input_model, BaseModel)):
+            raise RegistryError(f"{self.type}: input_model must be a pydantic model class")
+        if not callable(self.handler):
+            raise RegistryError(f"{self.type}: handler must be callable")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_CAP:
+            raise RegistryError(f"{self.type}: max_attempts must be 1..{MAX_ATTEMPTS_CAP}")
+        if self.timeout_seconds <= 0 or self.local_retries < 0:
+            raise RegistryError(f"{self.type}: timeout must be > 0 and local_retries >= 0")
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+
+    @property
+    def cli_name(self) -> str:
+        """The CLI's name for the type: EXAMPLE_TASK → example-task."""
+        return self.type.lower().replace("_", "-")
+
+    def parse_input(self, data: Any) -> BaseModel:
+        """Validate raw data against the input model, or raise InvalidTaskInput."""
+        try:
+            return self.input_model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidTaskInput(f"invalid input for {self.type}: {problems}") from exc
+
+
+class TaskRegistry:
+    """Task types by name; rejects duplicates at registration and unknown types at lookup."""
+
+    def __init__(self, definitions: list[TaskDefinition] | None = None) -> None:
+        self._by_type: dict[str, TaskDefinition] = {}
+        for definition in definitions or []:
+            self.register(definition)
+
+    def register(self, definition: TaskDefinition) -> TaskDefinition:
+        if definition.type in self._by_type:
+            raise RegistryError(f"task type {definition.type} is already registered")
+        self._by_type[definition.type] = definition
+        return definition
+
+    def register_module(self, module: ModuleType) -> list[TaskDefinition]:
+        """Register the `TASK` a task module defines (or each of its `TASKS`)."""
+        found = getattr(module, "TASKS", None) or [getattr(module, "TASK", None)]
+        if not all(isinstance(d, TaskDefinition) for d in found):
+            raise RegistryError(f"module {module.__name__} defines no TASK = TaskDefinition(...)")
+        return [self.register(d) for d in found]
+
+    def get(self, task_type: str) -> TaskDefinition:
+        """Look a type up by its stored name (EXAMPLE_TASK) or CLI name (example-task)."""
+        key = task_type.strip().upper().replace("-", "_")
+        try:
+            return self._by_type[key]
+        except KeyError:
+            known = ", ".join(sorted(self._by_type)) or "none"
+            raise UnknownTaskType(f"unknown task type {task_type!r} (known: {known})") from None
+
+    def __contains__(self, task_type: str) -> bool:
+        return task_type.strip().upper().replace("-", "_") in self._by_type
+
+    def __iter__(self) -> Iterator[TaskDefinition]:
+        return iter(sorted(self._by_type.values(), key=lambda d: d.type))
+
+    def __len__(self) -> int:
+        return len(self._by_type)

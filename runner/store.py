@@ -1,0 +1,601 @@
+"""The tasks table: converts tasks to and from items and makes every status change a
+conditional write, so two workers can never both move a task.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from runner.aws import AwsClients, AwsRetryPolicy
+from runner.config import STATUS_INDEX, STATUS_SHARDS, Settings
+from runner.errors import (
+    ItemTooLarge,
+    MalformedTask,
+    StoreError,
+    TaskAlreadyClaimed,
+    TaskConflict,
+    TaskNotFound,
+)
+from runner.item_size import MAX_ITEM_BYTES, item_size
+from runner.model import (
+    AttemptRecord,
+    ClaimSource,
+    Task,
+    TaskErrorInfo,
+    TaskStatus,
+    status_shard,
+)
+
+S = TaskStatus
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a Z, the format of every timestamp on a task."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_dynamo(value: Any) -> Any:
+    """Python → values TypeSerializer accepts (floats become Decimals)."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {str(k): _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    """Deserialized DynamoDB values → plain JSON-like Python (Decimals to int or float)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    if isinstance(value, set):
+        return sorted(_from_dynamo(v) for v in value)
+    if hasattr(value, "value") and type(value).__name__ == "Binary":
+        return base64.b64encode(value.value).decode()
+    return value
+
+
+def serialize(values: dict[str, Any]) -> dict[str, Any]:
+    """A dict of Python values → DynamoDB attribute values."""
+    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in values.items()}
+
+
+def deserialize_image(image: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB image (attribute values) → a dict of plain Python values."""
+    try:
+        return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in image.items()}
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise MalformedTask(f"cannot read item: {exc}") from exc
+
+
+def task_from_item(values: dict[str, Any]) -> Task:
+    """Plain values → Task, or MalformedTask saying what is wrong."""
+    try:
+        return Task.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise MalformedTask(f"not a valid task item: {problems}") from exc
+
+
+def task_to_item(task: Task) -> dict[str, Any]:
+    """Task → plain values ready for `serialize`, without empty optional attributes."""
+    values = task.model_dump(mode="json", exclude_none=True)
+    for empty in ("executions", "attempt_log"):
+        if not values.get(empty):
+            values.pop(empty, None)
+    if not values.get("retries_exhausted"):
+        values.pop("retries_exhausted", None)
+    values["status_shard"] = status_shard(task.id, task.status)
+    return values
+
+
+def encode_cursor(positions: dict[str, Any]) -> str:
+    raw = json.dumps(positions, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        positions = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor: pass back the cursor list-tasks printed") from exc
+    if not isinstance(positions, dict):
+        raise ValueError("invalid cursor: pass back the cursor list-tasks printed")
+    return positions
+
+
+class TaskStore:
+    """Reads and conditional writes on the tasks table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clients: AwsClients,
+        *,
+        retry_policy: AwsRetryPolicy | None = None,
+        clock: Clock = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.retry_policy = retry_policy or AwsRetryPolicy()
+        self.clock = clock
+        self._sleep = sleep
+
+    @property
+    def table_name(self) -> str:
+        return self.settings.table_name
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One DynamoDB call with tenacity retries; AWS errors become the project's errors."""
+        method = getattr(self.clients.dynamodb, operation)
+        try:
+            response: dict[str, Any] = self.retry_policy.call(method, sleep=self._sleep, **kwargs)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") == "ConditionalCheckFailedException":
+                raise TaskConflict(error.get("Message", "condition failed")) from exc
+            raise StoreError(f"DynamoDB {operation} failed: {error.get('Code')}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"DynamoDB {operation} failed: {exc}") from exc
+        return response
+
+    def _update(
+        self,
+        task_id: str,
+        sets: dict[str, Any],
+        *,
+        condition: str,
+        values: dict[str, Any] | None = None,
+        adds: dict[str, int] | None = None,
+        removes: tuple[str, ...] = (),
+        extra_set: tuple[str, ...] = (),
+        return_old_on_conflict: bool = False,
+    ) -> Task:
+        """UpdateItem that SETs `sets`, ADD-s counters, REMOVEs names, under `condition`."""
+        names: dict[str, str] = {"#status": "status"}
+        attr_values: dict[str, Any] = dict(values or {})
+        clauses = list(extra_set)
+        for name, value in sets.items():
+            names[f"#{name}"] = name
+            attr_values[f":{name}"] = value
+            clauses.append(f"#{name} = :{name}")
+        expression = "SET " + ", ".join(clauses)
+        if adds:
+            for name, amount in adds.items():
+                names[f"#{name}"] = name
+                attr_values[f":inc_{name}"] = amount
+            expression += " ADD " + ", ".join(f"#{n} :inc_{n}" for n in adds)
+        if removes:
+            for name in removes:
+                names[f"#{name}"] = name
+            expression += " REMOVE " + ", ".join(f"#{n}" for n in removes)
+        used = {n for n in names if n in expression or n in condition}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": serialize({"id": task_id}),
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {k: v for k, v in names.items() if k in used},
+            "ExpressionAttributeValues": serialize(attr_values),
+            "ReturnValues": "ALL_NEW",
+        }
+        if return_old_on_conflict:
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        try:
+            response = self._call("update_item", **kwargs)
+        except TaskConflict as exc:
+            old = _old_item(exc)
+            raise TaskConflict(str(exc), old) from exc.__cause__
+        return task_from_item(deserialize_image(response["Attributes"]))
+
+    def _status_sets(self, task_id: str, status: TaskStatus, now: datetime) -> dict[str, Any]:
+        return {
+            "status": status.value,
+            "status_shard": status_shard(task_id, status),
+            "updated_at": iso(now),
+        }
+
+    def _expiry(self, now: datetime) -> int:
+        return int((now + timedelta(days=self.settings.result_ttl_days)).timestamp())
+
+    # --- create and read -------------------------------------------------------------
+
+    def put_new(self, task: Task) -> Task:
+        """Insert a PENDING task; refuses an id that exists or an item over 400 KB."""
+        values = task_to_item(task)
+        size = item_size(values)
+        if size > MAX_ITEM_BYTES:
+            raise ItemTooLarge(
+                f"task item would be {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes"
+            )
+        try:
+            self._call(
+                "put_item",
+                TableName=self.table_name,
+                Item=serialize(values),
+                ConditionExpression="attribute_not_exists(id)",
+            )
+        except TaskConflict as exc:
+            raise TaskConflict(f"a task with id {task.id} already exists") from exc
+        return task
+
+    def get(self, task_id: str) -> Task:
+        response = self._call(
+            "get_item",
+            TableName=self.table_name,
+            Key=serialize({"id": task_id}),
+            ConsistentRead=True,
+        )
+        if "Item" not in response:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return task_from_item(deserialize_image(response["Item"]))
+
+    # --- claims ----------------------------------------------------------------------
+
+    def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
+        """PENDING → PROCESSING; raises TaskAlreadyClaimed if anyone got there first."""
+        now = self.clock()
+        try:
+            return self._update(
+                task_id,
+                {
+                    **self._status_sets(task_id, S.PROCESSING, now),
+                    "started_at": iso(now),
+                    "claimed_by": source.value,
+                    "lease_expires_at": int(now.timestamp() + lease_seconds),
+                },
+                extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
+                adds={"attempts": 1},
+                condition="#status = :pending",
+                values={":pending": S.PENDING.value},
+            )
+        except TaskConflict as exc:
+            raise TaskAlreadyClaimed(f"task {task_id} is not PENDING (already claimed)") from exc
+
+    def claim_for_retry(self, task_id: str, *, episode: int, lease_seconds: float) -> Task:
+        """FAILED/RETRYING (or PROCESSING with a dead lease) → PROCESSING, for one episode.
+
+        On a lost condition the TaskConflict carries the item as it was (`.old`).
+        """
+        now = self.clock()
+        return self._update(
+            task_id,
+            {
+                **self._status_sets(task_id, S.PROCESSING, now),
+                "started_at": iso(now),
+                "claimed_by": ClaimSource.WORKFLOW.value,
+                "lease_expires_at": int(now.timestamp() + lease_seconds),
+            },
+            adds={"attempts": 1, "episode_attempts": 1},
+            condition=(
+                "episode = :episode AND (#status IN (:failed, :retrying)"
+                " OR (#status = :processing AND lease_expires_at < :now_epoch))"
+            ),
+            values={
+                ":episode": episode,
+                ":failed": S.FAILED.value,
+                ":retrying": S.RETRYING.value,
+                ":processing": S.PROCESSING.value,
+                ":now_epoch": int(now.timestamp()),
+            },
+            return_old_on_conflict=True,
+        )
+
+    # --- outcomes --------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        result: Any = None,
+        error: TaskErrorInfo | None = None,
+        attempt: AttemptRecord,
+        new_episode: bool = False,
+    ) -> Task:
+        """PROCESSING → DONE/FAILED/RETRYING, only while this claim (attempt) still holds."""
+        now = self.clock()
+        sets: dict[str, Any] = {
+            **self._status_sets(task.id, status, now),
+            "finished_at": iso(now),
+            "attempt_log": [
+                a.model_dump(mode="json", exclude_none=True) for a in task.with_attempt(attempt)
+            ],
+        }
+        removes: list[str] = ["lease_expires_at"]
+        if status in (S.DONE, S.FAILED):
+            sets["expires_at"] = self._expiry(now)
+        if result is not None:
+            sets["result"] = result
+        if error is not None:
+            sets["error"] = error.model_dump(mode="json")
+            sets["retryable"] = error.retryable
+        else:
+            removes += ["error", "retryable"]
+        if new_episode:
+            sets["episode"] = task.episode + 1
+            sets["episode_attempts"] = 0
+        try:
+            return self._update(
+                task.id,
+                sets,
+                removes=tuple(removes),
+                condition="#status = :processing AND attempts = :attempt",
+                values={":processing": S.PROCESSING.value, ":attempt": task.attempts},
+            )
+        except TaskConflict as exc:
+            raise TaskConflict(
+                f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)"
+            ) from exc
+
+    def fail_unreadable(self, task_id: str, message: str) -> None:
+        """PENDING → FAILED (non-retryable) for an item the runner cannot read as a task."""
+        now = self.clock()
+        error = TaskErrorInfo(type=MalformedTask.__name__, message=message[:2000], retryable=False)
+        try:
+            self._call(
+                "update_item",
+                TableName=self.table_name,
+                Key=serialize({"id": task_id}),
+                UpdateExpression="SET #status = :failed, status_shard = :shard, updated_at = :now,"
+                " finished_at = :now, #error = :error, retryable = :false, expires_at = :exp"
+                " ADD attempts :one",
+                ConditionExpression="#status = :pending",
+                ExpressionAttributeNames={"#status": "status", "#error": "error"},
+                ExpressionAttributeValues=serialize(
+                    {
+                        ":failed": S.FAILED.value,
+                        ":pending": S.PENDING.value,
+                        ":shard": status_shard(task_id, S.FAILED),
+                        ":now": iso(now),
+                        ":error": error.model_dump(mode="json"),
+                        ":false": False,
+                        ":exp": self._expiry(now),
+                        ":one": 1,
+                    }
+                ),
+            )
+        except TaskConflict as exc:
+            raise TaskAlreadyClaimed(f"task {task_id} is not PENDING") from exc
+
+    def expire_lease(self, task: Task, error: TaskErrorInfo) -> Task:
+        """A dead claim made outside a workflow → FAILED (retryable) in a new episode."""
+        now = self.clock()
+        record = AttemptRecord(
+            attempt=task.attempts,
+            episode=task.episode,
+            source=(task.claimed_by or ClaimSource.STREAM).value,
+            started_at=task.started_at or iso(now),
+            finished_at=iso(now),
+            outcome=S.FAILED,
+            error=error,
+        )
+        return self._update(
+            task.id,
+            {
+                **self._status_sets(task.id, S.FAILED, now),
+                "finished_at": iso(now),
+                "error": error.model_dump(mode="json"),
+                "retryable": error.retryable,
+                "episode": task.episode + 1,
+                "episode_attempts": 0,
+                "attempt_log": [
+                    a.model_dump(mode="json", exclude_none=True) for a in task.with_attempt(record)
+                ],
+            },
+            removes=("lease_expires_at",),
+            condition=(
+                "#status = :processing AND attempts = :attempt AND lease_expires_at < :now_epoch"
+                " AND claimed_by <> :workflow"
+            ),
+            values={
+                ":processing": S.PROCESSING.value,
+                ":attempt": task.attempts,
+                ":now_epoch": int(now.timestamp()),
+                ":workflow": ClaimSource.WORKFLOW.value,
+            },
+        )
+
+    def start_retry_episode(self, task_id: str) -> Task:
+        """FAILED → RETRYING in a new episode (manual redrive), retries budget reset."""
+        now = self.clock()
+        return self._update(
+            task_id,
+            self._status_sets(task_id, S.RETRYING, now),
+            extra_set=(
+                "episode = if_not_exists(episode, :zero) + :one",
+                "episode_attempts = :zero",
+            ),
+            removes=("retries_exhausted", "expires_at"),
+            condition="#status = :failed",
+            values={":failed": S.FAILED.value, ":zero": 0, ":one": 1},
+        )
+
+    def add_execution(self, task_id: str, episode: int, execution_arn: str) -> None:
+        """Remember a workflow execution on the task (once, and only for its episode)."""
+        with contextlib.suppress(TaskConflict):  # recorded already, or a newer episode
+            self._update(
+                task_id,
+                {},
+                extra_set=("executions = list_append(if_not_exists(executions, :empty), :arn)",),
+                condition="attribute_exists(id) AND episode = :episode"
+                " AND NOT contains(executions, :arn_value)",
+                values={
+                    ":empty": [],
+                    ":arn": [execution_arn],
+                    ":arn_value": execution_arn,
+                    ":episode": episode,
+                },
+            )
+
+    def mark_retries_exhausted(self, task_id: str, episode: int) -> Task:
+        """RETRYING/PROCESSING → FAILED with retries_exhausted (the state machine's Catch)."""
+        now = self.clock()
+        return self._update(
+            task_id,
+            {
+                **self._status_sets(task_id, S.FAILED, now),
+                "retries_exhausted": True,
+                "retryable": False,
+                "expires_at": self._expiry(now),
+            },
+            condition="episode = :episode AND #status IN (:retrying, :failed, :processing)",
+            values={
+                ":episode": episode,
+                ":retrying": S.RETRYING.value,
+                ":failed": S.FAILED.value,
+                ":processing": S.PROCESSING.value,
+            },
+        )
+
+    # --- listing ---------------------------------------------------------------------
+
+    def _query_shard(
+        self,
+        shard: str,
+        limit: int,
+        start: dict[str, Any] | None,
+        condition: tuple[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "status_shard = :shard",
+            "ExpressionAttributeValues": serialize({":shard": shard}),
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if condition is not None:
+            kwargs["FilterExpression"] = condition[0]
+            kwargs["ExpressionAttributeValues"].update(serialize(condition[1]))
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        return self._call("query", **kwargs)
+
+    def list(
+        self, status: TaskStatus | None = None, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        """Newest first across every shard of the status index; returns (tasks, next cursor)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        statuses = [status] if status else list(TaskStatus)
+        shards = [f"{s.value}#{n:02d}" for s in statuses for n in range(STATUS_SHARDS)]
+        positions: dict[str, Any] = decode_cursor(cursor) if cursor else {}
+        live = [s for s in shards if positions.get(s) != "end"]
+
+        def fetch(shard: str) -> tuple[str, dict[str, Any]]:
+            return shard, self._query_shard(shard, limit, positions.get(shard))
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(live)))) as pool:
+            pages = list(pool.map(fetch, live))
+        candidates: list[tuple[str, dict[str, Any]]] = []
+        for shard, page in pages:
+            candidates += [(shard, item) for item in page.get("Items", [])]
+        candidates.sort(key=lambda c: c[1].get("updated_at", {}).get("S", ""), reverse=True)
+        taken = candidates[:limit]
+        next_positions = dict(positions)
+        for shard, page in pages:
+            mine = [item for s, item in taken if s == shard]
+            returned = page.get("Items", [])
+            if mine:
+                last = mine[-1]
+                next_positions[shard] = {
+                    k: last[k] for k in ("id", "status_shard", "updated_at") if k in last
+                }
+            if len(mine) == len(returned) and "LastEvaluatedKey" not in page:
+                next_positions[shard] = "end"
+        more = any(next_positions.get(s) != "end" for s in shards)
+        tasks = [task_from_item(deserialize_image(item)) for _, item in taken]
+        return tasks, (encode_cursor(next_positions) if more and tasks else None)
+
+    def iter_status(
+        self,
+        status: TaskStatus,
+        filter_expression: tuple[str, dict[str, Any]] | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Task]:
+        """Every task with a status (from the index), page by page; for the sweeper."""
+        for n in range(STATUS_SHARDS):
+            start: dict[str, Any] | None = None
+            while True:
+                page = self._query_shard(
+                    f"{status.value}#{n:02d}", page_size, start, filter_expression
+                )
+                for item in page.get("Items", []):
+                    yield task_from_item(deserialize_image(item))
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
+
+    def iter_unindexed_pending(self, created_before: str, page_size: int = 500) -> Iterator[Task]:
+        """PENDING tasks older than a cutoff, read with a filtered Scan.
+
+        Tasks inserted by hand carry no `status_shard` until they are claimed, so a task
+        whose stream record was lost is in no index; only a Scan can find it.
+        """
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table_name,
+                "FilterExpression": "#status = :pending AND (attribute_not_exists(created_at)"
+                " OR created_at < :cutoff)",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": serialize(
+                    {":pending": S.PENDING.value, ":cutoff": created_before}
+                ),
+                "Limit": page_size,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            page = self._call("scan", **kwargs)
+            for item in page.get("Items", []):
+                try:
+                    yield task_from_item(deserialize_image(item))
+                except MalformedTask:
+                    continue
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+
+def _old_item(exc: TaskConflict) -> Task | None:
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        item = cause.response.get("Item")
+        if isinstance(item, dict) and item:
+            try:
+                return task_from_item(deserialize_image(item))
+            except MalformedTask:
+                return None
+    return None

@@ -1,0 +1,156 @@
+"""DynamoDB stream batches: read records, run their tasks concurrently, report failures.
+
+A batch item failure is reported only when a task's outcome could not be recorded
+(DynamoDB unreachable): a task that merely failed is FAILED in the table, and a record
+that is not a task is logged and dropped, so one bad record never blocks its shard.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed
+from runner.executor import Outcome, TaskRunner, describe_error
+from runner.logs import get_logger
+from runner.model import ClaimSource, TaskStatus
+from runner.store import deserialize_image, task_from_item
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch did: per-task outcomes, skipped records, and the failures to report."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    ignored: int = 0
+    malformed: int = 0
+    failed_sequence_numbers: list[str] = field(default_factory=list)
+
+    def response(self) -> dict[str, list[dict[str, str]]]:
+        """The Lambda response for ReportBatchItemFailures."""
+        return {"batchItemFailures": [{"itemIdentifier": s} for s in self.failed_sequence_numbers]}
+
+
+@dataclass(frozen=True)
+class _RecordResult:
+    outcome: Outcome | None = None
+    ignored: bool = False
+    malformed: bool = False
+    failed_sequence: str | None = None
+
+
+def _sequence_number(record: Any) -> str | None:
+    if isinstance(record, dict) and isinstance(record.get("dynamodb"), dict):
+        value = record["dynamodb"].get("SequenceNumber")
+        return str(value) if value is not None else None
+    return None
+
+
+class StreamProcessor:
+    """Runs the PENDING INSERTs of a stream batch, all at once up to a concurrency bound."""
+
+    def __init__(self, runner: TaskRunner, *, max_concurrency: int | None = None) -> None:
+        # None: as many workers as records, so a batch of one-second tasks takes ~1 s.
+        self.runner = runner
+        self.max_concurrency = max_concurrency
+        self.log = get_logger()
+
+    def process(
+        self, records: Sequence[Any], *, remaining_seconds: Callable[[], float] | None = None
+    ) -> BatchResult:
+        if not records:
+            return BatchResult()
+        workers = len(records)
+        if self.max_concurrency:
+            workers = min(workers, self.max_concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="record") as pool:
+            futures = [
+                pool.submit(
+                    contextvars.copy_context().run, self._process_one, record, remaining_seconds
+                )
+                for record in records
+            ]
+            results = [f.result() for f in futures]
+        return BatchResult(
+            outcomes=[r.outcome for r in results if r.outcome is not None],
+            ignored=sum(r.ignored for r in results),
+            malformed=sum(r.malformed for r in results),
+            failed_sequence_numbers=[r.failed_sequence for r in results if r.failed_sequence],
+        )
+
+    def _process_one(
+        self, record: Any, remaining_seconds: Callable[[], float] | None
+    ) -> _RecordResult:
+        sequence = _sequence_number(record)
+        try:
+            return self._process_record(record, remaining_seconds)
+        except StoreError as exc:
+            self.log.error(
+                "task outcome not recorded; reporting the record as failed",
+                extra={"sequence_number": sequence, "error": str(exc)},
+            )
+            if sequence is None:
+                return _RecordResult(malformed=True)
+            return _RecordResult(failed_sequence=sequence)
+        except Exception:
+            # Never let one record break the batch; the sweeper recovers what this leaves.
+            self.log.exception(
+                "unexpected error processing record", extra={"sequence_number": sequence}
+            )
+            return _RecordResult(failed_sequence=sequence) if sequence else _RecordResult()
+
+    def _process_record(
+        self, record: Any, remaining_seconds: Callable[[], float] | None
+    ) -> _RecordResult:
+        if not isinstance(record, dict) or not isinstance(record.get("dynamodb"), dict):
+            self.log.warning(
+                "malformed stream record: no dynamodb section",
+                extra={"record_type": type(record).__name__},
+            )
+            return _RecordResult(malformed=True)
+        if record.get("eventName") != "INSERT":
+            return _RecordResult(ignored=True)
+        image = record["dynamodb"].get("NewImage")
+        if not isinstance(image, dict):
+            self.log.warning(
+                "malformed stream record: INSERT without NewImage",
+                extra={"event_id": record.get("eventID")},
+            )
+            return _RecordResult(malformed=True)
+        try:
+            values = deserialize_image(image)
+        except MalformedTask as exc:
+            self.log.warning(
+                "malformed stream record",
+                extra={"event_id": record.get("eventID"), "error": str(exc)},
+            )
+            return _RecordResult(malformed=True)
+        if values.get("status") != TaskStatus.PENDING.value:
+            return _RecordResult(ignored=True)
+        remaining = remaining_seconds() if remaining_seconds else None
+        try:
+            task = task_from_item(values)
+        except MalformedTask as exc:
+            return self._fail_unreadable(values, exc)
+        outcome = self.runner.run_claimable(
+            task, source=ClaimSource.STREAM, remaining_seconds=remaining
+        )
+        return _RecordResult(outcome=outcome)
+
+    def _fail_unreadable(self, values: dict[str, Any], exc: MalformedTask) -> _RecordResult:
+        """A PENDING item that is not a valid task: FAILED (non-retryable) if it has an id."""
+        task_id = values.get("id")
+        self.log.warning(
+            "malformed task item",
+            extra={"task_id": task_id if isinstance(task_id, str) else None, "error": str(exc)},
+        )
+        if not isinstance(task_id, str) or not task_id:
+            return _RecordResult(malformed=True)
+        try:
+            self.runner.store.fail_unreadable(task_id, str(exc))
+        except TaskAlreadyClaimed:
+            return _RecordResult(ignored=True)
+        return _RecordResult(outcome=Outcome(task_id, TaskStatus.FAILED, error=describe_error(exc)))

@@ -1,0 +1,64 @@
+"""Fixtures: dummy credentials always, moto in-process or as a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from moto import mock_aws
+
+from runner.app import App, get_app
+from runner.aws import AwsClients
+from runner.config import Settings
+from runner.local import demo_tasks
+from tasks import build_registry
+from tests.helpers import create_tasks_table
+
+TABLE = "tasks-test"
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Never reach real AWS: dummy credentials, no endpoint override, no Lambda env."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    get_app.cache_clear()
+    demo_tasks.EFFECTS.clear()
+    yield
+    get_app.cache_clear()
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        table_name=TABLE,
+        region="us-east-1",
+        export_bucket="exports-test",
+        sender_email="noreply@example.com",
+        state_machine_arn=None,
+    )
+
+
+@pytest.fixture
+def app(aws: None, settings: Settings) -> App:
+    """An App over a fresh moto table, with the demo task types registered."""
+    clients = AwsClients(settings)
+    create_tasks_table(clients.dynamodb, settings.table_name)
+    return App.build(settings, build_registry(["runner.local.demo_tasks"]), clients)
