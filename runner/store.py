@@ -430,17 +430,22 @@ class TaskStore:
     def start_retry_episode(self, task_id: str) -> Task:
         """FAILED → RETRYING in a new episode (manual redrive), retries budget reset."""
         now = self.clock()
-        return self._update(
-            task_id,
-            self._status_sets(task_id, S.RETRYING, now),
-            extra_set=(
-                "episode = if_not_exists(episode, :zero) + :one",
-                "episode_attempts = :zero",
-            ),
-            removes=("retries_exhausted", "expires_at"),
-            condition="#status = :failed",
-            values={":failed": S.FAILED.value, ":zero": 0, ":one": 1},
-        )
+        try:
+            return self._update(
+                task_id,
+                self._status_sets(task_id, S.RETRYING, now),
+                extra_set=(
+                    "episode = if_not_exists(episode, :zero) + :one",
+                    "episode_attempts = :zero",
+                ),
+                removes=("retries_exhausted", "expires_at"),
+                condition="#status = :failed",
+                values={":failed": S.FAILED.value, ":zero": 0, ":one": 1},
+            )
+        except TaskConflict as exc:
+            raise TaskConflict(
+                f"task {task_id} is not FAILED; only a FAILED task can be retried"
+            ) from exc
 
     def add_execution(self, task_id: str, episode: int, execution_arn: str) -> None:
         """Remember a workflow execution on the task (once, and only for its episode)."""

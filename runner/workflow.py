@@ -21,7 +21,7 @@ from runner.aws import AwsClients, AwsRetryPolicy
 from runner.config import Settings
 from runner.errors import ConfigurationError, WorkflowError
 from runner.logs import get_logger
-from runner.model import TaskStatus
+from runner.model import TaskStatus, status_shard
 from runner.store import TaskStore, deserialize_image
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
@@ -83,7 +83,15 @@ class RetryWorkflow:
     def start(self, task_id: str, episode: int) -> tuple[str, bool]:
         """Start the execution for one failure episode; returns (arn, started_now)."""
         name = execution_name(task_id, episode)
-        payload = json.dumps({"task_id": task_id, "episode": episode}, sort_keys=True)
+        # Deterministic input: StartExecution is idempotent only for the same name and input.
+        payload = json.dumps(
+            {
+                "task_id": task_id,
+                "episode": episode,
+                "failed_shard": status_shard(task_id, TaskStatus.FAILED),
+            },
+            sort_keys=True,
+        )
         try:
             arn = self._sfn(
                 "start_execution", stateMachineArn=self.state_machine_arn, name=name, input=payload
