@@ -54,8 +54,8 @@ class _Commands:
         self._client_factory = client_factory
         self._client: TaskRunnerClient | None = None
 
-    @property
-    def client(self) -> TaskRunnerClient:
+    def _get_client(self) -> TaskRunnerClient:
+        # Private (underscore) so fire neither lists it nor builds it for --help.
         if self._client is None:
             self._client = self._client_factory()
         return self._client
@@ -69,7 +69,7 @@ def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[.
     fields = definition.input_model.model_fields
 
     def command(**kwargs: Any) -> None:
-        task = group.client.create_task(definition.type, kwargs)
+        task = group._get_client().create_task(definition.type, kwargs)
         _emit(_dump(task))
 
     parameters = [
@@ -101,7 +101,7 @@ class Cli(_Commands):
     ) -> None:
         super().__init__(client_factory)
         # The group shares this Cli's client.
-        group = CreateTask(lambda: self.client)
+        group = CreateTask(self._get_client)
         for definition in registry:
             setattr(
                 group, definition.cli_name.replace("-", "_"), _create_command(definition, group)
@@ -110,11 +110,11 @@ class Cli(_Commands):
 
     def run_task(self, task_id: str) -> None:
         """Claim a PENDING task and run it in this process now."""
-        _emit(self.client.run_task(task_id).as_dict())
+        _emit(self._get_client().run_task(task_id).as_dict())
 
     def get_task(self, task_id: str) -> None:
         """Show a task: status, result or error, attempts and retry executions."""
-        _emit(_dump(self.client.get_task(task_id)))
+        _emit(_dump(self._get_client().get_task(task_id)))
 
     def list_tasks(
         self, status: str | None = None, limit: int = 20, cursor: str | None = None
@@ -122,17 +122,17 @@ class Cli(_Commands):
         """List tasks newest first, optionally of one status; pass --cursor to page."""
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise ValueError(f"--limit must be a whole number, not {limit!r}")
-        tasks, next_cursor = self.client.list_tasks(status, limit=limit, cursor=cursor)
+        tasks, next_cursor = self._get_client().list_tasks(status, limit=limit, cursor=cursor)
         _emit({"tasks": [_dump(t) for t in tasks], "next_cursor": next_cursor})
 
     def retry_task(self, task_id: str) -> None:
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
-        _emit(self.client.retry_task(task_id))
+        _emit(self._get_client().retry_task(task_id))
 
     def history(self, task_id: str) -> None:
         """A task's attempts and its workflow executions with their events."""
-        task = self.client.get_task(task_id)
-        workflow = self.client.app.workflow
+        task = self._get_client().get_task(task_id)
+        workflow = self._get_client().app.workflow
         executions = []
         for arn in task.executions:
             entry = workflow.describe(arn)
@@ -153,7 +153,7 @@ class Cli(_Commands):
 
     def sweep(self) -> None:
         """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run."""
-        _emit(self.client.app.sweeper.sweep().as_dict())
+        _emit(self._get_client().app.sweeper.sweep().as_dict())
 
 
 def quote_string_flags(argv: Sequence[str], registry: TaskRegistry) -> list[str]:
@@ -202,7 +202,9 @@ def main(argv: Sequence[str] | None = None, registry: TaskRegistry | None = None
             reason = lines[0][len("ERROR:") :].strip() if lines else "invalid command line"
             print(f"error: {reason} (see --help)", file=sys.stderr)
         else:
-            sys.stdout.write(text)
+            sys.stdout.write(
+                "".join(ln for ln in text.splitlines(True) if not ln.startswith("INFO:"))
+            )
         return code
     except ValidationError as exc:
         print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)

@@ -103,6 +103,9 @@ class Task(BaseModel):
     episode_attempts: int = 0
     retries_exhausted: bool = False
     claimed_by: ClaimSource | None = None
+    # Random per claim: lets a claimer recognise its own write when a retried request
+    # finds the condition already spent (the first try was applied, its reply was lost).
+    claim_token: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
     started_at: str | None = None

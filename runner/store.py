@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -245,8 +246,16 @@ class TaskStore:
                 TableName=self.table_name,
                 Item=serialize(values),
                 ConditionExpression="attribute_not_exists(id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except TaskConflict as exc:
+            old = _old_item(exc)
+            if old is not None and (old.type, old.data, old.created_at) == (
+                task.type,
+                task.data,
+                task.created_at,
+            ):
+                return task  # written by an earlier try whose reply was lost
             raise TaskConflict(f"a task with id {task.id} already exists") from exc
         return task
 
@@ -266,6 +275,7 @@ class TaskStore:
     def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
         """PENDING → PROCESSING; raises TaskAlreadyClaimed if anyone got there first."""
         now = self.clock()
+        token = uuid.uuid4().hex
         try:
             return self._update(
                 task_id,
@@ -273,14 +283,18 @@ class TaskStore:
                     **self._status_sets(task_id, S.PROCESSING, now),
                     "started_at": iso(now),
                     "claimed_by": source.value,
+                    "claim_token": token,
                     "lease_expires_at": int(now.timestamp() + lease_seconds),
                 },
                 extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
                 adds={"attempts": 1},
                 condition="#status = :pending",
                 values={":pending": S.PENDING.value},
+                return_old_on_conflict=True,
             )
         except TaskConflict as exc:
+            if isinstance(exc.old, Task) and exc.old.claim_token == token:
+                return exc.old  # our own claim: applied by an earlier try of this request
             raise TaskAlreadyClaimed(f"task {task_id} is not PENDING (already claimed)") from exc
 
     def claim_for_retry(self, task_id: str, *, episode: int, lease_seconds: float) -> Task:
@@ -289,28 +303,35 @@ class TaskStore:
         On a lost condition the TaskConflict carries the item as it was (`.old`).
         """
         now = self.clock()
-        return self._update(
-            task_id,
-            {
-                **self._status_sets(task_id, S.PROCESSING, now),
-                "started_at": iso(now),
-                "claimed_by": ClaimSource.WORKFLOW.value,
-                "lease_expires_at": int(now.timestamp() + lease_seconds),
-            },
-            adds={"attempts": 1, "episode_attempts": 1},
-            condition=(
-                "episode = :episode AND (#status IN (:failed, :retrying)"
-                " OR (#status = :processing AND lease_expires_at < :now_epoch))"
-            ),
-            values={
-                ":episode": episode,
-                ":failed": S.FAILED.value,
-                ":retrying": S.RETRYING.value,
-                ":processing": S.PROCESSING.value,
-                ":now_epoch": int(now.timestamp()),
-            },
-            return_old_on_conflict=True,
-        )
+        token = uuid.uuid4().hex
+        try:
+            return self._update(
+                task_id,
+                {
+                    **self._status_sets(task_id, S.PROCESSING, now),
+                    "started_at": iso(now),
+                    "claimed_by": ClaimSource.WORKFLOW.value,
+                    "claim_token": token,
+                    "lease_expires_at": int(now.timestamp() + lease_seconds),
+                },
+                adds={"attempts": 1, "episode_attempts": 1},
+                condition=(
+                    "episode = :episode AND (#status IN (:failed, :retrying)"
+                    " OR (#status = :processing AND lease_expires_at < :now_epoch))"
+                ),
+                values={
+                    ":episode": episode,
+                    ":failed": S.FAILED.value,
+                    ":retrying": S.RETRYING.value,
+                    ":processing": S.PROCESSING.value,
+                    ":now_epoch": int(now.timestamp()),
+                },
+                return_old_on_conflict=True,
+            )
+        except TaskConflict as exc:
+            if isinstance(exc.old, Task) and exc.old.claim_token == token:
+                return exc.old
+            raise
 
     # --- outcomes --------------------------------------------------------------------
 
@@ -351,10 +372,19 @@ class TaskStore:
                 task.id,
                 sets,
                 removes=tuple(removes),
-                condition="#status = :processing AND attempts = :attempt",
-                values={":processing": S.PROCESSING.value, ":attempt": task.attempts},
+                condition="#status = :processing AND claim_token = :token",
+                values={":processing": S.PROCESSING.value, ":token": task.claim_token},
+                return_old_on_conflict=True,
             )
         except TaskConflict as exc:
+            old = exc.old
+            # Only this claim holds the token (the sweeper removes it when it takes over).
+            if (
+                isinstance(old, Task)
+                and old.claim_token == task.claim_token
+                and old.status is status
+            ):
+                return old  # recorded by an earlier try whose reply was lost
             raise TaskConflict(
                 f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)"
             ) from exc
@@ -414,7 +444,7 @@ class TaskStore:
                     a.model_dump(mode="json", exclude_none=True) for a in task.with_attempt(record)
                 ],
             },
-            removes=("lease_expires_at",),
+            removes=("lease_expires_at", "claim_token"),
             condition=(
                 "#status = :processing AND attempts = :attempt AND lease_expires_at < :now_epoch"
                 " AND claimed_by <> :workflow"

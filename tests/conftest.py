@@ -62,3 +62,52 @@ def app(aws: None, settings: Settings) -> App:
     clients = AwsClients(settings)
     create_tasks_table(clients.dynamodb, settings.table_name)
     return App.build(settings, build_registry(["runner.local.demo_tasks"]), clients)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real HTTP moto server on loopback, with DynamoDB calls serialised.
+
+    Moto is not thread-safe: unserialised, two racing conditional claims can both win.
+    """
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.server import ThreadedMotoServer
+
+    lock = threading.RLock()
+    original = DynamoHandler.call_action
+
+    def call_action(self: DynamoHandler) -> object:
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        DynamoHandler.call_action = original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def server_env(moto_server: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment for a subprocess (CLI) talking to the moto server, with a fresh table."""
+    import boto3
+
+    table = f"tasks-{abs(hash(request.node.nodeid)) % 10**8}"
+    dynamodb = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1")
+    create_tasks_table(dynamodb, table)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": moto_server,
+            "AWS_DYNAMO_DB_TABLE_NAME": table,
+            "TASK_RUNNER_TASK_MODULES": "runner.local.demo_tasks",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+    )
+    return env
