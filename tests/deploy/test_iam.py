@@ -1,0 +1,178 @@
+"""Least privilege: each role holds exactly the actions its code needs, on named resources."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import Packaged
+
+pytestmark = pytest.mark.slow
+
+Grants = dict[str, set[str]]  # action -> resources, rendered by `render`
+
+TABLE = "TasksTable.Arn"
+SES_IDENTITIES = "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*"
+XRAY = {"xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"}}
+STREAM_READ = {
+    f"dynamodb:{action}": {"TasksTable.StreamArn"}
+    for action in ("DescribeStream", "GetRecords", "GetShardIterator", "ListStreams")
+}
+RUN_TASKS = {
+    "dynamodb:GetItem": {TABLE},
+    "dynamodb:UpdateItem": {TABLE},
+    "dynamodb:Scan": {TABLE},  # EXPORT_DB
+    "s3:PutObject": {"ExportBucket.Arn/*"},
+    "s3:GetObject": {"ExportBucket.Arn/*"},
+    "ses:SendEmail": {SES_IDENTITIES},
+    "ses:SendRawEmail": {SES_IDENTITIES},
+}
+ON_FAILURE = {"sqs:SendMessage": {"StreamOnFailureQueue.Arn"}}
+START_RETRY = {"states:StartExecution": {"RetryStateMachine"}}
+LOG_DELIVERY = {
+    f"logs:{action}": {"*"}
+    for action in (
+        "CreateLogDelivery",
+        "GetLogDelivery",
+        "UpdateLogDelivery",
+        "DeleteLogDelivery",
+        "ListLogDeliveries",
+        "PutResourcePolicy",
+        "DescribeResourcePolicies",
+        "DescribeLogGroups",
+    )
+}
+
+EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
+    "processStream": {**XRAY, **STREAM_READ, **RUN_TASKS, **ON_FAILURE},
+    "routeFailed": {
+        **XRAY,
+        **STREAM_READ,
+        **ON_FAILURE,
+        **START_RETRY,
+        "dynamodb:UpdateItem": {TABLE},
+    },
+    "runTask": {**XRAY, **RUN_TASKS},
+    # The sweeper lists by status, then claims and runs what it finds (EXPORT_DB too).
+    "sweep": {
+        **XRAY,
+        **RUN_TASKS,
+        **START_RETRY,
+        "dynamodb:Query": {"TasksTable.Arn/index/by-status"},
+    },
+}
+EXPECTED_STATE_MACHINE_GRANTS: Grants = {
+    "lambda:InvokeFunction": {"RunTaskLambdaFunction.Arn", "RunTaskLambdaFunction.Arn:*"},
+    "dynamodb:UpdateItem": {TABLE},
+    "xray:PutTraceSegments": {"*"},
+    "xray:PutTelemetryRecords": {"*"},
+    "xray:GetSamplingRules": {"*"},
+    "xray:GetSamplingTargets": {"*"},
+    **LOG_DELIVERY,
+}
+# Actions without resource-level permissions: the only ones allowed on "*".
+STAR_ALLOWED = {
+    action for action, resources in EXPECTED_STATE_MACHINE_GRANTS.items() if resources == {"*"}
+}
+LAMBDA_LOG_ACTIONS = {"logs:CreateLogStream", "logs:CreateLogGroup", "logs:PutLogEvents"}
+
+
+def render(node: Any) -> str:
+    """An intrinsic function as readable text: GetAtt -> `Id.Attr`, Ref -> `Id`."""
+    if isinstance(node, str):
+        return node
+    if "Ref" in node:
+        return str(node["Ref"])
+    if "Fn::GetAtt" in node:
+        return ".".join(node["Fn::GetAtt"])
+    if "Fn::Join" in node:
+        separator, parts = node["Fn::Join"]
+        return str(separator).join(render(part) for part in parts)
+    if "Fn::Sub" in node:
+        sub = node["Fn::Sub"]
+        return str(sub if isinstance(sub, str) else sub[0])
+    raise AssertionError(f"unexpected intrinsic {node!r}")
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in role["Properties"].get("Policies", [])
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+
+
+def grants(role: dict[str, Any]) -> Grants:
+    found: Grants = defaultdict(set)
+    for statement in statements(role):
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            found[action] |= {render(resource) for resource in as_list(statement["Resource"])}
+    return dict(found)
+
+
+def function_role(packaged: Packaged, name: str) -> dict[str, Any]:
+    function = packaged.resource(f"{name[0].upper()}{name[1:]}LambdaFunction")
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    return packaged.resource(role_id)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FUNCTION_GRANTS))
+def test_function_role_grants_exactly_what_its_code_needs(packaged: Packaged, name: str) -> None:
+    role = function_role(packaged, name)
+    granted = grants(role)
+    log_grants = {action: granted.pop(action) for action in LAMBDA_LOG_ACTIONS & set(granted)}
+
+    assert granted == EXPECTED_FUNCTION_GRANTS[name]
+    # Logs only into the function's own log group
+    for resources in log_grants.values():
+        assert all(f"/aws/lambda/task-runner-test-{name}:" in r for r in resources), resources
+    principal = role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": ["lambda.amazonaws.com"]}
+
+
+def test_each_function_has_its_own_role_and_no_shared_role_is_left(packaged: Packaged) -> None:
+    roles = {
+        function["Properties"]["Role"]["Fn::GetAtt"][0]
+        for function in packaged.resources_of_type("AWS::Lambda::Function").values()
+    }
+
+    assert len(roles) == len(EXPECTED_FUNCTION_GRANTS)
+    assert "IamRoleLambdaExecution" not in packaged.template["Resources"]
+
+
+def test_ses_is_allowed_only_from_the_sender_address(packaged: Packaged) -> None:
+    for name in ("processStream", "runTask", "sweep"):
+        [statement] = [
+            s for s in statements(function_role(packaged, name)) if "ses:SendEmail" in s["Action"]
+        ]
+        assert statement["Condition"] == {
+            "StringEquals": {"ses:FromAddress": "noreply@example.com"}
+        }
+
+
+def test_state_machine_may_invoke_only_run_task_and_update_only_the_table(
+    packaged: Packaged,
+) -> None:
+    role_id = packaged.resource("RetryStateMachine")["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    role = packaged.resource(role_id)
+
+    assert grants(role) == EXPECTED_STATE_MACHINE_GRANTS
+    principal = role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "states.amazonaws.com"}
+
+
+def test_no_role_grants_wildcard_actions_or_star_resources_beyond_xray_and_logs(
+    packaged: Packaged,
+) -> None:
+    for logical_id, role in packaged.resources_of_type("AWS::IAM::Role").items():
+        for action, resources in grants(role).items():
+            assert "*" not in action, f"{logical_id}: {action}"
+            if "*" in resources:
+                assert action in STAR_ALLOWED, f"{logical_id}: {action} on *"

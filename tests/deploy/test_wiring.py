@@ -1,0 +1,211 @@
+"""The packaged template wires what docs/DESIGN.md promises."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import ROOT, Packaged
+
+pytestmark = pytest.mark.slow
+
+TABLE = {"Ref": "TasksTable"}
+STREAM = {"Fn::GetAtt": ["TasksTable", "StreamArn"]}
+QUEUE_ARN = {"Fn::GetAtt": ["StreamOnFailureQueue", "Arn"]}
+STATE_MACHINE = {"Ref": "RetryStateMachine"}
+HANDLERS = {
+    "ProcessStreamLambdaFunction": "handler.process_stream",
+    "RouteFailedLambdaFunction": "handler.route_failed",
+    "RunTaskLambdaFunction": "handler.run_task",
+    "SweepLambdaFunction": "handler.sweep",
+}
+INSERT_PENDING = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["PENDING"]}}}}
+PROCESSING_TO_RETRYABLE_FAILED = {
+    "eventName": ["MODIFY"],
+    "dynamodb": {
+        "OldImage": {"status": {"S": ["PROCESSING"]}},
+        "NewImage": {"status": {"S": ["FAILED"]}, "retryable": {"BOOL": [True]}},
+    },
+}
+
+
+def mapping_for(packaged: Packaged, function_logical_id: str) -> dict[str, Any]:
+    mappings: list[dict[str, Any]] = [
+        resource["Properties"]
+        for resource in packaged.resources_of_type("AWS::Lambda::EventSourceMapping").values()
+        if resource["Properties"]["FunctionName"] == {"Fn::GetAtt": [function_logical_id, "Arn"]}
+    ]
+    assert len(mappings) == 1, f"{function_logical_id} has {len(mappings)} mappings"
+    return mappings[0]
+
+
+def filters(mapping: dict[str, Any]) -> list[Any]:
+    return [json.loads(f["Pattern"]) for f in mapping["FilterCriteria"]["Filters"]]
+
+
+def assert_bounded_stream_settings(mapping: dict[str, Any]) -> None:
+    # With AWS's defaults one bad record would block its shard for the stream's 24 h
+    assert mapping["EventSourceArn"] == STREAM
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 0 <= mapping["MaximumRetryAttempts"] <= 10
+    assert 60 <= mapping["MaximumRecordAgeInSeconds"] <= 3600
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": QUEUE_ARN}}
+
+
+def test_process_stream_gets_only_new_pending_tasks(packaged: Packaged) -> None:
+    mapping = mapping_for(packaged, "ProcessStreamLambdaFunction")
+
+    assert filters(mapping) == [INSERT_PENDING]
+    assert mapping["BatchSize"] == 100
+    assert_bounded_stream_settings(mapping)
+
+
+def test_route_failed_gets_only_retryable_failures_of_running_tasks(packaged: Packaged) -> None:
+    mapping = mapping_for(packaged, "RouteFailedLambdaFunction")
+
+    assert filters(mapping) == [PROCESSING_TO_RETRYABLE_FAILED]
+    assert mapping["BatchSize"] == 10
+    assert_bounded_stream_settings(mapping)
+
+
+def test_functions_run_python312_on_arm64_with_active_tracing(packaged: Packaged) -> None:
+    functions = packaged.resources_of_type("AWS::Lambda::Function")
+
+    assert {k: f["Properties"]["Handler"] for k, f in functions.items()} == HANDLERS
+    for logical_id, function in functions.items():
+        props = function["Properties"]
+        assert props["Runtime"] == "python3.12", logical_id
+        assert props["Architectures"] == ["arm64"], logical_id
+        assert props["TracingConfig"] == {"Mode": "Active"}, logical_id
+    # The state machine's RunTask state must outlive the function's own timeout
+    run_task_timeout = functions["RunTaskLambdaFunction"]["Properties"]["Timeout"]
+    asl = json.loads((ROOT / "statemachine" / "retry.asl.json").read_text())
+    assert asl["States"]["RunTask"]["TimeoutSeconds"] > run_task_timeout
+
+
+def test_functions_get_the_design_environment(packaged: Packaged) -> None:
+    for logical_id in HANDLERS:
+        env = packaged.resource(logical_id)["Properties"]["Environment"]["Variables"]
+        assert env["AWS_DYNAMO_DB_TABLE_NAME"] == TABLE
+        assert env["TASK_RUNNER_EXPORT_BUCKET"] == {"Ref": "ExportBucket"}
+        assert env["TASK_RUNNER_SENDER_EMAIL"]
+        assert env["POWERTOOLS_SERVICE_NAME"] == "task-runner"
+        # Only the functions that start retries know the state machine (runTask cannot:
+        # the state machine already refers to it)
+        expected = (
+            STATE_MACHINE
+            if logical_id in {"RouteFailedLambdaFunction", "SweepLambdaFunction"}
+            else None
+        )
+        assert env.get("TASK_RUNNER_STATE_MACHINE_ARN") == expected, logical_id
+
+
+def test_sweep_runs_every_five_minutes(packaged: Packaged) -> None:
+    rules = packaged.resources_of_type("AWS::Events::Rule")
+
+    assert [r["Properties"]["ScheduleExpression"] for r in rules.values()] == ["rate(5 minutes)"]
+    targets = next(iter(rules.values()))["Properties"]["Targets"]
+    assert [t["Arn"] for t in targets] == [{"Fn::GetAtt": ["SweepLambdaFunction", "Arn"]}]
+
+
+def test_tasks_table_matches_the_design(packaged: Packaged) -> None:
+    props = packaged.resource("TasksTable")["Properties"]
+
+    assert props["TableName"] == "task-runner-tasks-test"
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True}
+    [index] = props["GlobalSecondaryIndexes"]
+    assert index == {
+        "IndexName": "by-status",
+        "KeySchema": [
+            {"AttributeName": "status_shard", "KeyType": "HASH"},
+            {"AttributeName": "updated_at", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+
+
+def test_export_bucket_is_private_encrypted_and_expires_exports(packaged: Packaged) -> None:
+    props = packaged.resource("ExportBucket")["Properties"]
+
+    assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    [rule] = props["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["ExpirationInDays"] == 7
+
+
+def test_on_failure_queue_is_encrypted_and_keeps_messages_14_days(packaged: Packaged) -> None:
+    props = packaged.resource("StreamOnFailureQueue")["Properties"]
+
+    assert props["SqsManagedSseEnabled"] is True
+    assert props["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_state_machine_is_standard_traced_and_logged(packaged: Packaged) -> None:
+    props = packaged.resource("RetryStateMachine")["Properties"]
+
+    assert props["StateMachineName"] == "task-runner-retry-test"
+    assert props["StateMachineType"] == "STANDARD"
+    assert props["TracingConfiguration"] == {"Enabled": True}
+    logging = props["LoggingConfiguration"]
+    assert logging["Level"] == "ALL"
+    assert logging["IncludeExecutionData"] is False
+    assert logging["Destinations"] == [
+        {
+            "CloudWatchLogsLogGroup": {
+                "LogGroupArn": {"Fn::GetAtt": ["RetryStateMachineLogGroup", "Arn"]}
+            }
+        }
+    ]
+    assert props["DefinitionSubstitutions"] == {
+        "RunTaskFunctionArn": {"Fn::GetAtt": ["RunTaskLambdaFunction", "Arn"]},
+        "TasksTableName": TABLE,
+    }
+    assert props["Definition"] == json.loads((ROOT / "statemachine" / "retry.asl.json").read_text())
+
+
+def test_alarms_watch_failures_lag_and_errors(packaged: Packaged) -> None:
+    alarms = packaged.resources_of_type("AWS::CloudWatch::Alarm").values()
+    watched = {
+        (a["Properties"]["MetricName"], json.dumps(a["Properties"]["Dimensions"][0]["Value"]))
+        for a in alarms
+    }
+
+    def ref(logical_id: str) -> str:
+        return json.dumps({"Ref": logical_id})
+
+    assert watched == {
+        (
+            "ApproximateNumberOfMessagesVisible",
+            json.dumps({"Fn::GetAtt": ["StreamOnFailureQueue", "QueueName"]}),
+        ),
+        ("IteratorAge", ref("ProcessStreamLambdaFunction")),
+        ("IteratorAge", ref("RouteFailedLambdaFunction")),
+        ("ExecutionsFailed", ref("RetryStateMachine")),
+        ("ExecutionsTimedOut", ref("RetryStateMachine")),
+        *(("Errors", ref(logical_id)) for logical_id in HANDLERS),
+    }
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_outputs_name_what_clients_need(packaged: Packaged) -> None:
+    outputs = packaged.template["Outputs"]
+
+    assert {
+        "TasksTableName",
+        "TasksTableStreamArn",
+        "RetryStateMachineArn",
+        "OnFailureQueueUrl",
+        "ExportBucketName",
+    } <= set(outputs)
