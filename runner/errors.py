@@ -39,6 +39,11 @@ class MalformedTask(TaskRunnerError):
 class StoreError(TaskRunnerError):
     """DynamoDB could not be reached or refused a request for a reason other than a condition."""
 
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        # False when a retry cannot help (e.g. a ValidationException on a malformed item).
+        self.transient = transient
+
 
 class TaskNotFound(TaskRunnerError):
     """No task with this id exists."""

@@ -20,7 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from runner.aws import AwsClients, AwsRetryPolicy
+from runner.aws import AwsClients, AwsRetryPolicy, is_transient
 from runner.config import STATUS_INDEX, STATUS_SHARDS, Settings
 from runner.errors import (
     ItemTooLarge,
@@ -166,9 +166,12 @@ class TaskStore:
             error = exc.response.get("Error", {})
             if error.get("Code") == "ConditionalCheckFailedException":
                 raise TaskConflict(error.get("Message", "condition failed")) from exc
-            raise StoreError(f"DynamoDB {operation} failed: {error.get('Code')}: {exc}") from exc
+            raise StoreError(
+                f"DynamoDB {operation} failed: {error.get('Code')}: {exc}",
+                transient=is_transient(exc),
+            ) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"DynamoDB {operation} failed: {exc}") from exc
+            raise StoreError(f"DynamoDB {operation} failed: {exc}", transient=True) from exc
         return response
 
     def _update(
@@ -399,8 +402,7 @@ class TaskStore:
                 TableName=self.table_name,
                 Key=serialize({"id": task_id}),
                 UpdateExpression="SET #status = :failed, status_shard = :shard, updated_at = :now,"
-                " finished_at = :now, #error = :error, retryable = :false, expires_at = :exp"
-                " ADD attempts :one",
+                " finished_at = :now, #error = :error, retryable = :false, expires_at = :exp",
                 ConditionExpression="#status = :pending",
                 ExpressionAttributeNames={"#status": "status", "#error": "error"},
                 ExpressionAttributeValues=serialize(
@@ -412,7 +414,6 @@ class TaskStore:
                         ":error": error.model_dump(mode="json"),
                         ":false": False,
                         ":exp": self._expiry(now),
-                        ":one": 1,
                     }
                 ),
             )

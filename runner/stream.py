@@ -88,6 +88,13 @@ class StreamProcessor:
         try:
             return self._process_record(record, remaining_seconds)
         except StoreError as exc:
+            if not exc.transient:
+                # Redelivery cannot help: a poison record must not block its shard.
+                self.log.error(
+                    "record refused by DynamoDB; dropped",
+                    extra={"sequence_number": sequence, "error": str(exc)},
+                )
+                return _RecordResult(malformed=True)
             self.log.error(
                 "task outcome not recorded; reporting the record as failed",
                 extra={"sequence_number": sequence, "error": str(exc)},

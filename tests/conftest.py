@@ -39,6 +39,28 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_app.cache_clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _serialised_moto_dynamodb() -> Iterator[None]:
+    """Moto is not thread-safe: unserialised, two racing conditional claims can both win.
+
+    Its DynamoDB request handler is serialised for every test (in-process and server).
+    """
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.RLock()
+    original = DynamoHandler.call_action
+
+    def call_action(self: DynamoHandler) -> object:
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+    yield
+    DynamoHandler.call_action = original  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def aws() -> Iterator[None]:
     with mock_aws():
@@ -66,23 +88,9 @@ def app(aws: None, settings: Settings) -> App:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """A real HTTP moto server on loopback, with DynamoDB calls serialised.
-
-    Moto is not thread-safe: unserialised, two racing conditional claims can both win.
-    """
-    import threading
-
-    from moto.dynamodb.responses import DynamoHandler
+    """A real HTTP moto server on loopback (DynamoDB serialised, as above)."""
     from moto.server import ThreadedMotoServer
 
-    lock = threading.RLock()
-    original = DynamoHandler.call_action
-
-    def call_action(self: DynamoHandler) -> object:
-        with lock:
-            return original(self)
-
-    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -90,7 +98,6 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
-        DynamoHandler.call_action = original  # type: ignore[method-assign]
 
 
 @pytest.fixture

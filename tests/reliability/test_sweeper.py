@@ -1,0 +1,105 @@
+"""Leases and stuck tasks: the sweeper recovers what the stream path left behind."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+import handler
+from runner.app import App
+from runner.client import TaskRunnerClient
+from runner.local import demo_tasks
+from runner.model import ClaimSource, TaskStatus
+from runner.store import utcnow
+from runner.workflow import routable
+from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
+
+
+@pytest.fixture
+def swept_app(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
+    monkeypatch.setattr("runner.app.get_app", lambda: app)
+    return app
+
+
+def _later(app: App, seconds: float) -> None:
+    app.store.clock = lambda: utcnow() + timedelta(seconds=seconds)
+
+
+def test_crash_between_claim_and_completion_is_recovered_for_retry(swept_app: App) -> None:
+    app = swept_app
+    stream = StreamReader(
+        app.clients.client("dynamodbstreams"),
+        app.clients.dynamodb.describe_table(TableName=app.settings.table_name)["Table"][
+            "LatestStreamArn"
+        ],
+    )
+    task = TaskRunnerClient(app).create_task("NOOP_TASK", {})
+    # Given a stream claim whose Lambda died before recording an outcome
+    claimed = app.store.claim_pending(task.id, source=ClaimSource.STREAM, lease_seconds=60)
+    assert claimed.lease_expires_at is not None
+    # When the sweeper runs before the lease expires, nothing happens
+    assert app.sweeper.sweep().expired_leases == 0
+    # And after it expires, the task is FAILED (retryable, timed out) in a new episode
+    _later(app, 120)
+    report = handler.sweep({}, FakeLambdaContext())
+    assert report == {"expired_leases": 1, "orphans_run": 0}
+    recovered = app.store.get(task.id)
+    assert recovered.status is TaskStatus.FAILED and recovered.retryable
+    assert recovered.error and recovered.error.type == "TaskTimedOut"
+    assert recovered.episode == 1 and recovered.claim_token is None
+    # Which is exactly the change routeFailed starts a retry for
+    modify = [r for r in stream.read() if r["eventName"] == "MODIFY"][-1]
+    assert routable(modify) == (task.id, 1)
+    # And the dead claim, should it wake up, can no longer record anything
+    from runner.errors import TaskConflict
+    from runner.model import AttemptRecord
+
+    with pytest.raises(TaskConflict):
+        app.store.record_outcome(
+            claimed,
+            TaskStatus.DONE,
+            attempt=AttemptRecord(
+                attempt=1, source="stream", started_at="x", finished_at="y", outcome=TaskStatus.DONE
+            ),
+        )
+
+
+def test_workflow_claims_are_left_to_the_state_machine(swept_app: App) -> None:
+    app = swept_app
+    put_raw(
+        app.clients.dynamodb,
+        app.settings.table_name,
+        {**pending("wf", "NOOP_TASK", {}), "status": "FAILED", "episode": 1, "retryable": True},
+    )
+    app.store.claim_for_retry("wf", episode=1, lease_seconds=60)
+    _later(app, 3600)
+    assert app.sweeper.expire_leases() == 0
+    assert app.store.get("wf").status is TaskStatus.PROCESSING
+    # The state machine's next attempt may take the dead claim over.
+    assert app.store.claim_for_retry("wf", episode=1, lease_seconds=60).attempts == 2
+
+
+def test_pending_tasks_the_stream_missed_are_run(swept_app: App) -> None:
+    app = swept_app
+    put_raw(app.clients.dynamodb, app.settings.table_name, pending("lost", "NOOP_TASK", {}))
+    TaskRunnerClient(app).create_task("NOOP_TASK", {}, task_id="recent")
+    # Young PENDING tasks are the stream's, not the sweeper's
+    assert app.sweeper.run_orphans() == 1  # the hand-inserted one has no created_at: old
+    _later(app, 3600)
+    assert app.sweeper.run_orphans() == 1
+    assert app.store.get("lost").status is TaskStatus.DONE
+    assert app.store.get("lost").claimed_by is ClaimSource.SWEEPER
+    assert app.store.get("recent").status is TaskStatus.DONE
+    assert demo_tasks.EFFECTS == {"task:lost": 1, "task:recent": 1}
+
+
+def test_lease_comes_from_the_lambdas_remaining_time(swept_app: App) -> None:
+    app = swept_app
+    task = TaskRunnerClient(app).create_task("NOOP_TASK", {})
+    before = int(utcnow().timestamp())
+    claimed = app.store.claim_pending(
+        task.id, source=ClaimSource.STREAM, lease_seconds=app.runner._lease_seconds(None, 42.0)
+    )
+    assert claimed.lease_expires_at is not None
+    assert 42 <= claimed.lease_expires_at - before <= 42 + 30 + 2
