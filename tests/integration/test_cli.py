@@ -47,9 +47,9 @@ def test_create_run_get_and_list(server_env: dict[str, str]) -> None:
 
 
 def test_numeric_task_id(server_env: dict[str, str]) -> None:
-    from runner.store import serialize
-
     import boto3
+
+    from runner.store import serialize
 
     dynamodb = boto3.client(
         "dynamodb", endpoint_url=server_env["AWS_ENDPOINT_URL"], region_name="us-east-1"

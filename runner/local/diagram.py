@@ -1,0 +1,53 @@
+"""A Mermaid diagram of the retry state machine, generated from its ASL file.
+
+`python -m runner.local.diagram` prints it; a test keeps the README's copy in sync.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.local.statemachine import ASL_PATH
+
+
+def _retry_label(retrier: dict[str, Any]) -> str:
+    names = retrier["ErrorEquals"]
+    errors = names[0] if len(names) == 1 else f"{names[0].split('.')[0]} errors ({len(names)})"
+    parts = [
+        f"retry {errors}",
+        f"{retrier.get('IntervalSeconds', 1)} s",
+        f"backoff {retrier.get('BackoffRate', 2.0):g}",
+    ]
+    if "MaxDelaySeconds" in retrier:
+        parts.append(f"cap {retrier['MaxDelaySeconds']} s")
+    if retrier.get("JitterStrategy") == "FULL":
+        parts.append("full jitter")
+    parts.append(f"{retrier.get('MaxAttempts', 3)} tries")
+    return ", ".join(parts)
+
+
+def mermaid(asl: dict[str, Any]) -> str:
+    """stateDiagram-v2 text: every state, Next, Retry (self-loop) and Catch edge."""
+    lines = ["stateDiagram-v2", f"    [*] --> {asl['StartAt']}"]
+    for name, state in asl["States"].items():
+        for retrier in state.get("Retry", []):
+            lines.append(f"    {name} --> {name}: {_retry_label(retrier)}")
+        for catcher in state.get("Catch", []):
+            lines.append(
+                f"    {name} --> {catcher['Next']}: catch {', '.join(catcher['ErrorEquals'])}"
+            )
+        if "Next" in state:
+            lines.append(f"    {name} --> {state['Next']}")
+        if state.get("End") or state["Type"] in ("Succeed", "Fail"):
+            lines.append(f"    {name} --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def diagram(path: Path = ASL_PATH) -> str:
+    return mermaid(json.loads(path.read_text()))
+
+
+if __name__ == "__main__":
+    print(diagram(), end="")
