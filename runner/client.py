@@ -8,8 +8,8 @@ from typing import Any
 from runner.app import App
 from runner.errors import TaskConflict
 from runner.executor import Outcome
+from runner.items import iso
 from runner.model import ClaimSource, Task, TaskStatus
-from runner.store import iso
 
 
 class TaskRunnerClient:

@@ -36,10 +36,11 @@ from runner.errors import (
     UnknownTaskType,
 )
 from runner.item_size import MAX_ITEM_BYTES, item_size, value_size
+from runner.items import iso, task_to_item
 from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
-from runner.store import TaskStore, iso, task_to_item
+from runner.store import TaskStore
 from runner.tracing import task_span
 
 S = TaskStatus

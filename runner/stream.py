@@ -15,9 +15,9 @@ from typing import Any
 
 from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed
 from runner.executor import Outcome, TaskRunner, describe_error
+from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskStatus
-from runner.store import deserialize_image, task_from_item
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from datetime import timedelta
 
 from runner.errors import TaskConflict
 from runner.executor import TaskRunner
+from runner.items import iso
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskErrorInfo, TaskStatus
-from runner.store import TaskStore, iso
+from runner.store import TaskStore
 
 # A PENDING task this old has been missed by the stream (which delivers within seconds).
 DEFAULT_PENDING_AGE_SECONDS = 300

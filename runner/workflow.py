@@ -20,9 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from runner.aws import AwsClients, AwsRetryPolicy
 from runner.config import Settings
 from runner.errors import ConfigurationError, WorkflowError
+from runner.items import deserialize_image
 from runner.logs import get_logger
 from runner.model import TaskStatus, status_shard
-from runner.store import TaskStore, deserialize_image
+from runner.store import TaskStore
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
 MAX_EXECUTION_NAME = 80

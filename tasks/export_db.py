@@ -17,8 +17,8 @@ from pydantic import BaseModel, EmailStr
 
 from runner.context import TaskContext
 from runner.errors import ConfigurationError, RetryableTaskError
+from runner.items import deserialize_image
 from runner.registry import TaskDefinition
-from runner.store import deserialize_image
 
 # Items per Scan page: small enough to bound memory, large enough to be cheap.
 SCAN_PAGE_SIZE = 500

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from runner.config import STATUS_INDEX
-from runner.store import serialize
+from runner.items import serialize
 
 REGION = "us-east-1"
 STREAM_ARN = (

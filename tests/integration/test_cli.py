@@ -49,7 +49,7 @@ def test_create_run_get_and_list(server_env: dict[str, str]) -> None:
 def test_numeric_task_id(server_env: dict[str, str]) -> None:
     import boto3
 
-    from runner.store import serialize
+    from runner.items import serialize
 
     dynamodb = boto3.client(
         "dynamodb", endpoint_url=server_env["AWS_ENDPOINT_URL"], region_name="us-east-1"

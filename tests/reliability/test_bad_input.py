@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.app import App
+from runner.items import serialize
 from runner.model import TaskStatus
-from runner.store import serialize
 from tests.helpers import pending, put_raw, stream_record
 
 _ids = itertools.count()

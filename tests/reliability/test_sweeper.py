@@ -9,9 +9,9 @@ import pytest
 import handler
 from runner.app import App
 from runner.client import TaskRunnerClient
+from runner.items import utcnow
 from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
-from runner.store import utcnow
 from runner.workflow import routable
 from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
 
