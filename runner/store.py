@@ -190,8 +190,18 @@ class TaskStore:
 
     # --- claims ----------------------------------------------------------------------
 
-    def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
-        """PENDING → PROCESSING; raises TaskAlreadyClaimed if anyone got there first."""
+    def _claim(
+        self,
+        task_id: str,
+        source: ClaimSource,
+        lease_seconds: float,
+        *,
+        condition: str,
+        values: dict[str, Any],
+        adds: dict[str, int],
+        extra_set: tuple[str, ...] = (),
+    ) -> Task:
+        """→ PROCESSING under `condition`, with a fresh claim token and lease."""
         now = self.clock()
         token = uuid.uuid4().hex
         try:
@@ -204,15 +214,30 @@ class TaskStore:
                     "claim_token": token,
                     "lease_expires_at": int(now.timestamp() + lease_seconds),
                 },
-                extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
-                adds={"attempts": 1},
-                condition="#status = :pending",
-                values={":pending": S.PENDING.value},
+                extra_set=extra_set,
+                adds=adds,
+                condition=condition,
+                values=values,
                 return_old_on_conflict=True,
             )
         except TaskConflict as exc:
             if isinstance(exc.old, Task) and exc.old.claim_token == token:
                 return exc.old  # our own claim: applied by an earlier try of this request
+            raise
+
+    def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
+        """PENDING → PROCESSING; raises TaskAlreadyClaimed if anyone got there first."""
+        try:
+            return self._claim(
+                task_id,
+                source,
+                lease_seconds,
+                condition="#status = :pending",
+                values={":pending": S.PENDING.value},
+                adds={"attempts": 1},
+                extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
+            )
+        except TaskConflict as exc:
             raise TaskAlreadyClaimed(f"task {task_id} is not PENDING (already claimed)") from exc
 
     def claim_for_retry(self, task_id: str, *, episode: int, lease_seconds: float) -> Task:
@@ -220,36 +245,23 @@ class TaskStore:
 
         On a lost condition the TaskConflict carries the item as it was (`.old`).
         """
-        now = self.clock()
-        token = uuid.uuid4().hex
-        try:
-            return self._update(
-                task_id,
-                {
-                    **self._status_sets(task_id, S.PROCESSING, now),
-                    "started_at": iso(now),
-                    "claimed_by": ClaimSource.WORKFLOW.value,
-                    "claim_token": token,
-                    "lease_expires_at": int(now.timestamp() + lease_seconds),
-                },
-                adds={"attempts": 1, "episode_attempts": 1},
-                condition=(
-                    "episode = :episode AND (#status IN (:failed, :retrying)"
-                    " OR (#status = :processing AND lease_expires_at < :now_epoch))"
-                ),
-                values={
-                    ":episode": episode,
-                    ":failed": S.FAILED.value,
-                    ":retrying": S.RETRYING.value,
-                    ":processing": S.PROCESSING.value,
-                    ":now_epoch": int(now.timestamp()),
-                },
-                return_old_on_conflict=True,
-            )
-        except TaskConflict as exc:
-            if isinstance(exc.old, Task) and exc.old.claim_token == token:
-                return exc.old
-            raise
+        return self._claim(
+            task_id,
+            ClaimSource.WORKFLOW,
+            lease_seconds,
+            condition=(
+                "episode = :episode AND (#status IN (:failed, :retrying)"
+                " OR (#status = :processing AND lease_expires_at < :now_epoch))"
+            ),
+            values={
+                ":episode": episode,
+                ":failed": S.FAILED.value,
+                ":retrying": S.RETRYING.value,
+                ":processing": S.PROCESSING.value,
+                ":now_epoch": int(self.clock().timestamp()),
+            },
+            adds={"attempts": 1, "episode_attempts": 1},
+        )
 
     # --- outcomes --------------------------------------------------------------------
 
