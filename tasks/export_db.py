@@ -13,7 +13,7 @@ import tempfile
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, EmailStr
+from pydantic import BaseModel, ConfigDict, EmailStr
 
 from runner.context import TaskContext
 from runner.errors import ConfigurationError, RetryableTaskError
@@ -27,6 +27,10 @@ LINK_EXPIRY_SECONDS = 24 * 3600
 
 
 class ExportDbInput(BaseModel):
+    # Built on first use: EmailStr imports email_validator (~25 ms of regexes), which
+    # every cold start would otherwise pay, though few tasks are exports.
+    model_config = ConfigDict(defer_build=True)
+
     email: EmailStr
 
 
