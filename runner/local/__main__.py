@@ -1,0 +1,87 @@
+"""`python -m runner.local serve|demo`: the whole service on this machine, no AWS account.
+
+- `serve` (`make dev`): start the local stack and keep it running until Ctrl-C; prints
+  the endpoint and the `export ...` lines for another terminal.
+- `demo` (`make demo`): start it, submit a mix of tasks, show them settle, summarise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from runner.local.server import DEFAULT_STAGE, LocalStack
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runner.local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the local stack until Ctrl-C")
+    demo = commands.add_parser("demo", help="run the demo and exit (non-zero on a surprise)")
+    for command in (serve, demo):
+        command.add_argument("--port", type=int, default=0, help="0 picks a free port")
+        command.add_argument("--stage", default=DEFAULT_STAGE)
+    serve.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=None,
+        help="seconds between sweeps (default: the template's schedule)",
+    )
+    serve.add_argument(
+        "--log-level", default=None, help="POWERTOOLS_LOG_LEVEL for the handlers (INFO, ...)"
+    )
+    return parser
+
+
+def serve(port: int, stage: str, sweep_interval: float | None, log_level: str | None) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalStack.start(
+            port=port, stage=stage, sweep_interval=sweep_interval, log_level=log_level
+        ) as stack:
+            sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
+            lines = [
+                f"Local stack ready in {stack.started_in:.1f} s: {stack.endpoint_url}",
+                f"  table {stack.table_name}, state machine {stack.state_machine_arn}",
+                f"  {len(stack.pollers)} stream pollers; {sweeps or 'no schedules'}",
+                "In another terminal:",
+                *[f"  {line}" for line in stack.exports()],
+                "Then e.g.:",
+                "  python -m runner.cli create-task example-task --message hello",
+                f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
+                f"--state-machine-arn {stack.state_machine_arn}",
+                "Ctrl-C stops it.",
+            ]
+            print("\n".join(lines), flush=True)
+            stop.wait()
+            print("stopping...", flush=True)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("runner.local").setLevel(logging.INFO)
+    if args.command == "serve":
+        return serve(args.port, args.stage, args.sweep_interval, args.log_level)
+    from runner.local.demo import run_demo
+
+    return run_demo(port=args.port, stage=args.stage)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
