@@ -13,9 +13,11 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from runner.local.server import DEFAULT_STAGE, LocalStack
+from runner.local.template import ROOT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,12 +35,24 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between sweeps (default: the template's schedule)",
     )
     serve.add_argument(
+        "--service-dir",
+        type=Path,
+        default=ROOT,
+        help="the directory holding serverless.yml (default: this repository)",
+    )
+    serve.add_argument(
         "--log-level", default=None, help="POWERTOOLS_LOG_LEVEL for the handlers (INFO, ...)"
     )
     return parser
 
 
-def serve(port: int, stage: str, sweep_interval: float | None, log_level: str | None) -> int:
+def serve(
+    port: int,
+    stage: str,
+    sweep_interval: float | None,
+    log_level: str | None,
+    service_dir: Path = ROOT,
+) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -47,7 +61,11 @@ def serve(port: int, stage: str, sweep_interval: float | None, log_level: str | 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with LocalStack.start(
-            port=port, stage=stage, sweep_interval=sweep_interval, log_level=log_level
+            port=port,
+            stage=stage,
+            sweep_interval=sweep_interval,
+            log_level=log_level,
+            service_dir=service_dir,
         ) as stack:
             sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
             lines = [
@@ -77,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("runner.local").setLevel(logging.INFO)
     if args.command == "serve":
-        return serve(args.port, args.stage, args.sweep_interval, args.log_level)
+        return serve(args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir)
     from runner.local.demo import run_demo
 
     return run_demo(port=args.port, stage=args.stage)
