@@ -43,10 +43,11 @@ typecheck: $(STAMP)
 test: install lint typecheck
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/pytest
 
-demo: install
+# demo and dev need the venv and the npm toolchain (sls package), not the checkov venv.
+demo: $(STAMP) $(NPM_STAMP)
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local demo
 
-dev: install
+dev: $(STAMP) $(NPM_STAMP)
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local serve
 
 bench: install

@@ -1,0 +1,200 @@
+"""The local stream poller applies an event source mapping's settings as Lambda does.
+
+A fake stream (GetRecords over a list) and a recording function: no server needed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from runner.local.poller import StreamPoller, first_failed_index
+from runner.local.stack import StreamMapping
+
+STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000"
+QUEUE_URL = "http://127.0.0.1/123456789012/failures"
+
+MAPPING = StreamMapping(
+    logical_id="ProcessStreamEventSourceMapping",
+    function_logical_id="ProcessStreamLambdaFunction",
+    function_name="task-runner-test-processStream",
+    handler="handler.process_stream",
+    source_logical_id="TasksTable",
+    batch_size=2,
+    starting_position="TRIM_HORIZON",
+    filter_patterns=(
+        {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["PENDING"]}}}},
+    ),
+    maximum_retry_attempts=2,
+    maximum_record_age_seconds=None,
+    bisect_batch_on_function_error=False,
+    report_batch_item_failures=True,
+    on_failure_logical_id="StreamOnFailureQueue",
+    on_failure_physical_id=QUEUE_URL,
+)
+
+
+def raw_record(seq: int, status: str = "PENDING", event: str = "INSERT") -> dict[str, Any]:
+    """A record as GetRecords returns it through boto3 (no eventSourceARN, a datetime)."""
+    return {
+        "eventID": f"e{seq}",
+        "eventName": event,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": datetime.now(UTC),
+            "Keys": {"id": {"S": f"t{seq}"}},
+            "NewImage": {"id": {"S": f"t{seq}"}, "status": {"S": status}},
+            "SequenceNumber": str(1000 + seq),
+            "SizeBytes": 10,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    }
+
+
+class FakeStreams:
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
+        return {"ShardIterator": "0"}
+
+    def get_records(self, ShardIterator: str, Limit: int) -> dict[str, Any]:
+        start = int(ShardIterator)
+        page = self.records[start : start + Limit]
+        return {"Records": page, "NextShardIterator": str(start + len(page))}
+
+
+class FakeSqs:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def send_message(self, QueueUrl: str, MessageBody: str) -> None:
+        self.messages.append((QueueUrl, json.loads(MessageBody)))
+
+
+class Function:
+    """Records each batch's sequence numbers; answers from a script (or succeeds)."""
+
+    def __init__(self, *responses: Any) -> None:
+        self.responses = list(responses)
+        self.batches: list[list[str]] = []
+        self.events: list[dict[str, Any]] = []
+        self.timeouts: list[int] = []
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        self.events.append(event)
+        self.batches.append([r["dynamodb"]["SequenceNumber"] for r in event["Records"]])
+        self.timeouts.append(context.get_remaining_time_in_millis())
+        response = self.responses.pop(0) if self.responses else {"batchItemFailures": []}
+        if isinstance(response, Exception):
+            raise response
+        return response
+
+
+def poll(
+    records: list[dict[str, Any]], function: Function, mapping: StreamMapping = MAPPING
+) -> tuple[StreamPoller, FakeSqs]:
+    sqs = FakeSqs()
+    poller = StreamPoller(
+        mapping,
+        function,
+        streams=FakeStreams(records),
+        sqs=sqs,
+        stream_arn=STREAM_ARN,
+        shard_id="shardId-1",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
+        timeout_seconds=300,
+        region="eu-west-1",
+        backoff=lambda attempt: 0.0,
+    )
+    poller._iterator = "0"
+    poller.poll_once()
+    return poller, sqs
+
+
+def failures(*sequences: int) -> dict[str, Any]:
+    return {"batchItemFailures": [{"itemIdentifier": str(1000 + s)} for s in sequences]}
+
+
+def test_filter_and_batch_size_shape_the_invocations() -> None:
+    records = [raw_record(1), raw_record(2, status="DONE"), raw_record(3), raw_record(4)]
+    records.append(raw_record(5, event="MODIFY"))
+    function = Function()
+
+    poller, _ = poll(records, function)
+
+    assert function.batches == [["1001", "1003"], ["1004"]]
+    assert poller.stats.filtered_out == 2
+
+
+def test_records_arrive_in_lambdas_shape_with_the_functions_timeout() -> None:
+    function = Function()
+
+    poll([raw_record(1)], function)
+
+    record = function.events[0]["Records"][0]
+    assert record["eventSourceARN"] == STREAM_ARN
+    assert record["awsRegion"] == "eu-west-1"
+    assert isinstance(record["dynamodb"]["ApproximateCreationDateTime"], int)
+    assert 299_000 < function.timeouts[0] <= 300_000
+
+
+def test_reported_failure_retries_from_the_first_failed_record() -> None:
+    function = Function(failures(2), {"batchItemFailures": []})
+
+    poll([raw_record(1), raw_record(2)], function, replace(MAPPING, batch_size=10))
+
+    assert function.batches == [["1001", "1002"], ["1002"]]
+
+
+def test_exhausted_retries_send_batch_metadata_to_the_on_failure_queue() -> None:
+    function = Function(failures(1), failures(1), failures(1))
+
+    poller, sqs = poll([raw_record(1), raw_record(2)], function)
+
+    assert function.batches == [["1001", "1002"]] * 3  # the first try and 2 retries
+    [(url, message)] = sqs.messages
+    assert url == QUEUE_URL
+    info = message["DDBStreamBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"]) == ("1001", "1002")
+    assert info["streamArn"] == STREAM_ARN and info["shardId"] == "shardId-1"
+    assert message["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert "Records" not in json.dumps(message)  # metadata only, as on AWS
+    assert poller.stats.discarded == 2
+
+
+def test_function_error_with_bisect_splits_the_batch() -> None:
+    function = Function(RuntimeError("boom"))
+    mapping = replace(MAPPING, batch_size=10, bisect_batch_on_function_error=True)
+
+    poll([raw_record(1), raw_record(2), raw_record(3), raw_record(4)], function, mapping)
+
+    assert function.batches == [
+        ["1001", "1002", "1003", "1004"],
+        ["1001", "1002"],
+        ["1003", "1004"],
+    ]
+
+
+def test_a_response_is_read_only_with_report_batch_item_failures() -> None:
+    function = Function(failures(1))
+
+    poll([raw_record(1)], function, replace(MAPPING, report_batch_item_failures=False))
+
+    assert function.batches == [["1001"]]
+
+
+def test_unknown_or_empty_identifiers_fail_the_whole_batch() -> None:
+    batch = [
+        {"dynamodb": {"SequenceNumber": "1"}},
+        {"dynamodb": {"SequenceNumber": "2"}},
+    ]
+    assert first_failed_index(batch, {"batchItemFailures": [{"itemIdentifier": "2"}]}) == 1
+    assert first_failed_index(batch, {"batchItemFailures": [{"itemIdentifier": "9"}]}) == 0
+    assert first_failed_index(batch, {"batchItemFailures": [{"itemIdentifier": ""}]}) == 0
+    assert first_failed_index(batch, {"batchItemFailures": []}) is None
+    assert first_failed_index(batch, None) is None
