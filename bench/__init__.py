@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [--quick] [--json PATH]`. See bench/README.md."""
