@@ -19,16 +19,9 @@ Moto's state is process-global: one LocalStack per process at a time.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 import logging
 import os
-import re
-import sys
-import threading
 import time
-import urllib.request
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +30,23 @@ from typing import Any
 import boto3
 
 from runner.local import stack as cfn
-from runner.local.lambdas import LambdaDispatcher, LambdaHandler
+from runner.local.lambdas import LambdaDispatcher
+from runner.local.motoserver import (
+    MOTO_CONFIG,
+    MOTO_DEFAULTS,
+    moto_api,
+    quiet_moto,
+    serialised_dynamodb,
+)
 from runner.local.poller import DEFAULT_POLL_INTERVAL, StreamPoller
+from runner.local.resources import (
+    FunctionInfo,
+    function_environment,
+    read_functions,
+    recreate_state_machines,
+    resolve_handler,
+    verify_sender,
+)
 from runner.local.scheduler import ScheduledFunction, rate_seconds
 from runner.local.template import ROOT, package_service
 
@@ -54,12 +62,6 @@ DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
-}
-# What the moto server must do for the stack: run state machines, and no Docker Lambdas.
-MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
-_MOTO_DEFAULTS = {
-    "stepfunctions": {"execute_state_machine": False},
-    "lambda": {"use_docker": True},
 }
 # Inherited variables that would point boto3 elsewhere or switch on X-Ray.
 _SCRUBBED_ENV = ("AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME", "_X_AMZN_TRACE_ID")
@@ -79,37 +81,7 @@ EXPORTED = (
 
 
 class LocalStackError(Exception):
-    """The local stack could not start, or did not settle in time."""
-
-
-@contextlib.contextmanager
-def serialised_dynamodb() -> Iterator[None]:
-    """One lock around moto's DynamoDB (and Streams) request handling.
-
-    Unserialised, two racing conditional claims can both win. Only these handlers are
-    locked: a lock around the whole server deadlocks when a Lambda handler running
-    inside a request calls back into the server.
-    """
-    from moto.dynamodb.responses import DynamoHandler
-    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
-
-    lock = threading.RLock()
-    originals = [(cls, cls.call_action) for cls in (DynamoHandler, DynamoDBStreamsHandler)]
-
-    def locked(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def call_action(self: Any) -> Any:
-            with lock:
-                return original(self)
-
-        return call_action
-
-    for cls, original in originals:
-        setattr(cls, "call_action", locked(original))  # noqa: B010 (mypy: method assign)
-    try:
-        yield
-    finally:
-        for cls, original in originals:
-            setattr(cls, "call_action", original)  # noqa: B010
+    """The local stack did not settle in time."""
 
 
 @contextlib.contextmanager
@@ -127,37 +99,6 @@ def patched_environ(values: Mapping[str, str], remove: tuple[str, ...] = ()) -> 
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def resolve_handler(spec: str) -> LambdaHandler:
-    """`handler.process_stream` → the function, imported from the repository."""
-    module_name, _, attribute = spec.rpartition(".")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    handler: LambdaHandler = getattr(importlib.import_module(module_name), attribute)
-    return handler
-
-
-def _moto_api(endpoint_url: str, path: str, body: dict[str, Any] | None = None) -> None:
-    request = urllib.request.Request(
-        f"{endpoint_url}/moto-api/{path}",
-        data=json.dumps(body or {}).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
-
-
-@dataclass(frozen=True)
-class FunctionInfo:
-    """A Lambda function of the stack as moto holds it."""
-
-    name: str
-    arn: str
-    handler: str
-    timeout: float
-    environment: dict[str, str]
 
 
 @dataclass
@@ -204,7 +145,7 @@ class LocalStack:
         with contextlib.ExitStack() as exits:
             exits.enter_context(patched_environ(base_env, remove=_SCRUBBED_ENV))
             exits.enter_context(serialised_dynamodb())
-            exits.enter_context(_quiet_moto())
+            exits.enter_context(quiet_moto())
             from moto.server import ThreadedMotoServer
 
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -214,10 +155,10 @@ class LocalStack:
             endpoint = f"http://{host}:{real_port}"
             # Moto's Step Functions executor calls back to localhost:$MOTO_PORT.
             exits.enter_context(patched_environ({"MOTO_PORT": str(real_port)}))
-            _moto_api(endpoint, "reset")
-            exits.callback(_moto_api, endpoint, "config", _MOTO_DEFAULTS)
+            moto_api(endpoint, "reset")
+            exits.callback(moto_api, endpoint, "config", MOTO_DEFAULTS)
             # Functions must land in the Docker-less backend, so this precedes the stack.
-            _moto_api(endpoint, "config", {"lambda": MOTO_CONFIG["lambda"]})
+            moto_api(endpoint, "config", {"lambda": MOTO_CONFIG["lambda"]})
             created = cfn.create_stack(
                 package_dir,
                 endpoint_url=endpoint,
@@ -225,8 +166,8 @@ class LocalStack:
                 region=region,
             )
             session = boto3.Session(region_name=region)
-            functions = _functions(session, endpoint, region, created)
-            _recreate_state_machines(
+            functions = read_functions(session, endpoint, region, created)
+            recreate_state_machines(
                 session,
                 endpoint,
                 region,
@@ -234,7 +175,7 @@ class LocalStack:
                 cfn.load_packaged_template(package_dir),
                 functions,
             )
-            env = _function_environment(functions)
+            env = function_environment(functions)
             env.update(
                 base_env,
                 AWS_ENDPOINT_URL=endpoint,
@@ -245,7 +186,7 @@ class LocalStack:
             if log_level:
                 env["POWERTOOLS_LOG_LEVEL"] = log_level
             exits.enter_context(patched_environ(env))
-            _verify_sender(session, endpoint, region, env.get("TASK_RUNNER_SENDER_EMAIL"))
+            verify_sender(session, endpoint, region, env.get("TASK_RUNNER_SENDER_EMAIL"))
             _reset_app()
             exits.callback(_reset_app)
 
@@ -411,137 +352,3 @@ def _reset_app() -> None:
     from runner.app import get_app
 
     get_app.cache_clear()
-
-
-@contextlib.contextmanager
-def _quiet_moto() -> Iterator[None]:
-    """No per-request access log, no warnings for the resource types moto skips."""
-    # Moto's Step Functions logs every failed execution as an error: routine here.
-    quiet = {
-        "werkzeug": logging.ERROR,
-        "moto": logging.ERROR,
-        "moto.stepfunctions": logging.CRITICAL,
-    }
-    loggers = [logging.getLogger(name) for name in quiet]
-    levels = [logger.level for logger in loggers]
-    for logger, level in zip(loggers, quiet.values(), strict=True):
-        logger.setLevel(level)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No Moto CloudFormation support")
-        warnings.filterwarnings("ignore", message="Tried to parse")
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-
-
-def _functions(
-    session: boto3.Session, endpoint: str, region: str, created: cfn.LocalStack
-) -> dict[str, FunctionInfo]:
-    """The stack's functions, read back from moto's Lambda (handler, timeout, env)."""
-    lambdas = session.client("lambda", endpoint_url=endpoint, region_name=region)
-    found = {}
-    for logical_id, physical_id in created.resources.items():
-        if not physical_id or not logical_id.endswith("LambdaFunction"):
-            continue
-        config = lambdas.get_function_configuration(FunctionName=physical_id)
-        found[logical_id] = FunctionInfo(
-            name=config["FunctionName"],
-            arn=config["FunctionArn"],
-            handler=config["Handler"],
-            timeout=float(config.get("Timeout", 3)),
-            environment=dict(config.get("Environment", {}).get("Variables", {})),
-        )
-    return found
-
-
-def _function_environment(functions: Mapping[str, FunctionInfo]) -> dict[str, str]:
-    """The union of the functions' environments; one process runs them all."""
-    env: dict[str, str] = {}
-    for info in functions.values():
-        for name, value in info.environment.items():
-            if env.setdefault(name, value) != value:
-                raise LocalStackError(
-                    f"functions disagree on {name} ({env[name]!r} vs {value!r}); "
-                    "the local stack runs them in one process"
-                )
-    return env
-
-
-def _recreate_state_machines(
-    session: boto3.Session,
-    endpoint: str,
-    region: str,
-    created: cfn.LocalStack,
-    template: dict[str, Any],
-    functions: Mapping[str, FunctionInfo],
-) -> None:
-    """Re-create the stack's state machines in moto's executing backend (same ARN).
-
-    The definition is built from the packaged template (its `Definition` with the
-    `DefinitionSubstitutions` resolved against the created stack), not read back from
-    moto: moto's `Fn::Sub` runs `string.Template`, which turns the ASL's `$$.` context
-    paths into `$.`.
-    """
-    sfn = session.client("stepfunctions", endpoint_url=endpoint, region_name=region)
-    machines = []
-    for logical_id, resource in template["Resources"].items():
-        if resource.get("Type") != "AWS::StepFunctions::StateMachine":
-            continue
-        arn = created.resources[logical_id]
-        described = sfn.describe_state_machine(stateMachineArn=arn)
-        definition = described["definition"]
-        props = resource["Properties"]
-        if isinstance(props.get("Definition"), dict):
-            values = {
-                name: _resolve(value, created, functions)
-                for name, value in props.get("DefinitionSubstitutions", {}).items()
-            }
-            definition = substitute_definition(json.dumps(props["Definition"], indent=2), values)
-        machines.append((described, definition))
-    _moto_api(endpoint, "config", {"stepfunctions": MOTO_CONFIG["stepfunctions"]})
-    for described, definition in machines:
-        arn = sfn.create_state_machine(
-            name=described["name"],
-            definition=definition,
-            roleArn=described["roleArn"],
-            type=described.get("type", "STANDARD"),
-        )["stateMachineArn"]
-        if arn != described["stateMachineArn"]:
-            raise LocalStackError(f"re-created state machine has ARN {arn}")
-
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z][A-Za-z0-9_]*)\}")
-
-
-def substitute_definition(text: str, values: Mapping[str, str]) -> str:
-    """`${Name}` → value, as Step Functions' DefinitionSubstitutions does (nothing else)."""
-    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
-    if missing:
-        raise LocalStackError(f"no DefinitionSubstitutions for {', '.join(missing)}")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-
-
-def _resolve(value: Any, created: cfn.LocalStack, functions: Mapping[str, FunctionInfo]) -> str:
-    """A substitution value (literal, `Ref` or `Fn::GetAtt ... Arn`) against the stack."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Ref" in value:
-        return created.resources[value["Ref"]]
-    if isinstance(value, dict) and "Fn::GetAtt" in value:
-        target = value["Fn::GetAtt"]
-        logical_id, attribute = target if isinstance(target, list) else target.split(".", 1)
-        if attribute == "Arn" and logical_id in functions:
-            return functions[logical_id].arn
-        physical = created.resources.get(logical_id, "")
-        if attribute == "Arn" and physical.startswith("arn:"):
-            return physical
-    raise LocalStackError(f"cannot resolve {value!r} locally")
-
-
-def _verify_sender(session: boto3.Session, endpoint: str, region: str, sender: str | None) -> None:
-    """SES refuses to send from an unverified address; verify the configured sender."""
-    if sender:
-        ses = session.client("ses", endpoint_url=endpoint, region_name=region)
-        ses.verify_email_identity(EmailAddress=sender)

@@ -157,3 +157,21 @@ def _write_together(
         }
     )
     return ids
+
+
+def test_the_executing_state_machine_is_the_asl_file_with_the_stacks_names(
+    local_stack: ServedStack,
+) -> None:
+    from runner.local.statemachine import load_definition
+
+    lambdas = local_stack.client("lambda")
+    run_task = lambdas.get_function(FunctionName="task-runner-e2e-runTask")["Configuration"]
+    described = local_stack.client("stepfunctions").describe_state_machine(
+        stateMachineArn=local_stack.state_machine_arn
+    )
+
+    expected = load_definition(
+        {"RunTaskFunctionArn": run_task["FunctionArn"], "TasksTableName": local_stack.table_name}
+    )
+    assert json.loads(described["definition"]) == json.loads(expected)
+    assert "$$.State.EnteredTime" in described["definition"]  # moto's Fn::Sub would drop a $

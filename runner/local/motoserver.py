@@ -1,0 +1,83 @@
+"""The moto server as the local stack needs it: serialised DynamoDB, config, quiet logs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# What the moto server must do for the stack: run state machines, and no Docker Lambdas.
+MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+MOTO_DEFAULTS = {
+    "stepfunctions": {"execute_state_machine": False},
+    "lambda": {"use_docker": True},
+}
+
+
+@contextlib.contextmanager
+def serialised_dynamodb() -> Iterator[None]:
+    """One lock around moto's DynamoDB (and Streams) request handling.
+
+    Unserialised, two racing conditional claims can both win. Only these handlers are
+    locked: a lock around the whole server deadlocks when a Lambda handler running
+    inside a request calls back into the server.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+
+    lock = threading.RLock()
+    originals = [(cls, cls.call_action) for cls in (DynamoHandler, DynamoDBStreamsHandler)]
+
+    def locked(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def call_action(self: Any) -> Any:
+            with lock:
+                return original(self)
+
+        return call_action
+
+    for cls, original in originals:
+        setattr(cls, "call_action", locked(original))  # noqa: B010 (mypy: method assign)
+    try:
+        yield
+    finally:
+        for cls, original in originals:
+            setattr(cls, "call_action", original)  # noqa: B010
+
+
+def moto_api(endpoint_url: str, path: str, body: dict[str, Any] | None = None) -> None:
+    request = urllib.request.Request(
+        f"{endpoint_url}/moto-api/{path}",
+        data=json.dumps(body or {}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+@contextlib.contextmanager
+def quiet_moto() -> Iterator[None]:
+    """No per-request access log, no warnings for the resource types moto skips."""
+    # Moto's Step Functions logs every failed execution as an error: routine here.
+    quiet = {
+        "werkzeug": logging.ERROR,
+        "moto": logging.ERROR,
+        "moto.stepfunctions": logging.CRITICAL,
+    }
+    loggers = [logging.getLogger(name) for name in quiet]
+    levels = [logger.level for logger in loggers]
+    for logger, level in zip(loggers, quiet.values(), strict=True):
+        logger.setLevel(level)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No Moto CloudFormation support")
+        warnings.filterwarnings("ignore", message="Tried to parse")
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)

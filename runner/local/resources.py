@@ -1,0 +1,153 @@
+"""The created stack read back for local use: functions, handlers, state machines, SES."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from runner.local import stack as cfn
+from runner.local.lambdas import LambdaHandler
+from runner.local.motoserver import MOTO_CONFIG, moto_api
+from runner.local.template import ROOT
+
+
+class ResourceError(Exception):
+    """The created stack holds something the local stack cannot run."""
+
+
+def resolve_handler(spec: str) -> LambdaHandler:
+    """`handler.process_stream` → the function, imported from the repository."""
+    module_name, _, attribute = spec.rpartition(".")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    handler: LambdaHandler = getattr(importlib.import_module(module_name), attribute)
+    return handler
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """A Lambda function of the stack as moto holds it."""
+
+    name: str
+    arn: str
+    handler: str
+    timeout: float
+    environment: dict[str, str]
+
+
+def read_functions(
+    session: boto3.Session, endpoint: str, region: str, created: cfn.LocalStack
+) -> dict[str, FunctionInfo]:
+    """The stack's functions, read back from moto's Lambda (handler, timeout, env)."""
+    lambdas = session.client("lambda", endpoint_url=endpoint, region_name=region)
+    found = {}
+    for logical_id, physical_id in created.resources.items():
+        if not physical_id or not logical_id.endswith("LambdaFunction"):
+            continue
+        config = lambdas.get_function_configuration(FunctionName=physical_id)
+        found[logical_id] = FunctionInfo(
+            name=config["FunctionName"],
+            arn=config["FunctionArn"],
+            handler=config["Handler"],
+            timeout=float(config.get("Timeout", 3)),
+            environment=dict(config.get("Environment", {}).get("Variables", {})),
+        )
+    return found
+
+
+def function_environment(functions: Mapping[str, FunctionInfo]) -> dict[str, str]:
+    """The union of the functions' environments; one process runs them all."""
+    env: dict[str, str] = {}
+    for info in functions.values():
+        for name, value in info.environment.items():
+            if env.setdefault(name, value) != value:
+                raise ResourceError(
+                    f"functions disagree on {name} ({env[name]!r} vs {value!r}); "
+                    "the local stack runs them in one process"
+                )
+    return env
+
+
+def recreate_state_machines(
+    session: boto3.Session,
+    endpoint: str,
+    region: str,
+    created: cfn.LocalStack,
+    template: dict[str, Any],
+    functions: Mapping[str, FunctionInfo],
+) -> None:
+    """Re-create the stack's state machines in moto's executing backend (same ARN).
+
+    The definition is built from the packaged template (its `Definition` with the
+    `DefinitionSubstitutions` resolved against the created stack), not read back from
+    moto: moto's `Fn::Sub` runs `string.Template`, which turns the ASL's `$$.` context
+    paths into `$.`.
+    """
+    sfn = session.client("stepfunctions", endpoint_url=endpoint, region_name=region)
+    machines = []
+    for logical_id, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::StepFunctions::StateMachine":
+            continue
+        arn = created.resources[logical_id]
+        described = sfn.describe_state_machine(stateMachineArn=arn)
+        definition = described["definition"]
+        props = resource["Properties"]
+        if isinstance(props.get("Definition"), dict):
+            values = {
+                name: _resolve(value, created, functions)
+                for name, value in props.get("DefinitionSubstitutions", {}).items()
+            }
+            definition = substitute_definition(json.dumps(props["Definition"], indent=2), values)
+        machines.append((described, definition))
+    moto_api(endpoint, "config", {"stepfunctions": MOTO_CONFIG["stepfunctions"]})
+    for described, definition in machines:
+        arn = sfn.create_state_machine(
+            name=described["name"],
+            definition=definition,
+            roleArn=described["roleArn"],
+            type=described.get("type", "STANDARD"),
+        )["stateMachineArn"]
+        if arn != described["stateMachineArn"]:
+            raise ResourceError(f"re-created state machine has ARN {arn}")
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z][A-Za-z0-9_]*)\}")
+
+
+def substitute_definition(text: str, values: Mapping[str, str]) -> str:
+    """`${Name}` → value, as Step Functions' DefinitionSubstitutions does (nothing else)."""
+    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    if missing:
+        raise ResourceError(f"no DefinitionSubstitutions for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def _resolve(value: Any, created: cfn.LocalStack, functions: Mapping[str, FunctionInfo]) -> str:
+    """A substitution value (literal, `Ref` or `Fn::GetAtt ... Arn`) against the stack."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value:
+        return created.resources[value["Ref"]]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target = value["Fn::GetAtt"]
+        logical_id, attribute = target if isinstance(target, list) else target.split(".", 1)
+        if attribute == "Arn" and logical_id in functions:
+            return functions[logical_id].arn
+        physical = created.resources.get(logical_id, "")
+        if attribute == "Arn" and physical.startswith("arn:"):
+            return physical
+    raise ResourceError(f"cannot resolve {value!r} locally")
+
+
+def verify_sender(session: boto3.Session, endpoint: str, region: str, sender: str | None) -> None:
+    """SES refuses to send from an unverified address; verify the configured sender."""
+    if sender:
+        ses = session.client("ses", endpoint_url=endpoint, region_name=region)
+        ses.verify_email_identity(EmailAddress=sender)
