@@ -206,8 +206,31 @@ def adapt_for_moto(template: Template) -> Template:
         if "Definition" in props:
             definition = json.dumps(props.pop("Definition"))
             substitutions = props.pop("DefinitionSubstitutions", {})
-            props["DefinitionString"] = {"Fn::Sub": [definition, substitutions]}
+            props["DefinitionString"] = {
+                "Fn::Sub": _inline_substitutions(definition, substitutions)
+            }
     return dict(_rename_digit_sub_variables(adapted))
+
+
+def _inline_substitutions(definition: str, substitutions: dict[str, Any]) -> str:
+    """`${Name}` placeholders → the string form of `Fn::Sub` (`${Resource.Attr}`, `${Resource}`).
+
+    Moto applies a variable map with `string.Template.safe_substitute`, once per variable,
+    which also turns the ASL's `$$` (the context object) into `$`; the string form is
+    resolved by moto without that step, so `$$.State.EnteredTime` survives.
+    """
+    for name, value in substitutions.items():
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            target = ".".join(value["Fn::GetAtt"])
+        elif isinstance(value, dict) and "Ref" in value:
+            target = value["Ref"]
+        elif isinstance(value, str):
+            definition = definition.replace(f"${{{name}}}", value)
+            continue
+        else:
+            raise StackError(f"cannot inline substitution {name}: {value!r}")
+        definition = definition.replace(f"${{{name}}}", f"${{{target}}}")
+    return definition
 
 
 def _upload_artifacts(s3: Any, template: Template, package_dir: Path, bucket: str) -> None:

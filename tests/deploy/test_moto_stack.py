@@ -45,6 +45,12 @@ def test_packaged_template_reaches_create_complete(packaged: Packaged) -> None:
         table = definition["States"]["MarkRetriesExhausted"]["Parameters"]["TableName"]
         assert run_task.endswith(":function:task-runner-test-runTask")
         assert table == "task-runner-tasks-test"
+        # ... and nothing else changed (moto's Fn::Sub variable map turns `$$` into `$`)
+        from runner.local.statemachine import load_definition
+
+        assert definition == json.loads(
+            load_definition({"RunTaskFunctionArn": run_task, "TasksTableName": table})
+        )
 
         # The functions exist with the uploaded code
         lambdas = boto3.client("lambda", region_name="us-east-1")
