@@ -21,6 +21,8 @@ from typing import Any
 from bench.common import ROOT, Figure, apply_base_env
 
 DEFAULT_JSON = os.path.join(ROOT, "bench", "results", "latest.json")
+# The quick run (CI, `make test`) must not overwrite the committed full results.
+QUICK_JSON = os.path.join(ROOT, "bench", "results", "quick.json")
 # Section number → module; run in this order (the local stack last, as it is the slowest).
 SECTIONS = {
     "1": "bench.concurrency",
@@ -77,9 +79,12 @@ def _git_commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the CI version (< ~90 s)")
-    parser.add_argument("--json", default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
+    parser.add_argument(
+        "--json", default=None, help="default bench/results/latest.json (quick: quick.json)"
+    )
     parser.add_argument("--only", default="", help="section numbers, e.g. 1,3")
     args = parser.parse_args(argv)
+    args.json = args.json or (QUICK_JSON if args.quick else DEFAULT_JSON)
     apply_base_env()
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     figures: list[Figure] = []
