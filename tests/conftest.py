@@ -12,6 +12,7 @@ from runner.app import App, get_app
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.local import demo_tasks
+from runner.local.motoserver import serialised_dynamodb
 from tasks import build_registry
 from tests.helpers import create_tasks_table
 
@@ -43,22 +44,10 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _serialised_moto_dynamodb() -> Iterator[None]:
     """Moto is not thread-safe: unserialised, two racing conditional claims can both win.
 
-    Its DynamoDB request handler is serialised for every test (in-process and server).
+    Its DynamoDB request handling is serialised for every test (in-process and server).
     """
-    import threading
-
-    from moto.dynamodb.responses import DynamoHandler
-
-    lock = threading.RLock()
-    original = DynamoHandler.call_action
-
-    def call_action(self: DynamoHandler) -> object:
-        with lock:
-            return original(self)
-
-    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
-    yield
-    DynamoHandler.call_action = original  # type: ignore[method-assign]
+    with serialised_dynamodb():
+        yield
 
 
 @pytest.fixture
