@@ -58,6 +58,7 @@ class Flow:
 
     def __init__(self) -> None:
         import boto3
+        import botocore.session
 
         import handler
         from runner.app import App
@@ -80,8 +81,8 @@ class Flow:
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn",
         )["stateMachineArn"]
         self.counter = CallCounter()
-        session = boto3.session.Session()
-        session.events.register("before-call", self.counter)
+        session = botocore.session.get_session()
+        session.register("before-call", self.counter)
         settings = Settings(
             table_name=table, region="us-east-1", state_machine_arn=self.state_machine_arn
         )

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.executor import TaskRunner
 from runner.registry import TaskRegistry
 from runner.store import TaskStore
-from runner.stream import StreamProcessor
-from runner.sweeper import Sweeper
-from runner.workflow import RetryWorkflow
+
+if TYPE_CHECKING:
+    from runner.stream import StreamProcessor
+    from runner.sweeper import Sweeper
+    from runner.workflow import RetryWorkflow
 
 
-@dataclass(frozen=True)
 class App:
-    settings: Settings
-    clients: AwsClients
-    registry: TaskRegistry
-    store: TaskStore
-    runner: TaskRunner
-    stream: StreamProcessor
-    workflow: RetryWorkflow
-    sweeper: Sweeper
+    """The runner's parts for one configuration.
+
+    Each Lambda uses one of stream, workflow and sweeper; they are imported and built on
+    first use, so a function's cold start pays only for its own.
+    """
+
+    def __init__(self, settings: Settings, clients: AwsClients, registry: TaskRegistry) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.registry = registry
+        self.store = TaskStore(settings, clients)
+        self.runner = TaskRunner(self.store, registry, settings=settings, clients=clients)
 
     @classmethod
     def build(
@@ -36,20 +41,29 @@ class App:
         from tasks import build_registry
 
         settings = settings or Settings.from_env()
-        clients = clients or AwsClients(settings)
-        registry = registry or build_registry(settings.task_modules)
-        store = TaskStore(settings, clients)
-        runner = TaskRunner(store, registry, settings=settings, clients=clients)
         return cls(
-            settings=settings,
-            clients=clients,
-            registry=registry,
-            store=store,
-            runner=runner,
-            stream=StreamProcessor(runner, max_concurrency=settings.max_concurrency),
-            workflow=RetryWorkflow(settings, clients, store),
-            sweeper=Sweeper(store, runner),
+            settings,
+            clients or AwsClients(settings),
+            registry or build_registry(settings.task_modules),
         )
+
+    @functools.cached_property
+    def stream(self) -> StreamProcessor:
+        from runner.stream import StreamProcessor
+
+        return StreamProcessor(self.runner, max_concurrency=self.settings.max_concurrency)
+
+    @functools.cached_property
+    def workflow(self) -> RetryWorkflow:
+        from runner.workflow import RetryWorkflow
+
+        return RetryWorkflow(self.settings, self.clients, self.store)
+
+    @functools.cached_property
+    def sweeper(self) -> Sweeper:
+        from runner.sweeper import Sweeper
+
+        return Sweeper(self.store, self.runner)
 
 
 @functools.cache

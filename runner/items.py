@@ -8,19 +8,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import ValidationError
 
 from runner.errors import MalformedTask
 from runner.model import Task, status_shard
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 Clock = Callable[[], datetime]
 
 
@@ -33,43 +31,101 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _to_dynamo(value: Any) -> Any:
-    """Python → values TypeSerializer accepts (floats become Decimals)."""
-    if isinstance(value, float):
-        return Decimal(str(value))
+def _number(value: int | float | Decimal) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("DynamoDB cannot store NaN or infinity")
+    return str(value if isinstance(value, int) else Decimal(str(value)))
+
+
+def to_attribute(value: Any) -> dict[str, Any]:
+    """A JSON-like Python value → a DynamoDB attribute value ({"S": ...}, {"M": ...}, ...)."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | float | Decimal):
+        return {"N": _number(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bytes | bytearray):
+        return {"B": bytes(value)}
     if isinstance(value, dict):
-        return {str(k): _to_dynamo(v) for k, v in value.items()}
+        return {"M": {str(k): to_attribute(v) for k, v in value.items()}}
     if isinstance(value, list | tuple):
-        return [_to_dynamo(v) for v in value]
+        return {"L": [to_attribute(v) for v in value]}
+    if isinstance(value, set | frozenset) and value:
+        if all(isinstance(v, str) for v in value):
+            return {"SS": sorted(value)}
+        if all(isinstance(v, int | float | Decimal) and not isinstance(v, bool) for v in value):
+            return {"NS": sorted(_number(v) for v in value)}
+    raise TypeError(f"cannot store a {type(value).__name__} in DynamoDB")
+
+
+def _parse_number(text: Any) -> int | float:
+    if not isinstance(text, str):
+        raise MalformedTask(f"a number must be sent as a string, not {text!r}")
+    try:
+        number = Decimal(text)
+    except ArithmeticError as exc:
+        raise MalformedTask(f"not a number: {text!r}") from exc
+    if not number.is_finite():
+        raise MalformedTask(f"not a finite number: {text!r}")
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+def _binary(value: Any) -> str:
+    # botocore hands over bytes; a Lambda event carries the base64 text itself.
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, str):
+        return value
+    raise MalformedTask(f"not binary data: {value!r}")
+
+
+def _expect(kind: str, value: Any, types: type | tuple[type, ...]) -> Any:
+    if not isinstance(value, types):
+        raise MalformedTask(f"attribute of type {kind} holds a {type(value).__name__}")
     return value
 
 
-def _from_dynamo(value: Any) -> Any:
-    """Deserialized DynamoDB values → plain JSON-like Python (Decimals to int or float)."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(v) for v in value]
-    if isinstance(value, set):
-        return sorted(_from_dynamo(v) for v in value)
-    if hasattr(value, "value") and type(value).__name__ == "Binary":
-        return base64.b64encode(value.value).decode()
-    return value
+def from_attribute(attribute: Any) -> Any:
+    """A DynamoDB attribute value → plain JSON-like Python; MalformedTask if it is not one."""
+    if not isinstance(attribute, dict) or len(attribute) != 1:
+        raise MalformedTask(f"not an attribute value: {attribute!r:.80}")
+    ((kind, value),) = attribute.items()
+    if kind == "S":
+        return _expect(kind, value, str)
+    if kind == "N":
+        return _parse_number(value)
+    if kind == "BOOL":
+        return _expect(kind, value, bool)
+    if kind == "NULL":
+        return None
+    if kind == "M":
+        return {str(k): from_attribute(v) for k, v in _expect(kind, value, dict).items()}
+    if kind == "L":
+        return [from_attribute(v) for v in _expect(kind, value, list)]
+    if kind == "B":
+        return _binary(value)
+    if kind == "SS":
+        return sorted(_expect(kind, v, str) for v in _expect(kind, value, list))
+    if kind == "NS":
+        return sorted(_parse_number(v) for v in _expect(kind, value, list))
+    if kind == "BS":
+        return [_binary(v) for v in _expect(kind, value, list)]
+    raise MalformedTask(f"unknown attribute type {kind!r}")
 
 
 def serialize(values: dict[str, Any]) -> dict[str, Any]:
     """A dict of Python values → DynamoDB attribute values."""
-    return {k: _serializer.serialize(_to_dynamo(v)) for k, v in values.items()}
+    return {k: to_attribute(v) for k, v in values.items()}
 
 
-def deserialize_image(image: dict[str, Any]) -> dict[str, Any]:
+def deserialize_image(image: Any) -> dict[str, Any]:
     """A DynamoDB image (attribute values) → a dict of plain Python values."""
-    try:
-        return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in image.items()}
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise MalformedTask(f"cannot read item: {exc}") from exc
+    if not isinstance(image, dict):
+        raise MalformedTask(f"an item must be a map, not {type(image).__name__}")
+    return {str(k): from_attribute(v) for k, v in image.items()}
 
 
 def task_from_item(values: dict[str, Any]) -> Task:

@@ -66,14 +66,21 @@ class StreamProcessor:
         workers = len(records)
         if self.max_concurrency:
             workers = min(workers, self.max_concurrency)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="record") as pool:
-            futures = [
-                pool.submit(
-                    contextvars.copy_context().run, self._process_one, record, remaining_seconds
-                )
-                for record in records
-            ]
-            results = [f.result() for f in futures]
+        if workers == 1:
+            # Nothing to overlap: no pool, no thread start (a cold start's one-record batch).
+            results = [self._process_one(record, remaining_seconds) for record in records]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="record") as pool:
+                futures = [
+                    pool.submit(
+                        contextvars.copy_context().run,
+                        self._process_one,
+                        record,
+                        remaining_seconds,
+                    )
+                    for record in records
+                ]
+                results = [f.result() for f in futures]
         return BatchResult(
             outcomes=[r.outcome for r in results if r.outcome is not None],
             ignored=sum(r.ignored for r in results),

@@ -58,12 +58,16 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
                     gz.write(json.dumps(deserialize_image(item), sort_keys=True).encode() + b"\n")
                     rows += 1
         spool.seek(0)
-        s3.upload_fileobj(
-            spool,
-            settings.export_bucket,
-            key,
-            ExtraArgs={"ContentType": "application/x-ndjson", "ContentEncoding": "gzip"},
-        )
+        # s3transfer (multipart for large exports) is imported here, not at cold start.
+        from s3transfer.manager import TransferManager
+
+        with TransferManager(s3) as transfer:
+            transfer.upload(
+                spool,
+                settings.export_bucket,
+                key,
+                extra_args={"ContentType": "application/x-ndjson", "ContentEncoding": "gzip"},
+            ).result()
     url = s3.generate_presigned_url(
         "get_object",
         Params={"Bucket": settings.export_bucket, "Key": key},
