@@ -94,6 +94,10 @@ class TaskRetryableError(TaskRunnerError):
     """Raised by run_task so the state machine's Retry schedules another attempt."""
 
 
+class TaskLeaseHeld(TaskRunnerError):
+    """Raised by run_task while an earlier attempt (a timed-out Lambda) still holds the lease."""
+
+
 class RetriesExhausted(TaskRunnerError):
     """Raised by run_task when the attempts allowed for the task's type are spent."""
 

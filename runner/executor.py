@@ -31,6 +31,7 @@ from runner.errors import (
     TaskAlreadyClaimed,
     TaskConflict,
     TaskFailure,
+    TaskLeaseHeld,
     TaskRetryableError,
     TaskTimedOut,
     UnknownTaskType,
@@ -163,8 +164,9 @@ class TaskRunner:
         except TaskConflict as exc:
             old = exc.old if isinstance(exc.old, Task) else None
             if old is not None and old.status is S.PROCESSING and old.episode == episode:
-                # A previous attempt's Lambda may still be running: wait for its lease.
-                raise TaskRetryableError(
+                # A previous attempt's Lambda may still be running: wait out its lease
+                # (the state machine retries this error on the lease's timescale).
+                raise TaskLeaseHeld(
                     f"task {task_id} is still PROCESSING under a live lease"
                 ) from exc
             state = f"{old.status.value}, episode {old.episode}" if old else "missing"

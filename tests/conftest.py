@@ -32,7 +32,7 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME", "AWS_PROFILE"):
+    for name in ("AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME", "LAMBDA_TASK_ROOT", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     get_app.cache_clear()
     demo_tasks.EFFECTS.clear()

@@ -80,6 +80,26 @@ def test_workflow_claims_are_left_to_the_state_machine(swept_app: App) -> None:
     assert app.store.claim_for_retry("wf", episode=1, lease_seconds=60).attempts == 2
 
 
+def test_a_workflow_attempt_waits_out_a_live_lease(swept_app: App) -> None:
+    from runner.errors import TaskLeaseHeld
+
+    app = swept_app
+    put_raw(
+        app.clients.dynamodb,
+        app.settings.table_name,
+        {**pending("held", "NOOP_TASK", {}), "status": "FAILED", "episode": 1, "retryable": True},
+    )
+    # Given an attempt whose Lambda timed out while holding the task
+    app.store.claim_for_retry("held", episode=1, lease_seconds=600)
+    # When the state machine's next attempt comes, it is told to wait, not to fail
+    with pytest.raises(TaskLeaseHeld):
+        app.runner.run_retry("held", 1)
+    assert app.store.get("held").attempts == 1 and demo_tasks.EFFECTS == {}
+    # And once the lease has expired, the attempt runs
+    _later(app, 3600)
+    assert app.runner.run_retry("held", 1).status is TaskStatus.DONE
+
+
 def test_pending_tasks_the_stream_missed_are_run(swept_app: App) -> None:
     app = swept_app
     put_raw(app.clients.dynamodb, app.settings.table_name, pending("lost", "NOOP_TASK", {}))
