@@ -23,12 +23,12 @@ from bench.common import (
     StreamReader,
     child_env,
     clients_for,
-    create_table,
     insert_tasks,
     median,
     moto_server,
     pending_item,
 )
+from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "3. cold start"
 TARGET_RATIO = 1.6

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from runner.local.motoserver import serialised_dynamodb
 
 REGION = "us-east-1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,23 +96,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def serialise_moto_dynamodb() -> None:
-    """Moto's DynamoDB is not thread-safe (LOCAL-AWS-FACTS.md): one RLock per process."""
-    from moto.dynamodb.responses import DynamoHandler
-
-    if getattr(DynamoHandler.call_action, "_bench_serialised", False):
-        return
-    lock = threading.RLock()
-    original = DynamoHandler.call_action
-
-    def call_action(self: Any) -> Any:
-        with lock:
-            return original(self)
-
-    call_action._bench_serialised = True  # type: ignore[attr-defined]
-    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
-
-
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """A ThreadedMotoServer on loopback, DynamoDB serialised; yields its endpoint URL."""
@@ -119,43 +103,15 @@ def moto_server() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
-    serialise_moto_dynamodb()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def create_table(dynamodb: Any, name: str) -> str:
-    """The tasks table as serverless.yml declares it; returns its stream ARN."""
-    from runner.config import STATUS_INDEX
-
-    response = dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "status_shard", "AttributeType": "S"},
-            {"AttributeName": "updated_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": STATUS_INDEX,
-                "KeySchema": [
-                    {"AttributeName": "status_shard", "KeyType": "HASH"},
-                    {"AttributeName": "updated_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
-    return str(response["TableDescription"]["LatestStreamArn"])
+    with serialised_dynamodb():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
 
 
 def pending_item(task_id: str, task_type: str, data: dict[str, Any]) -> dict[str, Any]:

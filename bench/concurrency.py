@@ -13,13 +13,13 @@ from bench.common import (
     Figure,
     StreamReader,
     clients_for,
-    create_table,
     insert_tasks,
     median,
     moto_server,
     pending_item,
     timed,
 )
+from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "1. batch concurrency"
 BATCH = 100

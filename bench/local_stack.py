@@ -26,7 +26,7 @@ def raw_write_throughput(dynamodb: Any, table: str, tasks: int) -> float:
 
     The best of one client thread and PRODUCER_THREADS: more threads rarely help (GIL).
     """
-    from bench.common import create_table
+    from runner.local.motoserver import create_tasks_table as create_table
 
     create_table(dynamodb, table)
 

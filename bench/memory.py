@@ -17,12 +17,12 @@ from bench.common import (
     StreamReader,
     child_env,
     clients_for,
-    create_table,
     insert_tasks,
     moto_server,
     pending_item,
     timed,
 )
+from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "6. memory"
 BATCH = 1000

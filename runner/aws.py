@@ -114,10 +114,6 @@ def aws_deadline(seconds_from_now: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def current_deadline() -> float | None:
-    return _deadline.get()
-
-
 class AwsClients:
     """botocore clients for one configuration, each created on first use and then shared.
 

@@ -46,7 +46,6 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.RETRYING: frozenset({S.PROCESSING, S.FAILED}),
     S.DONE: frozenset(),
 }
-FINAL_STATUSES = frozenset({S.DONE, S.FAILED})
 
 
 def can_transition(current: TaskStatus, target: TaskStatus) -> bool:

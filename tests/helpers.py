@@ -5,39 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runner.config import STATUS_INDEX
 from runner.items import serialize
+from runner.local.motoserver import create_tasks_table
+
+__all__ = ["create_tasks_table"]
 
 REGION = "us-east-1"
 STREAM_ARN = (
     "arn:aws:dynamodb:us-east-1:123456789012:table/tasks-test/stream/2026-01-01T00:00:00.000"
 )
-
-
-def create_tasks_table(dynamodb: Any, name: str) -> str:
-    """The tasks table as serverless.yml declares it; returns its stream ARN."""
-    response = dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "status_shard", "AttributeType": "S"},
-            {"AttributeName": "updated_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": STATUS_INDEX,
-                "KeySchema": [
-                    {"AttributeName": "status_shard", "KeyType": "HASH"},
-                    {"AttributeName": "updated_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
-    return str(response["TableDescription"]["LatestStreamArn"])
 
 
 _sequence = [100000000000000000000]

@@ -81,3 +81,35 @@ def quiet_moto() -> Iterator[None]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
+
+
+def create_tasks_table(dynamodb: Any, name: str) -> str:
+    """The tasks table as serverless.yml declares it, for a bare moto (tests, benchmarks).
+
+    The local stack itself creates the table from the packaged template; this copy of its
+    schema is checked against the template by tests/deploy. Returns the stream ARN.
+    """
+    from runner.config import STATUS_INDEX
+
+    response = dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "id", "AttributeType": "S"},
+            {"AttributeName": "status_shard", "AttributeType": "S"},
+            {"AttributeName": "updated_at", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": STATUS_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "status_shard", "KeyType": "HASH"},
+                    {"AttributeName": "updated_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    return str(response["TableDescription"]["LatestStreamArn"])

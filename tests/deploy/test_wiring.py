@@ -209,3 +209,36 @@ def test_outputs_name_what_clients_need(packaged: Packaged) -> None:
         "OnFailureQueueUrl",
         "ExportBucketName",
     } <= set(outputs)
+
+
+def test_test_and_bench_table_matches_the_template(packaged: Packaged) -> None:
+    """create_tasks_table (bare-moto tests, benchmarks) keeps serverless.yml's schema."""
+    from runner.local.motoserver import create_tasks_table
+
+    captured: dict[str, Any] = {}
+
+    class Recorder:
+        def create_table(self, **kwargs: Any) -> dict[str, Any]:
+            captured.update(kwargs)
+            return {"TableDescription": {"LatestStreamArn": "arn"}}
+
+    create_tasks_table(Recorder(), "t")
+    table = packaged.resource("TasksTable")["Properties"]
+
+    def by_name(items: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        return {item[key]: item for item in items}
+
+    assert by_name(captured["AttributeDefinitions"], "AttributeName") == by_name(
+        table["AttributeDefinitions"], "AttributeName"
+    )
+    assert captured["KeySchema"] == table["KeySchema"]
+    assert captured["BillingMode"] == table["BillingMode"]
+    assert captured["StreamSpecification"]["StreamViewType"] == (
+        table["StreamSpecification"]["StreamViewType"]
+    )
+    ours = by_name(captured["GlobalSecondaryIndexes"], "IndexName")
+    theirs = by_name(table["GlobalSecondaryIndexes"], "IndexName")
+    assert ours.keys() == theirs.keys()
+    for name, index in ours.items():
+        assert index["KeySchema"] == theirs[name]["KeySchema"]
+        assert index["Projection"] == theirs[name]["Projection"]
