@@ -233,8 +233,9 @@ def test_test_and_bench_table_matches_the_template(packaged: Packaged) -> None:
     )
     assert captured["KeySchema"] == table["KeySchema"]
     assert captured["BillingMode"] == table["BillingMode"]
-    assert captured["StreamSpecification"]["StreamViewType"] == (
-        table["StreamSpecification"]["StreamViewType"]
+    assert (
+        captured["StreamSpecification"]["StreamViewType"]
+        == (table["StreamSpecification"]["StreamViewType"])
     )
     ours = by_name(captured["GlobalSecondaryIndexes"], "IndexName")
     theirs = by_name(table["GlobalSecondaryIndexes"], "IndexName")
