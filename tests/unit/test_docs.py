@@ -35,3 +35,14 @@ def test_readme_documents_every_cli_command_and_env_var() -> None:
     }:
         assert f"`{name}`" in text, name
     assert Settings.from_env({}).table_name in text
+
+
+def test_reliability_guarantees_point_at_tests_that_exist() -> None:
+    root = README.parent
+    text = README.read_text()
+    references = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(references) >= 10
+    for path, name in references:
+        source = (root / path).read_text()
+        if name:
+            assert f"def {name}(" in source, f"{path}::{name}"
