@@ -20,14 +20,13 @@ from typing import Any
 from bench.common import (
     ROOT,
     Figure,
-    StreamReader,
     child_env,
     clients_for,
     insert_tasks,
     median,
-    moto_server,
     pending_item,
 )
+from runner.local.motoserver import StreamReader, moto_server
 from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "3. cold start"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from runner.local.motoserver import serialised_dynamodb
 
 REGION = "us-east-1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,24 +93,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A ThreadedMotoServer on loopback, DynamoDB serialised; yields its endpoint URL."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    with serialised_dynamodb():
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-
-
 def pending_item(task_id: str, task_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """A task as a producer writes it: only the documented required attributes."""
     from runner.items import serialize
@@ -130,37 +109,6 @@ def insert_tasks(dynamodb: Any, table: str, items: Sequence[dict[str, Any]]) -> 
         while requests:
             response = dynamodb.batch_write_item(RequestItems=requests)
             requests = response.get("UnprocessedItems") or {}
-
-
-class StreamReader:
-    """Reads a table's only shard (moto has one) from where it last stopped."""
-
-    def __init__(self, streams: Any, stream_arn: str) -> None:
-        self.streams = streams
-        self.stream_arn = stream_arn
-        shard = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]
-        self.iterator = streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-
-    def read(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Every new record, with the eventSourceARN Lambda's event source mapping adds."""
-        records: list[dict[str, Any]] = []
-        while True:
-            page = self.streams.get_records(ShardIterator=self.iterator, Limit=limit)
-            self.iterator = page["NextShardIterator"]
-            batch = page.get("Records", [])
-            for record in batch:
-                record["eventSourceARN"] = self.stream_arn
-                created = record["dynamodb"].get("ApproximateCreationDateTime")
-                if hasattr(created, "timestamp"):  # boto3 parses it; Lambda sends epoch seconds
-                    record["dynamodb"]["ApproximateCreationDateTime"] = created.timestamp()
-            records += batch
-            if not batch:
-                return records
-
-    def inserts(self) -> list[dict[str, Any]]:
-        return [r for r in self.read() if r["eventName"] == "INSERT"]
 
 
 class FakeLambdaContext:

@@ -11,14 +11,13 @@ from typing import Any
 from bench.common import (
     FakeLambdaContext,
     Figure,
-    StreamReader,
     clients_for,
     insert_tasks,
     median,
-    moto_server,
     pending_item,
     timed,
 )
+from runner.local.motoserver import StreamReader, moto_server
 from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "1. batch concurrency"

@@ -14,14 +14,13 @@ import uuid
 from bench.common import (
     ROOT,
     Figure,
-    StreamReader,
     child_env,
     clients_for,
     insert_tasks,
-    moto_server,
     pending_item,
     timed,
 )
+from runner.local.motoserver import StreamReader, moto_server
 from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION = "6. memory"

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import FakeLambdaContext, Figure, StreamReader, pending_item
+from bench.common import FakeLambdaContext, Figure, pending_item
+from runner.local.motoserver import StreamReader
 from runner.local.motoserver import create_tasks_table as create_table
 
 SECTION_CALLS = "2. AWS calls per task"

@@ -78,15 +78,10 @@ def app(aws: None, settings: Settings) -> App:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A real HTTP moto server on loopback (DynamoDB serialised, as above)."""
-    from moto.server import ThreadedMotoServer
+    from runner.local.motoserver import moto_server as bare_moto_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with bare_moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

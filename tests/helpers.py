@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 from runner.items import serialize
-from runner.local.motoserver import create_tasks_table
+from runner.local.motoserver import StreamReader, create_tasks_table
 
-__all__ = ["create_tasks_table"]
+__all__ = ["StreamReader", "create_tasks_table"]
 
 REGION = "us-east-1"
 STREAM_ARN = (
@@ -78,29 +78,3 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return int((self._deadline - time.monotonic()) * 1000)
-
-
-class StreamReader:
-    """Reads a table's stream from where it last stopped (moto has one shard per table)."""
-
-    def __init__(self, streams: Any, stream_arn: str) -> None:
-        self.streams = streams
-        self.stream_arn = stream_arn
-        shard = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]
-        self.iterator = streams.get_shard_iterator(
-            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-
-    def read(self) -> list[dict[str, Any]]:
-        """New records, with the eventSourceARN Lambda's event source mapping adds."""
-        records: list[dict[str, Any]] = []
-        while True:
-            page = self.streams.get_records(ShardIterator=self.iterator, Limit=1000)
-            self.iterator = page["NextShardIterator"]
-            batch = page.get("Records", [])
-            for record in batch:
-                record["eventSourceARN"] = self.stream_arn
-                record["dynamodb"] = {**record["dynamodb"]}
-            records += batch
-            if not batch:
-                return records

@@ -113,3 +113,55 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
     )
     return str(response["TableDescription"]["LatestStreamArn"])
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A bare ThreadedMotoServer on loopback (tests, benchmarks), DynamoDB serialised.
+
+    Yields its endpoint URL. The local stack (runner.local.server) adds the service to it.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with serialised_dynamodb():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+class StreamReader:
+    """Reads a table's only shard (moto has one) from where it last stopped."""
+
+    def __init__(self, streams: Any, stream_arn: str) -> None:
+        self.streams = streams
+        self.stream_arn = stream_arn
+        shard = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]
+        self.iterator = streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+    def read(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every new record, with the eventSourceARN Lambda's event source mapping adds."""
+        records: list[dict[str, Any]] = []
+        while True:
+            page = self.streams.get_records(ShardIterator=self.iterator, Limit=limit)
+            self.iterator = page["NextShardIterator"]
+            batch = page.get("Records", [])
+            for record in batch:
+                record["eventSourceARN"] = self.stream_arn
+                created = record["dynamodb"].get("ApproximateCreationDateTime")
+                if hasattr(created, "timestamp"):  # boto3 parses it; Lambda sends epoch seconds
+                    record["dynamodb"]["ApproximateCreationDateTime"] = created.timestamp()
+            records += batch
+            if not batch:
+                return records
+
+    def inserts(self) -> list[dict[str, Any]]:
+        return [r for r in self.read() if r["eventName"] == "INSERT"]
