@@ -11,6 +11,14 @@ export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_REGION ?= us-east-1
+# The Lambda runtime's Python (3.12), which compiles the package's bytecode
+# (infra/compile-bytecode.js): python3.12 if it runs, else a pyenv 3.12. Without one,
+# `sls package` warns and ships source only.
+LAMBDA_PYTHON ?= $(firstword $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null) \
+	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12))
+ifneq ($(strip $(LAMBDA_PYTHON)),)
+export TASK_RUNNER_LAMBDA_PYTHON := $(LAMBDA_PYTHON)
+endif
 
 .PHONY: install test lint typecheck unit demo dev bench bench-full package clean
 

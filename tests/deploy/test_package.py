@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
 import pytest
 
 from tests.deploy.conftest import REPORT, Packaged
@@ -53,7 +61,57 @@ def test_zip_carries_the_handler_and_requirements(packaged: Packaged) -> None:
     assert set(BUNDLED) <= present
     assert not [name for name in names if name.startswith(EXCLUDED_PREFIXES)]
     # pip on the local 3.11 must not leave its own bytecode behind (--no-compile).
-    assert not [name for name in names if name.endswith(".pyc")]
+    assert not [name for name in names if ".cpython-311" in name]
+
+
+def lambda_python() -> str:
+    """The runtime's interpreter that `make` found for infra/compile-bytecode.js."""
+    found = os.environ.get("TASK_RUNNER_LAMBDA_PYTHON") or shutil.which("python3.12")
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("no Python 3.12 to compile the package's bytecode: see the Makefile")
+        pytest.skip("no Python 3.12 here: the package ships source only")
+    return found
+
+
+def cached_name(source: str) -> str:
+    """Where Python 3.12 looks for a module's bytecode: pkg/__pycache__/mod.cpython-312.pyc"""
+    folder, module = posixpath.split(source)
+    return posixpath.join(folder, "__pycache__", f"{module[:-3]}.cpython-312.pyc")
+
+
+# Run by the runtime's Python on one .pyc of the zip: its magic, flags and file name.
+READ_PYC = """
+import importlib.util, json, marshal, sys
+data = open(sys.argv[1], "rb").read()
+code = marshal.loads(data[16:])
+print(json.dumps({"magic_ok": data[:4] == importlib.util.MAGIC_NUMBER,
+                  "flags": int.from_bytes(data[4:8], "little"), "file": code.co_filename}))
+"""
+
+
+def test_zip_ships_unchecked_bytecode_for_every_module(packaged: Packaged, tmp_path: Path) -> None:
+    # Given the runtime's Python was there when `sls package` ran
+    python = lambda_python()
+    names = packaged.zip_names()
+    sources = [name for name in names if name.endswith(".py")]
+
+    # Then every module has its cpython-312 .pyc beside it, so no cold start compiles it
+    missing = [name for name in sources if cached_name(name) not in names]
+    assert not missing, f"{len(missing)} of {len(sources)} modules lack bytecode: {missing[:5]}"
+    # And it is the runtime's bytecode, loaded without checking the source (PEP 552 flags
+    # 0b01), whose tracebacks name the source where Lambda unpacks it
+    with zipfile.ZipFile(packaged.zip_path) as archive:
+        pyc = tmp_path / "executor.pyc"
+        pyc.write_bytes(archive.read("runner/__pycache__/executor.cpython-312.pyc"))
+    read = subprocess.run(
+        [python, "-c", READ_PYC, str(pyc)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(read.stdout) == {
+        "magic_ok": True,
+        "flags": 0b01,
+        "file": "/var/task/runner/executor.py",
+    }
 
 
 def test_pydantic_core_is_the_cpython_312_aarch64_build(packaged: Packaged) -> None:
