@@ -1,19 +1,21 @@
 """The embedded local stack: moto server + the service's own template + local pollers.
 
 `LocalStack.start()` packages the service with `sls package` (cached), starts moto's
-ThreadedMotoServer on 127.0.0.1, creates the packaged template in moto's CloudFormation
-and then supplies what moto cannot run without Docker:
+ThreadedMotoServer on 127.0.0.1 in a process of its own (runner.local.endpoint), creates
+the packaged template in moto's CloudFormation and then supplies what moto cannot run
+without Docker:
 
 - the retry state machine is re-created (same name, ARN and definition) in moto's
   executing Step Functions backend: CloudFormation puts it in the non-executing one;
-- every function of the stack is registered with a `LambdaDispatcher`, so Step
-  Functions' `lambda:invoke` (and any Invoke call) runs the Python handler in-process;
+- every function of the stack is registered with the endpoint process's
+  `LambdaDispatcher`, so Step Functions' `lambda:invoke` (and any Invoke call) runs the
+  Python handler there;
 - each event source mapping of the template becomes a `StreamPoller`, each schedule a
-  `ScheduledFunction` (its rate can be overridden for demos).
+  `ScheduledFunction` (its rate can be overridden for demos), in this process.
 
-The process environment is set as the functions' own (from the template, as resolved by
-CloudFormation) plus the endpoint, so handlers, the client and the CLI find the stack.
-Moto's state is process-global: one LocalStack per process at a time.
+This process's environment, and the endpoint process's, is set as the functions' own
+(from the template, as resolved by CloudFormation) plus the endpoint, so handlers, the
+client and the CLI find the stack. One LocalStack per process at a time (environment).
 """
 
 from __future__ import annotations
@@ -30,14 +32,8 @@ from typing import Any
 import boto3
 
 from runner.local import stack as cfn
-from runner.local.lambdas import LambdaDispatcher
-from runner.local.motoserver import (
-    MOTO_CONFIG,
-    MOTO_DEFAULTS,
-    moto_api,
-    quiet_moto,
-    serialised_dynamodb,
-)
+from runner.local.endpoint import EndpointProcess
+from runner.local.motoserver import MOTO_CONFIG, moto_api
 from runner.local.poller import DEFAULT_POLL_INTERVAL, StreamPoller
 from runner.local.resources import (
     FunctionInfo,
@@ -114,7 +110,7 @@ class LocalStack:
     env: dict[str, str]  # what a client in another process needs (see `exports`)
     pollers: list[StreamPoller] = field(default_factory=list)
     schedules: list[ScheduledFunction] = field(default_factory=list)
-    dispatcher: LambdaDispatcher = field(default_factory=LambdaDispatcher)
+    server_pid: int = 0  # the endpoint process (runner.local.endpoint)
     started_in: float = 0.0
 
     # --- starting ----------------------------------------------------------------------
@@ -144,19 +140,10 @@ class LocalStack:
         }
         with contextlib.ExitStack() as exits:
             exits.enter_context(patched_environ(base_env, remove=_SCRUBBED_ENV))
-            exits.enter_context(serialised_dynamodb())
-            exits.enter_context(quiet_moto())
-            from moto.server import ThreadedMotoServer
-
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()
+            server = EndpointProcess(port=port, env={**os.environ, **base_env})
             exits.callback(server.stop)
-            host, real_port = server.get_host_and_port()
-            endpoint = f"http://{host}:{real_port}"
-            # Moto's Step Functions executor calls back to localhost:$MOTO_PORT.
-            exits.enter_context(patched_environ({"MOTO_PORT": str(real_port)}))
-            moto_api(endpoint, "reset")
-            exits.callback(moto_api, endpoint, "config", MOTO_DEFAULTS)
+            endpoint = server.endpoint_url
+            real_port = int(endpoint.rsplit(":", 1)[1])
             # Functions must land in the Docker-less backend, so this precedes the stack.
             moto_api(endpoint, "config", {"lambda": MOTO_CONFIG["lambda"]})
             created = cfn.create_stack(
@@ -190,6 +177,13 @@ class LocalStack:
             _reset_app()
             exits.callback(_reset_app)
 
+            server.register(
+                [
+                    {"name": info.name, "handler": info.handler, "timeout": info.timeout}
+                    for info in functions.values()
+                ],
+                env,
+            )
             local = cls(
                 endpoint_url=endpoint,
                 port=real_port,
@@ -198,10 +192,8 @@ class LocalStack:
                 created=created,
                 functions=functions,
                 env=env,
+                server_pid=server.pid,
             )
-            for info in functions.values():
-                local.dispatcher.register(info.name, resolve_handler(info.handler), info.timeout)
-            exits.enter_context(local.dispatcher.installed())
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
             exits.callback(local._stop_workers)

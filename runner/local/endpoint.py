@@ -1,0 +1,173 @@
+"""The local stack's AWS endpoint, in a process of its own: moto's server plus Lambda.
+
+On AWS, DynamoDB, Step Functions and Lambda's pollers are separate machines. Locally,
+moto's server used to share one interpreter (and its one lock) with the stream pollers
+and the handlers they call, so every request moto answered stole time from the runner
+and the other way round. Here moto runs in a child process, which a second core can run
+beside the pollers (bench/README.md, figure 4).
+
+The child also runs what moto itself invokes: Step Functions' `lambda:invoke` reaches
+moto's Lambda, whose invoke a `LambdaDispatcher` answers with the Python handler, in the
+child, with the functions' environment. The pollers and schedules stay in the parent.
+
+Protocol, one JSON object per line:
+- child → parent, on the file descriptor given as --report-fd:
+  `{"endpoint": url}` once listening, then `{"registered": n}` after each registration;
+- parent → child, on stdin: `{"env": {...}, "functions": [{"name", "handler",
+  "timeout"}]}` registers handlers after the stack exists;
+- stdin closed (the parent stopped or died): the server stops and the child exits;
+  SIGINT (Ctrl-C in a terminal reaches both) is ignored.
+The child's stdout and stderr are the parent's: handler logs show where they did before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from runner.local.template import ROOT
+
+START_TIMEOUT_SECONDS = 60.0
+REPLY_TIMEOUT_SECONDS = 60.0
+
+
+class EndpointError(Exception):
+    """The endpoint process did not start or stopped answering."""
+
+
+class EndpointProcess:
+    """The parent's handle on the child: start, register functions, stop."""
+
+    def __init__(self, port: int = 0, env: dict[str, str] | None = None) -> None:
+        read_fd, write_fd = os.pipe()
+        child_env = dict(os.environ if env is None else env)
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), child_env.get("PYTHONPATH", "")) if p
+        )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runner.local.endpoint",
+                "--port",
+                str(port),
+                "--report-fd",
+                str(write_fd),
+            ],
+            cwd=ROOT,
+            env=child_env,
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            text=True,
+        )
+        os.close(write_fd)
+        self._reports = os.fdopen(read_fd, "r")
+        try:
+            self.endpoint_url: str = self._receive(START_TIMEOUT_SECONDS)["endpoint"]
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def register(self, functions: Sequence[dict[str, Any]], env: dict[str, str]) -> None:
+        """Give the child the functions' handlers and environment; wait until it has them."""
+        assert self.process.stdin is not None
+        message = {"env": env, "functions": list(functions)}
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError as exc:
+            raise EndpointError(f"the endpoint process exited ({self.process.poll()})") from exc
+        self._receive(REPLY_TIMEOUT_SECONDS)
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        ready, _, _ = select.select([self._reports], [], [], timeout)
+        line = self._reports.readline() if ready else ""
+        if not line:
+            code = self.process.poll()
+            state = f"exited with {code}" if code is not None else f"silent for {timeout:.0f} s"
+            raise EndpointError(f"the local AWS endpoint process {state}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reports.close()
+
+
+def _serve(port: int, report: IO[str]) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from runner.local.lambdas import LambdaDispatcher
+    from runner.local.motoserver import quiet_moto, serialised_dynamodb
+    from runner.local.resources import resolve_handler
+
+    def send(message: dict[str, Any]) -> None:
+        report.write(json.dumps(message) + "\n")
+        report.flush()
+
+    with serialised_dynamodb(), quiet_moto():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            host, real_port = server.get_host_and_port()
+            # Moto's Step Functions executor calls back to localhost:$MOTO_PORT.
+            os.environ["MOTO_PORT"] = str(real_port)
+            dispatcher = LambdaDispatcher()
+            with dispatcher.installed():
+                send({"endpoint": f"http://{host}:{real_port}"})
+                for line in sys.stdin:
+                    message = json.loads(line)
+                    os.environ.update(message.get("env", {}))
+                    _reset_app()
+                    for function in message.get("functions", []):
+                        dispatcher.register(
+                            function["name"],
+                            resolve_handler(function["handler"]),
+                            float(function["timeout"]),
+                        )
+                    send({"registered": len(message.get("functions", []))})
+        finally:
+            server.stop()
+
+
+def _reset_app() -> None:
+    """Handlers read their settings once: forget them when the environment changes."""
+    from runner.app import get_app
+
+    get_app.cache_clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--report-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group: the parent decides when this one stops
+    # (its pollers may still be finishing a request), by closing stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with os.fdopen(args.report_fd, "w") as report:
+        _serve(args.port, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
