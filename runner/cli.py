@@ -17,14 +17,16 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fire
 from pydantic import BaseModel, ValidationError
 
-from runner.client import TaskRunnerClient
 from runner.errors import TaskRunnerError
 from runner.registry import TaskDefinition, TaskRegistry
+
+if TYPE_CHECKING:
+    from runner.client import TaskRunnerClient
 
 # Parameters of the fixed commands that are always strings.
 STRING_FLAGS = frozenset({"task_id", "status", "cursor"})
@@ -97,9 +99,9 @@ class Cli(_Commands):
     def __init__(
         self,
         registry: TaskRegistry,
-        client_factory: Callable[[], TaskRunnerClient] = TaskRunnerClient,
+        client_factory: Callable[[], TaskRunnerClient] | None = None,
     ) -> None:
-        super().__init__(client_factory)
+        super().__init__(client_factory or default_client)
         # The group shares this Cli's client.
         group = CreateTask(self._get_client)
         for definition in registry:
@@ -179,9 +181,16 @@ def quote_string_flags(argv: Sequence[str], registry: TaskRegistry) -> list[str]
     return out
 
 
-def main(argv: Sequence[str] | None = None, registry: TaskRegistry | None = None) -> int:
+def default_client() -> TaskRunnerClient:
+    """The client of this process's App, imported on first use: `--help` needs neither
+    (botocore alone is about 0.1 s)."""
     from runner.app import get_app
+    from runner.client import TaskRunnerClient
 
+    return TaskRunnerClient(get_app())
+
+
+def main(argv: Sequence[str] | None = None, registry: TaskRegistry | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if registry is None:
         from runner.config import Settings
@@ -189,7 +198,7 @@ def main(argv: Sequence[str] | None = None, registry: TaskRegistry | None = None
 
         registry = build_registry(Settings.from_env().task_modules)
     os.environ.setdefault("PAGER", "cat")
-    cli = Cli(registry, client_factory=lambda: TaskRunnerClient(get_app()))
+    cli = Cli(registry, client_factory=default_client)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):

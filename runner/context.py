@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from aws_lambda_powertools import Logger
+if TYPE_CHECKING:  # task modules import this one: `task-runner --help` loads no botocore
+    from aws_lambda_powertools import Logger
 
-from runner.aws import AwsClients
-from runner.config import Settings
+    from runner.aws import AwsClients
+    from runner.config import Settings
 
 
 @dataclass(frozen=True)
