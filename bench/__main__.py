@@ -23,6 +23,8 @@ from bench.common import ROOT, Figure, apply_base_env
 DEFAULT_JSON = os.path.join(ROOT, "bench", "results", "latest.json")
 # The quick run (CI, `make test`) must not overwrite the committed full results.
 QUICK_JSON = os.path.join(ROOT, "bench", "results", "quick.json")
+# A run of some sections only: never in place of the committed full run.
+PARTIAL_JSON = os.path.join(ROOT, "bench", "results", "partial.json")
 # Section number → module; run in this order (the local stack last, as it is the slowest).
 SECTIONS = {
     "1": "bench.concurrency",
@@ -80,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the CI version (< ~90 s)")
     parser.add_argument(
-        "--json", default=None, help="default bench/results/latest.json (quick: quick.json)"
+        "--json",
+        default=None,
+        help="default bench/results/latest.json (quick: quick.json; --only: partial.json)",
     )
     parser.add_argument("--only", default="", help="section numbers, e.g. 1,3")
     args = parser.parse_args(argv)
-    args.json = args.json or (QUICK_JSON if args.quick else DEFAULT_JSON)
+    default = PARTIAL_JSON if args.only else QUICK_JSON if args.quick else DEFAULT_JSON
+    args.json = args.json or default
     apply_base_env()
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     figures: list[Figure] = []
