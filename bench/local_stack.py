@@ -163,6 +163,7 @@ def run(quick: bool) -> list[Figure]:
 
         first = time.time()
         server_cpu = cpu_seconds(stack.server_pid)
+        stack.server_stats()  # from here on
         own_cpu = time.process_time()
         with ThreadPoolExecutor(PRODUCER_THREADS) as pool:
             list(pool.map(insert, ids))
@@ -173,6 +174,7 @@ def run(quick: bool) -> list[Figure]:
             time.sleep(0.2)
         caught_up = time.time()
         server_end = cpu_seconds(stack.server_pid)
+        actions = sorted(stack.server_stats().items(), key=lambda kv: -kv[1]["cpu_s"])
         own_cpu = time.process_time() - own_cpu
         server_cpu = None if server_cpu is None or server_end is None else server_end - server_cpu
         tasks = stack.wait_until_settled(set(ids), timeout=600, interval=3.0)
@@ -203,7 +205,11 @@ def run(quick: bool) -> list[Figure]:
                 f"{throughput:.1f} tasks/s; raw writes {raw_before:.0f}/s before,"
                 f" {raw_after:.0f}/s after the run; stack started in {setup:.1f} s; CPU in the"
                 f" {window:.1f} s until caught up: endpoint process {_seconds(server_cpu)},"
-                f" producers + pollers + handlers {own_cpu:.1f} s"
+                f" producers + pollers + handlers {own_cpu:.1f} s; in moto's actions: "
+                + ", ".join(
+                    f"{name.split('.')[-1]} {v['cpu_s']:.1f} s/{v['calls']:.0f}"
+                    for name, v in actions[:6]
+                )
             ),
             details={
                 "tasks": count,
@@ -212,6 +218,7 @@ def run(quick: bool) -> list[Figure]:
                 "minimal_writes_per_s": minimal,
                 "stack_start_s": setup,
                 "endpoint_process_cpu_s": server_cpu,
+                "endpoint_cpu_by_action": dict(actions),
                 "runner_process_cpu_s": own_cpu,
                 "until_caught_up_s": window,
             },

@@ -14,7 +14,9 @@ Protocol, one JSON object per line:
 - child → parent, on the file descriptor given as --report-fd:
   `{"endpoint": url}` once listening, then `{"registered": n}` after each registration;
 - parent → child, on stdin: `{"env": {...}, "functions": [{"name", "handler",
-  "timeout"}]}` registers handlers after the stack exists;
+  "timeout"}]}` registers handlers after the stack exists; `{"stats": true}` is answered
+  with `{"stats": {operation: {"calls", "cpu_s"}}}` (CPU time of each moto action since
+  the last such request: where the endpoint's time goes, for bench/);
 - stdin closed (the parent stopped or died): the server stops and the child exits;
   SIGINT (Ctrl-C in a terminal reaches both) is ignored.
 The child's stdout and stderr are the parent's: handler logs show where they did before.
@@ -30,7 +32,9 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from runner.local.template import ROOT
@@ -82,14 +86,22 @@ class EndpointProcess:
 
     def register(self, functions: Sequence[dict[str, Any]], env: dict[str, str]) -> None:
         """Give the child the functions' handlers and environment; wait until it has them."""
+        self._request({"env": env, "functions": list(functions)})
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """CPU seconds and calls per moto action since the last call (then reset)."""
+        reply = self._request({"stats": True})
+        stats: dict[str, dict[str, float]] = reply["stats"]
+        return stats
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
-        message = {"env": env, "functions": list(functions)}
         try:
             self.process.stdin.write(json.dumps(message) + "\n")
             self.process.stdin.flush()
         except BrokenPipeError as exc:
             raise EndpointError(f"the endpoint process exited ({self.process.poll()})") from exc
-        self._receive(REPLY_TIMEOUT_SECONDS)
+        return self._receive(REPLY_TIMEOUT_SECONDS)
 
     def _receive(self, timeout: float) -> dict[str, Any]:
         ready, _, _ = select.select([self._reports], [], [], timeout)
@@ -117,14 +129,16 @@ def _serve(port: int, report: IO[str]) -> None:
     from moto.server import ThreadedMotoServer
 
     from runner.local.lambdas import LambdaDispatcher
-    from runner.local.motoserver import quiet_moto, serialised_dynamodb
+    from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.resources import resolve_handler
 
     def send(message: dict[str, Any]) -> None:
         report.write(json.dumps(message) + "\n")
         report.flush()
 
-    with serialised_dynamodb(), quiet_moto():
+    meter = ActionMeter()
+    # The meter first: serialised_dynamodb wraps whatever call_action is then in place.
+    with meter.installed(), serialised_dynamodb(), fast_stream_records(), quiet_moto():
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:
@@ -136,6 +150,9 @@ def _serve(port: int, report: IO[str]) -> None:
                 send({"endpoint": f"http://{host}:{real_port}"})
                 for line in sys.stdin:
                     message = json.loads(line)
+                    if message.get("stats"):
+                        send({"stats": meter.take()})
+                        continue
                     os.environ.update(message.get("env", {}))
                     _reset_app()
                     for function in message.get("functions", []):
@@ -147,6 +164,63 @@ def _serve(port: int, report: IO[str]) -> None:
                     send({"registered": len(message.get("functions", []))})
         finally:
             server.stop()
+
+
+class ActionMeter:
+    """CPU time (this thread's, so waits for locks are not counted) per moto action."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from moto.core.responses import BaseResponse
+
+        original = BaseResponse.call_action
+        meter = self
+
+        def call_action(response: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return original(response)
+            finally:
+                spent = time.thread_time() - started
+                name = f"{type(response).__name__}.{response._get_action()}"
+                with meter._lock:
+                    entry = meter._stats.setdefault(name, [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += spent
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+        original_app = DomainDispatcherApplication.__call__
+
+        def app_call(app: Any, environ: Any, start_response: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return original_app(app, environ, start_response)
+            finally:
+                spent = time.thread_time() - started
+                with meter._lock:
+                    entry = meter._stats.setdefault("wsgi.all", [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += spent
+
+        DomainDispatcherApplication.__call__ = app_call  # type: ignore[method-assign,assignment]
+        BaseResponse.call_action = call_action  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            BaseResponse.call_action = original  # type: ignore[method-assign]
+            DomainDispatcherApplication.__call__ = original_app  # type: ignore[method-assign]
+
+    def take(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            taken, self._stats = self._stats, {}
+        return {
+            name: {"calls": calls, "cpu_s": round(cpu, 3)} for name, (calls, cpu) in taken.items()
+        }
 
 
 def _reset_app() -> None:

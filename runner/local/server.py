@@ -110,7 +110,7 @@ class LocalStack:
     env: dict[str, str]  # what a client in another process needs (see `exports`)
     pollers: list[StreamPoller] = field(default_factory=list)
     schedules: list[ScheduledFunction] = field(default_factory=list)
-    server_pid: int = 0  # the endpoint process (runner.local.endpoint)
+    server: EndpointProcess | None = None  # the endpoint process (runner.local.endpoint)
     started_in: float = 0.0
 
     # --- starting ----------------------------------------------------------------------
@@ -192,7 +192,7 @@ class LocalStack:
                 created=created,
                 functions=functions,
                 env=env,
-                server_pid=server.pid,
+                server=server,
             )
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
@@ -247,6 +247,16 @@ class LocalStack:
             poller.stop()
 
     # --- what clients need -------------------------------------------------------------
+
+    @property
+    def server_pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def server_stats(self) -> dict[str, dict[str, float]]:
+        """CPU seconds and calls per moto action in the endpoint since the last call."""
+        assert self.server is not None
+        return self.server.stats()
 
     @property
     def table_name(self) -> str:
