@@ -63,14 +63,15 @@ def read_functions(
 
 
 def function_environment(functions: Mapping[str, FunctionInfo]) -> dict[str, str]:
-    """The union of the functions' environments; one process runs them all."""
+    """The union of the functions' environments: the stack's process runs the stream and
+    scheduled functions, the endpoint process the invoked ones, each with this union."""
     env: dict[str, str] = {}
     for info in functions.values():
         for name, value in info.environment.items():
             if env.setdefault(name, value) != value:
                 raise ResourceError(
                     f"functions disagree on {name} ({env[name]!r} vs {value!r}); "
-                    "the local stack runs them in one process"
+                    "the local stack gives all its functions one environment"
                 )
     return env
 
