@@ -1,0 +1,125 @@
+"""Reading many tasks: the sharded status index (list-tasks, the sweeper) and the one
+Scan that finds tasks no index holds yet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from runner.config import STATUS_INDEX, STATUS_SHARDS
+from runner.errors import MalformedTask
+from runner.items import decode_cursor, deserialize_image, encode_cursor, serialize, task_from_item
+from runner.model import Task, TaskStatus
+from runner.table import TasksTable
+
+
+class TaskListing(TasksTable):
+    """Queries across the tasks table; every write is `TaskStore`'s."""
+
+    def _query_shard(
+        self,
+        shard: str,
+        limit: int,
+        start: dict[str, Any] | None,
+        condition: tuple[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "status_shard = :shard",
+            "ExpressionAttributeValues": serialize({":shard": shard}),
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if condition is not None:
+            kwargs["FilterExpression"] = condition[0]
+            kwargs["ExpressionAttributeValues"].update(serialize(condition[1]))
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        return self._call("query", **kwargs)
+
+    def list(
+        self, status: TaskStatus | None = None, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        """Newest first across every shard of the status index; returns (tasks, next cursor)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        statuses = [status] if status else list(TaskStatus)
+        shards = [f"{s.value}#{n:02d}" for s in statuses for n in range(STATUS_SHARDS)]
+        positions: dict[str, Any] = decode_cursor(cursor) if cursor else {}
+        live = [s for s in shards if positions.get(s) != "end"]
+
+        def fetch(shard: str) -> tuple[str, dict[str, Any]]:
+            return shard, self._query_shard(shard, limit, positions.get(shard))
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(live)))) as pool:
+            pages = list(pool.map(fetch, live))
+        candidates: list[tuple[str, dict[str, Any]]] = []
+        for shard, page in pages:
+            candidates += [(shard, item) for item in page.get("Items", [])]
+        candidates.sort(key=lambda c: c[1].get("updated_at", {}).get("S", ""), reverse=True)
+        taken = candidates[:limit]
+        next_positions = dict(positions)
+        for shard, page in pages:
+            mine = [item for s, item in taken if s == shard]
+            returned = page.get("Items", [])
+            if mine:
+                last = mine[-1]
+                next_positions[shard] = {
+                    k: last[k] for k in ("id", "status_shard", "updated_at") if k in last
+                }
+            if len(mine) == len(returned) and "LastEvaluatedKey" not in page:
+                next_positions[shard] = "end"
+        more = any(next_positions.get(s) != "end" for s in shards)
+        tasks = [task_from_item(deserialize_image(item)) for _, item in taken]
+        return tasks, (encode_cursor(next_positions) if more and tasks else None)
+
+    def iter_status(
+        self,
+        status: TaskStatus,
+        filter_expression: tuple[str, dict[str, Any]] | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Task]:
+        """Every task with a status (from the index), page by page; for the sweeper."""
+        for n in range(STATUS_SHARDS):
+            start: dict[str, Any] | None = None
+            while True:
+                page = self._query_shard(
+                    f"{status.value}#{n:02d}", page_size, start, filter_expression
+                )
+                for item in page.get("Items", []):
+                    yield task_from_item(deserialize_image(item))
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
+
+    def iter_unindexed_pending(self, created_before: str, page_size: int = 500) -> Iterator[Task]:
+        """PENDING tasks older than a cutoff, read with a filtered Scan.
+
+        Tasks inserted by hand carry no `status_shard` until they are claimed, so a task
+        whose stream record was lost is in no index; only a Scan can find it.
+        """
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table_name,
+                "FilterExpression": "#status = :pending AND (attribute_not_exists(created_at)"
+                " OR created_at < :cutoff)",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": serialize(
+                    {":pending": TaskStatus.PENDING.value, ":cutoff": created_before}
+                ),
+                "Limit": page_size,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            page = self._call("scan", **kwargs)
+            for item in page.get("Items", []):
+                try:
+                    yield task_from_item(deserialize_image(item))
+                except MalformedTask:
+                    continue
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
