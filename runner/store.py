@@ -340,17 +340,21 @@ class TaskStore(TaskListing):
         )
 
     def start_retry_episode(self, task_id: str) -> Task:
-        """FAILED → RETRYING in a new episode (manual redrive), retries budget reset."""
+        """FAILED → RETRYING in a new episode (manual redrive), retries budget reset.
+
+        The expiry moves to a full TTL from now, not away: the workflow's Catch path marks
+        exhausted retries without one, and such a task must still expire.
+        """
         now = self.clock()
         try:
             return self._update(
                 task_id,
-                self._status_sets(task_id, S.RETRYING, now),
+                {**self._status_sets(task_id, S.RETRYING, now), "expires_at": self._expiry(now)},
                 extra_set=(
                     "episode = if_not_exists(episode, :zero) + :one",
                     "episode_attempts = :zero",
                 ),
-                removes=("retries_exhausted", "expires_at"),
+                removes=("retries_exhausted",),
                 condition="#status = :failed",
                 values={":failed": S.FAILED.value, ":zero": 0, ":one": 1},
             )

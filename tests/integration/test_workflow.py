@@ -206,6 +206,7 @@ def test_retry_task_redrives_an_exhausted_task_in_a_new_execution(flow: Workflow
     flow.pump()
     flow.wait()
     assert flow.app.store.get("again").retries_exhausted
+    redriven_at = time.time()
     outcome = TaskRunnerClient(flow.app).retry_task("again")
     assert outcome["episode"] == 2
     runs = flow.wait()
@@ -213,6 +214,9 @@ def test_retry_task_redrives_an_exhausted_task_in_a_new_execution(flow: Workflow
     task = flow.app.store.get("again")
     assert task.status is TaskStatus.FAILED and task.retries_exhausted and task.episode == 2
     assert len(task.executions) == 2
+    # Exhausted again, it still expires: a full TTL from the redrive on
+    ttl = flow.app.settings.result_ttl_days * 86400
+    assert task.expires_at is not None and task.expires_at >= int(redriven_at) + ttl - 1
 
 
 def test_retry_task_refuses_a_task_that_is_not_failed(flow: Workflow) -> None:
