@@ -63,7 +63,7 @@ class App:
     def sweeper(self) -> Sweeper:
         from runner.sweeper import Sweeper
 
-        return Sweeper(self.store, self.runner)
+        return Sweeper(self.store, self.runner, scan_segments=self.settings.orphan_scan_segments)
 
 
 @functools.cache

@@ -154,8 +154,9 @@ class Cli(_Commands):
         )
 
     def sweep(self) -> None:
-        """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run."""
-        _emit(self._get_client().app.sweeper.sweep().as_dict())
+        """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run
+        (this Scans the whole table; the scheduled sweep reads one segment a run)."""
+        _emit(self._get_client().app.sweeper.sweep(full_scan=True).as_dict())
 
 
 def quote_string_flags(argv: Sequence[str], registry: TaskRegistry) -> list[str]:

@@ -18,6 +18,10 @@ DEFAULT_RESULT_TTL_DAYS = 30
 # (each GSI partition takes ~1,000 writes/s), few enough that list-tasks stays cheap.
 STATUS_SHARDS = 16
 STATUS_INDEX = "by-status"
+# The sweeper's Scan for PENDING tasks no index holds reads one of this many segments per
+# run, in rotation: a full Scan every 5 minutes would read the whole table 8,640 times a
+# month. Prime, so the rotation reaches every segment whatever the schedule's rate.
+DEFAULT_ORPHAN_SCAN_SEGMENTS = 13
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Settings:
     result_ttl_days: int = DEFAULT_RESULT_TTL_DAYS
     # Tasks of one stream batch run at once; None means the whole batch.
     max_concurrency: int | None = None
+    orphan_scan_segments: int = DEFAULT_ORPHAN_SCAN_SEGMENTS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -53,4 +58,7 @@ class Settings:
             max_concurrency=int(env["TASK_RUNNER_MAX_CONCURRENCY"])
             if env.get("TASK_RUNNER_MAX_CONCURRENCY")
             else None,
+            orphan_scan_segments=int(
+                env.get("TASK_RUNNER_ORPHAN_SCAN_SEGMENTS") or DEFAULT_ORPHAN_SCAN_SEGMENTS
+            ),
         )

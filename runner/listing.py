@@ -94,8 +94,15 @@ class TaskListing(TasksTable):
                 if not start:
                     break
 
-    def iter_unindexed_pending(self, created_before: str, page_size: int = 500) -> Iterator[Task]:
-        """PENDING tasks older than a cutoff, read with a filtered Scan.
+    def iter_unindexed_pending(
+        self,
+        created_before: str,
+        *,
+        segment: tuple[int, int] | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Task]:
+        """PENDING tasks older than a cutoff, read with a filtered Scan of the whole table,
+        or of one (segment, total segments) part of it.
 
         Tasks inserted by hand carry no `status_shard` until they are claimed, so a task
         whose stream record was lost is in no index; only a Scan can find it.
@@ -112,6 +119,8 @@ class TaskListing(TasksTable):
                 ),
                 "Limit": page_size,
             }
+            if segment is not None:
+                kwargs["Segment"], kwargs["TotalSegments"] = segment
             if start:
                 kwargs["ExclusiveStartKey"] = start
             page = self._call("scan", **kwargs)

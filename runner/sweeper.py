@@ -4,6 +4,9 @@
   timed out) → FAILED, retryable, `TaskTimedOut`, so the retry workflow takes it.
   Workflow claims are left alone: the state machine's own Retry recovers them.
 - A PENDING task older than a cutoff (its stream record was lost) → claimed and run.
+  Such a task is in no index, so finding it takes a Scan: each scheduled run reads one
+  of `scan_segments` segments of the table, in rotation by time, so the table is read
+  once per `scan_segments` runs (about an hour at 13 and every 5 minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from runner.store import TaskStore
 DEFAULT_PENDING_AGE_SECONDS = 300
 # Orphaned PENDING tasks run this many at a time inside the sweeper.
 SWEEPER_CONCURRENCY = 32
+# The schedule's rate in serverless.yml: consecutive runs scan consecutive segments. With
+# another rate they still reach every segment, the number of segments being prime.
+SWEEP_PERIOD_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -41,14 +47,30 @@ class Sweeper:
         runner: TaskRunner,
         *,
         pending_age_seconds: float = DEFAULT_PENDING_AGE_SECONDS,
+        scan_segments: int = 1,
     ) -> None:
+        if scan_segments < 1:
+            raise ValueError("scan_segments must be at least 1")
         self.store = store
         self.runner = runner
         self.pending_age_seconds = pending_age_seconds
+        self.scan_segments = scan_segments
         self.log = get_logger()
 
-    def sweep(self, *, remaining_seconds: float | None = None) -> SweepReport:
-        return SweepReport(self.expire_leases(), self.run_orphans(remaining_seconds))
+    def sweep(
+        self, *, remaining_seconds: float | None = None, full_scan: bool = False
+    ) -> SweepReport:
+        """One run: every expired lease, and the orphans in this run's Scan segment (or in
+        the whole table with `full_scan`, as the CLI's `sweep` does)."""
+        segment = None if full_scan else self.current_segment()
+        return SweepReport(self.expire_leases(), self.run_orphans(remaining_seconds, segment))
+
+    def current_segment(self) -> tuple[int, int] | None:
+        """(segment, total) for a run now; None when the table is one segment."""
+        if self.scan_segments == 1:
+            return None
+        bucket = int(self.store.clock().timestamp() // SWEEP_PERIOD_SECONDS)
+        return bucket % self.scan_segments, self.scan_segments
 
     def expire_leases(self) -> int:
         now_epoch = int(self.store.clock().timestamp())
@@ -78,9 +100,11 @@ class Sweeper:
             )
         return expired
 
-    def run_orphans(self, remaining_seconds: float | None = None) -> int:
+    def run_orphans(
+        self, remaining_seconds: float | None = None, segment: tuple[int, int] | None = None
+    ) -> int:
         cutoff = iso(self.store.clock() - timedelta(seconds=self.pending_age_seconds))
-        orphans = list(self.store.iter_unindexed_pending(cutoff))
+        orphans = list(self.store.iter_unindexed_pending(cutoff, segment=segment))
         if not orphans:
             return 0
         with ThreadPoolExecutor(max_workers=min(SWEEPER_CONCURRENCY, len(orphans))) as pool:

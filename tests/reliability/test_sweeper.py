@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from runner.client import TaskRunnerClient
 from runner.items import utcnow
 from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
+from runner.sweeper import SWEEP_PERIOD_SECONDS, Sweeper
 from runner.workflow import routable
 from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
 
@@ -112,6 +114,34 @@ def test_pending_tasks_the_stream_missed_are_run(swept_app: App) -> None:
     assert app.store.get("lost").claimed_by is ClaimSource.SWEEPER
     assert app.store.get("recent").status is TaskStatus.DONE
     assert demo_tasks.EFFECTS == {"task:lost": 1, "task:recent": 1}
+
+
+def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: App) -> None:
+    # Given 40 PENDING tasks whose stream records were lost, and a sweeper in 13 segments
+    app = swept_app
+    for n in range(40):
+        put_raw(
+            app.clients.dynamodb, app.settings.table_name, pending(f"lost-{n}", "NOOP_TASK", {})
+        )
+    sweeper = Sweeper(app.store, app.runner, scan_segments=13)
+    scanned: list[tuple[int, int]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        scanned.append((params["Segment"], params["TotalSegments"]))
+
+    app.clients.dynamodb.meta.events.register("provide-client-params.dynamodb.Scan", record)
+
+    # When the schedule runs it 13 times, 5 minutes apart
+    found = []
+    for run in range(13):
+        _later(app, run * SWEEP_PERIOD_SECONDS)
+        found.append(sweeper.sweep().orphans_run)
+
+    # Then each run read one segment, together all 13, and every task ran exactly once
+    assert sorted(segment for segment, _ in scanned) == list(range(13))
+    assert {total for _, total in scanned} == {13}
+    assert sum(found) == 40 and max(found) < 40
+    assert {f"task:lost-{n}": 1 for n in range(40)} == demo_tasks.EFFECTS
 
 
 def test_lease_comes_from_the_lambdas_remaining_time(swept_app: App) -> None:
