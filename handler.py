@@ -5,6 +5,7 @@ Everything heavy is built on the first call (runner.app.get_app), not at import.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from runner import tracing
@@ -89,6 +90,15 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return get_app().runner.run_retry(task_id, episode, remaining_seconds=remaining).as_dict()
 
 
+def _scheduled_time(event: Any) -> datetime | None:
+    """EventBridge's `time` of a scheduled event (its minute, exactly); None without one."""
+    value = event.get("time") if isinstance(event, dict) else None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except (AttributeError, ValueError):
+        return None
+
+
 @tracing.lambda_handler
 def sweep(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled: expired leases → FAILED for retry; missed PENDING tasks → run."""
@@ -97,6 +107,8 @@ def sweep(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _log_context(context)
     remaining = _remaining(context) - DEADLINE_MARGIN_SECONDS
     with aws_deadline(remaining):
-        report = get_app().sweeper.sweep(remaining_seconds=remaining)
+        report = get_app().sweeper.sweep(
+            remaining_seconds=remaining, scheduled_at=_scheduled_time(event)
+        )
     get_logger().info("sweep finished", extra=report.as_dict())
     return report.as_dict()

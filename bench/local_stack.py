@@ -154,6 +154,9 @@ def run(quick: bool) -> list[Figure]:
         raw_before = raw_write_throughput(
             dynamodb, stack.endpoint_url, f"bench-raw-{uuid.uuid4().hex[:6]}", 100
         )
+        minimal_before = minimal_write_throughput(
+            dynamodb, f"bench-min-{uuid.uuid4().hex[:6]}", 100
+        )
         prefix = uuid.uuid4().hex[:6]
         ids = [f"e2e-{prefix}-{n}" for n in range(count)]
         inserted: dict[str, float] = {}
@@ -184,13 +187,14 @@ def run(quick: bool) -> list[Figure]:
         raw_after = raw_write_throughput(
             dynamodb, stack.endpoint_url, f"bench-raw-{uuid.uuid4().hex[:6]}", 100
         )
-        minimal = minimal_write_throughput(dynamodb, f"bench-min-{uuid.uuid4().hex[:6]}", 100)
+        minimal_after = minimal_write_throughput(dynamodb, f"bench-min-{uuid.uuid4().hex[:6]}", 100)
     done = {t["id"]: _epoch(t["finished_at"]) for t in tasks if t.get("status") == "DONE"}
     assert len(done) == count, f"{count - len(done)} tasks not DONE"
     last = max(done.values())
     throughput = count / (last - first)
     latencies = [done[i] - inserted[i] for i in ids]
     raw = median([raw_before, raw_after])
+    minimal = median([minimal_before, minimal_after])
     window = caught_up - first
     ceiling = raw / WRITES_PER_TASK
     share = throughput / ceiling
@@ -218,7 +222,7 @@ def run(quick: bool) -> list[Figure]:
                 "tasks": count,
                 "tasks_per_s": throughput,
                 "raw_writes_per_s": [raw_before, raw_after],
-                "minimal_writes_per_s": minimal,
+                "minimal_writes_per_s": [minimal_before, minimal_after],
                 "stack_start_s": setup,
                 "endpoint_process_cpu_s": server_cpu,
                 "endpoint_cpu_by_action": dict(actions),

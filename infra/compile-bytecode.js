@@ -16,7 +16,7 @@
 //   pythonBin: the runtime's interpreter (default: python3.<minor> from provider.runtime)
 //   required:  fail the package when that interpreter is missing (default: false, which
 //              warns and ships source only)
-const { execFileSync } = require('child_process');
+const { execFileSync, spawnSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
@@ -100,15 +100,25 @@ class CompileBytecode {
         fs.mkdirSync(path.dirname(target), { recursive: true });
         fs.writeFileSync(target, await zip.file(name).async('nodebuffer'));
       }
-      // -s/-p: tracebacks name /var/task/..., not this temporary directory.
-      execFileSync(
+      // -s/-p: tracebacks name /var/task/..., not this temporary directory. Exit status 1
+      // means some file did not compile (Python 2 code, a template): those ship as source.
+      const env = { ...process.env, PYTHONDONTWRITEBYTECODE: '' };
+      // These would put the .pyc files under other names or elsewhere.
+      delete env.PYTHONPYCACHEPREFIX;
+      delete env.PYTHONOPTIMIZE;
+      const result = spawnSync(
         settings.pythonBin,
         [
           '-m', 'compileall', '-q', '-j', '0', '--invalidation-mode', 'unchecked-hash',
           '-s', work, '-p', LAMBDA_ROOT, work,
         ],
-        { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, PYTHONDONTWRITEBYTECODE: '' } }
+        { stdio: ['ignore', 'inherit', 'inherit'], env }
       );
+      if (result.error || (result.status !== 0 && result.status !== 1)) {
+        throw new this.serverless.classes.Error(
+          `Bytecode: compileall failed (${result.error || `exit status ${result.status}`})`
+        );
+      }
       let added = 0;
       for (const name of sources) {
         const cached = path.join(
@@ -124,6 +134,11 @@ class CompileBytecode {
           createFolders: false,
         });
         added += 1;
+      }
+      if (sources.length && !added) {
+        throw new this.serverless.classes.Error(
+          `Bytecode: none of ${sources.length} modules compiled; see compileall's output above`
+        );
       }
       const buffer = await zip.generateAsync({
         type: 'nodebuffer',

@@ -20,7 +20,8 @@ STATUS_SHARDS = 16
 STATUS_INDEX = "by-status"
 # The sweeper's Scan for PENDING tasks no index holds reads one of this many segments per
 # run, in rotation: a full Scan every 5 minutes would read the whole table 8,640 times a
-# month. Prime, so the rotation reaches every segment whatever the schedule's rate.
+# month. Prime, so the rotation (by the run's minute) reaches every segment at any rate
+# but a multiple of 13 minutes.
 DEFAULT_ORPHAN_SCAN_SEGMENTS = 13
 
 

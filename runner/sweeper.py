@@ -5,15 +5,17 @@
   Workflow claims are left alone: the state machine's own Retry recovers them.
 - A PENDING task older than a cutoff (its stream record was lost) → claimed and run.
   Such a task is in no index, so finding it takes a Scan: each scheduled run reads one
-  of `scan_segments` segments of the table, in rotation by time, so the table is read
-  once per `scan_segments` runs (about an hour at 13 and every 5 minutes).
+  of `scan_segments` segments of the table, the one its scheduled minute names (minutes
+  since the epoch, modulo the count). Runs k minutes apart reach every segment in
+  `scan_segments` runs whenever k and the count share no factor: at 13, any rate but a
+  multiple of 13 minutes; every 5 minutes, the table is read once in 65.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from runner.errors import TaskConflict
 from runner.executor import TaskRunner
@@ -26,9 +28,6 @@ from runner.store import TaskStore
 DEFAULT_PENDING_AGE_SECONDS = 300
 # Orphaned PENDING tasks run this many at a time inside the sweeper.
 SWEEPER_CONCURRENCY = 32
-# The schedule's rate in serverless.yml: consecutive runs scan consecutive segments. With
-# another rate they still reach every segment, the number of segments being prime.
-SWEEP_PERIOD_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -58,19 +57,28 @@ class Sweeper:
         self.log = get_logger()
 
     def sweep(
-        self, *, remaining_seconds: float | None = None, full_scan: bool = False
+        self,
+        *,
+        remaining_seconds: float | None = None,
+        full_scan: bool = False,
+        scheduled_at: datetime | None = None,
     ) -> SweepReport:
-        """One run: every expired lease, and the orphans in this run's Scan segment (or in
-        the whole table with `full_scan`, as the CLI's `sweep` does)."""
-        segment = None if full_scan else self.current_segment()
+        """One run: every expired lease, and the orphans in the Scan segment of the run's
+        scheduled time (default: now), or in the whole table with `full_scan`, as the
+        CLI's `sweep` does."""
+        segment = None if full_scan else self.segment_for(scheduled_at or self.store.clock())
         return SweepReport(self.expire_leases(), self.run_orphans(remaining_seconds, segment))
 
-    def current_segment(self) -> tuple[int, int] | None:
-        """(segment, total) for a run now; None when the table is one segment."""
+    def segment_for(self, scheduled_at: datetime) -> tuple[int, int] | None:
+        """(segment, total) for a run scheduled then; None when the table is one segment.
+
+        By the schedule's own minute (EventBridge's event `time`), not the moment the
+        function starts, so a late start does not repeat or skip a segment.
+        """
         if self.scan_segments == 1:
             return None
-        bucket = int(self.store.clock().timestamp() // SWEEP_PERIOD_SECONDS)
-        return bucket % self.scan_segments, self.scan_segments
+        minute = int(scheduled_at.timestamp() // 60)
+        return minute % self.scan_segments, self.scan_segments
 
     def expire_leases(self) -> int:
         now_epoch = int(self.store.clock().timestamp())

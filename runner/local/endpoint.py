@@ -27,9 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +43,10 @@ from runner.local.template import ROOT
 
 START_TIMEOUT_SECONDS = 60.0
 REPLY_TIMEOUT_SECONDS = 60.0
+# After the report pipe closes, how long the child gets to exit before it is reported.
+EXIT_GRACE_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class EndpointError(Exception):
@@ -73,12 +79,21 @@ class EndpointProcess:
             text=True,
         )
         os.close(write_fd)
-        self._reports = os.fdopen(read_fd, "r")
+        self._reports = read_fd
+        self._buffer = b""
+        self._lock = threading.Lock()  # one request and its reply at a time
+        self._stopping = False
         try:
             self.endpoint_url: str = self._receive(START_TIMEOUT_SECONDS)["endpoint"]
         except BaseException:
             self.stop()
             raise
+        threading.Thread(target=self._watch, name="endpoint-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        code = self.process.wait()
+        if not self._stopping:
+            log.error("the local AWS endpoint process exited (%s): the stack cannot work", code)
 
     @property
     def pid(self) -> int:
@@ -96,24 +111,42 @@ class EndpointProcess:
 
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(json.dumps(message) + "\n")
-            self.process.stdin.flush()
-        except BrokenPipeError as exc:
-            raise EndpointError(f"the endpoint process exited ({self.process.poll()})") from exc
-        return self._receive(REPLY_TIMEOUT_SECONDS)
+        with self._lock:
+            try:
+                self.process.stdin.write(json.dumps(message) + "\n")
+                self.process.stdin.flush()
+            except BrokenPipeError as exc:
+                raise EndpointError(self._exited()) from exc
+            return self._receive(REPLY_TIMEOUT_SECONDS)
 
     def _receive(self, timeout: float) -> dict[str, Any]:
-        ready, _, _ = select.select([self._reports], [], [], timeout)
-        line = self._reports.readline() if ready else ""
-        if not line:
-            code = self.process.poll()
-            state = f"exited with {code}" if code is not None else f"silent for {timeout:.0f} s"
-            raise EndpointError(f"the local AWS endpoint process {state}")
+        """The next reply line, read from the pipe's file descriptor into our own buffer
+        (a buffered file object could hold a line that select() does not see)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._reports], [], [], max(0.0, left))
+            if not ready:
+                raise EndpointError(f"the local AWS endpoint process is silent for {timeout:.0f} s")
+            chunk = os.read(self._reports, 65536)
+            if not chunk:
+                raise EndpointError(self._exited())
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
         reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise EndpointError(f"the local AWS endpoint process: {reply['error']}")
         return reply
 
+    def _exited(self) -> str:
+        try:
+            code = self.process.wait(EXIT_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return "the local AWS endpoint process closed its report pipe"
+        return f"the local AWS endpoint process exited with {code}"
+
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         if self.process.stdin is not None and not self.process.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
@@ -122,7 +155,8 @@ class EndpointProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._reports.close()
+        with contextlib.suppress(OSError):
+            os.close(self._reports)
 
 
 def _serve(port: int, report: IO[str]) -> None:
@@ -136,6 +170,13 @@ def _serve(port: int, report: IO[str]) -> None:
         report.write(json.dumps(message) + "\n")
         report.flush()
 
+    if port:  # moto's server would wait forever for a port it cannot bind
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                send({"error": f"cannot listen on 127.0.0.1:{port}: {exc.strerror}"})
+                return
     meter = ActionMeter()
     # The meter first: serialised_dynamodb wraps whatever call_action is then in place.
     with meter.installed(), serialised_dynamodb(), fast_stream_records(), quiet_moto():
@@ -153,14 +194,18 @@ def _serve(port: int, report: IO[str]) -> None:
                     if message.get("stats"):
                         send({"stats": meter.take()})
                         continue
+                    try:
+                        for function in message.get("functions", []):
+                            dispatcher.register(
+                                function["name"],
+                                resolve_handler(function["handler"]),
+                                float(function["timeout"]),
+                            )
+                    except Exception as exc:  # a handler that does not import
+                        send({"error": f"registering functions: {type(exc).__name__}: {exc}"})
+                        continue
                     os.environ.update(message.get("env", {}))
                     _reset_app()
-                    for function in message.get("functions", []):
-                        dispatcher.register(
-                            function["name"],
-                            resolve_handler(function["handler"]),
-                            float(function["timeout"]),
-                        )
                     send({"registered": len(message.get("functions", []))})
         finally:
             server.stop()

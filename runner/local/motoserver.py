@@ -52,6 +52,10 @@ def serialised_dynamodb() -> Iterator[None]:
             setattr(cls, "call_action", original)  # noqa: B010
 
 
+# What moto's serializer answers a DynamoDB Streams call with.
+JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+
 def _stream_json(value: Any) -> Any:
     """What moto's serializer makes of the non-JSON values in a stream record."""
     if isinstance(value, datetime.datetime):  # epoch seconds, truncated to milliseconds
@@ -74,10 +78,12 @@ def fast_stream_records() -> Iterator[None]:
     """
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
-    def get_records(self: Any) -> str:
+    def get_records(self: Any) -> tuple[str, dict[str, str]]:
         limit = self._get_param("Limit")
-        result = self.backend.get_records(self._get_param("ShardIterator"), limit or 1000)
-        return json.dumps(result, default=_stream_json)
+        result = self.backend.get_records(
+            self._get_param("ShardIterator"), 1000 if limit is None else limit
+        )
+        return json.dumps(result, default=_stream_json), {"Content-Type": JSON_CONTENT_TYPE}
 
     original = DynamoDBStreamsHandler.get_records
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[method-assign,assignment]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 from typing import Any
 
 import boto3
+import pytest
 from moto import mock_aws
 
-from runner.local.endpoint import EndpointProcess
+from runner.local.endpoint import EndpointError, EndpointProcess
 from runner.local.motoserver import create_tasks_table, fast_stream_records
 
 REGION = "us-east-1"
@@ -52,6 +55,7 @@ def _records_body(streams: Any, stream_arn: str) -> dict[str, Any]:
     bodies: list[str] = []
 
     def keep(http_response: Any, **_: Any) -> None:
+        assert http_response.headers["Content-Type"] == "application/x-amz-json-1.0"
         bodies.append(http_response.text)
 
     streams.meta.events.register("after-call.dynamodbstreams.GetRecords", keep)
@@ -111,4 +115,32 @@ def test_endpoint_process_serves_reports_and_stops() -> None:
         server.stop()
 
     # And closing its stdin stopped it
+    assert server.process.returncode == 0
+
+
+def test_endpoint_process_reports_a_busy_port_at_once() -> None:
+    # Given a port something else listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        started = time.monotonic()
+
+        # When the endpoint is asked to listen there, then it says so without waiting
+        with pytest.raises(EndpointError, match=r"cannot listen on 127\.0\.0\.1"):
+            EndpointProcess(port=taken.getsockname()[1])
+    assert time.monotonic() - started < 30
+
+
+def test_endpoint_process_reports_a_handler_that_does_not_import() -> None:
+    server = EndpointProcess()
+    try:
+        # When a function names a handler module that does not exist
+        with pytest.raises(EndpointError, match="registering functions: ModuleNotFoundError"):
+            server.register(
+                [{"name": "broken", "handler": "no_such_module.run", "timeout": 3}], env={}
+            )
+        # Then the endpoint says which, and still answers
+        assert server.stats() is not None
+    finally:
+        server.stop()
     assert server.process.returncode == 0

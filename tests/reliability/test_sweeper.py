@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from runner.client import TaskRunnerClient
 from runner.items import utcnow
 from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
-from runner.sweeper import SWEEP_PERIOD_SECONDS, Sweeper
+from runner.sweeper import Sweeper
 from runner.workflow import routable
 from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
 
@@ -134,7 +134,7 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
     # When the schedule runs it 13 times, 5 minutes apart
     found = []
     for run in range(13):
-        _later(app, run * SWEEP_PERIOD_SECONDS)
+        _later(app, run * 5 * 60)
         found.append(sweeper.sweep().orphans_run)
 
     # Then each run read one segment, together all 13, and every task ran exactly once
@@ -142,6 +142,25 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
     assert {total for _, total in scanned} == {13}
     assert sum(found) == 40 and max(found) < 40
     assert {f"task:lost-{n}": 1 for n in range(40)} == demo_tasks.EFFECTS
+
+
+def test_the_scheduled_sweep_scans_the_segment_of_its_scheduled_minute(swept_app: App) -> None:
+    # Given the scheduled event EventBridge sends at 08:05 (the function starts later)
+    app = swept_app
+    scanned: list[tuple[int, int]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        scanned.append((params["Segment"], params["TotalSegments"]))
+
+    app.clients.dynamodb.meta.events.register("provide-client-params.dynamodb.Scan", record)
+    event = {"source": "aws.events", "time": "2026-11-29T08:05:00Z"}
+
+    # When the sweep handler runs for it
+    handler.sweep(event, FakeLambdaContext())
+
+    # Then it read the segment that minute names, of the configured 13
+    minute = int(datetime(2026, 11, 29, 8, 5, tzinfo=UTC).timestamp()) // 60
+    assert scanned == [(minute % 13, 13)]
 
 
 def test_lease_comes_from_the_lambdas_remaining_time(swept_app: App) -> None:
