@@ -162,6 +162,7 @@ class EndpointProcess:
 def _serve(port: int, report: IO[str]) -> None:
     from moto.server import ThreadedMotoServer
 
+    from runner.app import get_app
     from runner.local.lambdas import LambdaDispatcher
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.resources import resolve_handler
@@ -205,7 +206,7 @@ def _serve(port: int, report: IO[str]) -> None:
                         send({"error": f"registering functions: {type(exc).__name__}: {exc}"})
                         continue
                     os.environ.update(message.get("env", {}))
-                    _reset_app()
+                    get_app.cache_clear()  # handlers read their settings once
                     send({"registered": len(message.get("functions", []))})
         finally:
             server.stop()
@@ -230,12 +231,8 @@ class ActionMeter:
             try:
                 return original(response)
             finally:
-                spent = time.thread_time() - started
                 name = f"{type(response).__name__}.{response._get_action()}"
-                with meter._lock:
-                    entry = meter._stats.setdefault(name, [0, 0.0])
-                    entry[0] += 1
-                    entry[1] += spent
+                meter._add(name, time.thread_time() - started)
 
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
@@ -246,11 +243,7 @@ class ActionMeter:
             try:
                 return original_app(app, environ, start_response)
             finally:
-                spent = time.thread_time() - started
-                with meter._lock:
-                    entry = meter._stats.setdefault("wsgi.all", [0, 0.0])
-                    entry[0] += 1
-                    entry[1] += spent
+                meter._add("wsgi.all", time.thread_time() - started)
 
         DomainDispatcherApplication.__call__ = app_call  # type: ignore[method-assign,assignment]
         BaseResponse.call_action = call_action  # type: ignore[method-assign,assignment]
@@ -260,19 +253,18 @@ class ActionMeter:
             BaseResponse.call_action = original  # type: ignore[method-assign]
             DomainDispatcherApplication.__call__ = original_app  # type: ignore[method-assign]
 
+    def _add(self, name: str, cpu_seconds: float) -> None:
+        with self._lock:
+            entry = self._stats.setdefault(name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += cpu_seconds
+
     def take(self) -> dict[str, dict[str, float]]:
         with self._lock:
             taken, self._stats = self._stats, {}
         return {
             name: {"calls": calls, "cpu_s": round(cpu, 3)} for name, (calls, cpu) in taken.items()
         }
-
-
-def _reset_app() -> None:
-    """Handlers read their settings once: forget them when the environment changes."""
-    from runner.app import get_app
-
-    get_app.cache_clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,10 +16,6 @@ from typing import Any
 
 # What the moto server must do for the stack: run state machines, and no Docker Lambdas.
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
-MOTO_DEFAULTS = {
-    "stepfunctions": {"execute_state_machine": False},
-    "lambda": {"use_docker": True},
-}
 
 
 @contextlib.contextmanager

@@ -24,6 +24,22 @@ def swept_app(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
     return app
 
 
+def _put_retryable_failure(app: App, task_id: str) -> None:
+    item = {**pending(task_id, "NOOP_TASK", {}), "status": "FAILED", "episode": 1}
+    put_raw(app.clients.dynamodb, app.settings.table_name, {**item, "retryable": True})
+
+
+def _record_scan_segments(app: App) -> list[tuple[int, int]]:
+    """(Segment, TotalSegments) of every Scan the app's client sends from now on."""
+    scanned: list[tuple[int, int]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        scanned.append((params["Segment"], params["TotalSegments"]))
+
+    app.clients.dynamodb.meta.events.register("provide-client-params.dynamodb.Scan", record)
+    return scanned
+
+
 def _later(app: App, seconds: float) -> None:
     app.store.clock = lambda: utcnow() + timedelta(seconds=seconds)
 
@@ -69,11 +85,7 @@ def test_crash_between_claim_and_completion_is_recovered_for_retry(swept_app: Ap
 
 def test_workflow_claims_are_left_to_the_state_machine(swept_app: App) -> None:
     app = swept_app
-    put_raw(
-        app.clients.dynamodb,
-        app.settings.table_name,
-        {**pending("wf", "NOOP_TASK", {}), "status": "FAILED", "episode": 1, "retryable": True},
-    )
+    _put_retryable_failure(app, "wf")
     app.store.claim_for_retry("wf", episode=1, lease_seconds=60)
     _later(app, 3600)
     assert app.sweeper.expire_leases() == 0
@@ -86,11 +98,7 @@ def test_a_workflow_attempt_waits_out_a_live_lease(swept_app: App) -> None:
     from runner.errors import TaskLeaseHeld
 
     app = swept_app
-    put_raw(
-        app.clients.dynamodb,
-        app.settings.table_name,
-        {**pending("held", "NOOP_TASK", {}), "status": "FAILED", "episode": 1, "retryable": True},
-    )
+    _put_retryable_failure(app, "held")
     # Given an attempt whose Lambda timed out while holding the task
     app.store.claim_for_retry("held", episode=1, lease_seconds=600)
     # When the state machine's next attempt comes, it is told to wait, not to fail
@@ -124,12 +132,7 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
             app.clients.dynamodb, app.settings.table_name, pending(f"lost-{n}", "NOOP_TASK", {})
         )
     sweeper = Sweeper(app.store, app.runner, scan_segments=13)
-    scanned: list[tuple[int, int]] = []
-
-    def record(params: dict[str, Any], **_: Any) -> None:
-        scanned.append((params["Segment"], params["TotalSegments"]))
-
-    app.clients.dynamodb.meta.events.register("provide-client-params.dynamodb.Scan", record)
+    scanned = _record_scan_segments(app)
 
     # When the schedule runs it 13 times, 5 minutes apart
     found = []
@@ -147,12 +150,7 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
 def test_the_scheduled_sweep_scans_the_segment_of_its_scheduled_minute(swept_app: App) -> None:
     # Given the scheduled event EventBridge sends at 08:05 (the function starts later)
     app = swept_app
-    scanned: list[tuple[int, int]] = []
-
-    def record(params: dict[str, Any], **_: Any) -> None:
-        scanned.append((params["Segment"], params["TotalSegments"]))
-
-    app.clients.dynamodb.meta.events.register("provide-client-params.dynamodb.Scan", record)
+    scanned = _record_scan_segments(app)
     event = {"source": "aws.events", "time": "2026-11-29T08:05:00Z"}
 
     # When the sweep handler runs for it
