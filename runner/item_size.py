@@ -1,4 +1,4 @@
-"""DynamoDB's item-size rules, so an oversized task is refused before the write."""
+"""DynamoDB's item rules (size, numbers), so a write DynamoDB would refuse is caught first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ MAX_ITEM_BYTES = 400 * 1024
 
 def _number_size(value: int | float | Decimal) -> int:
     # 1 byte per two significant digits, plus 1 byte (leading/trailing zeros trimmed).
-    digits = Decimal(str(value)).normalize().as_tuple().digits
+    # Not Decimal.normalize(): it rounds to the context's 28 digits.
+    digits = "".join(map(str, Decimal(str(value)).as_tuple().digits)).strip("0")
     significant = len(digits) or 1
     return (significant + 1) // 2 + 1
 
@@ -39,3 +40,74 @@ def value_size(value: Any) -> int:
 def item_size(item: dict[str, Any]) -> int:
     """Bytes of a whole item: each attribute's name plus its value."""
     return sum(len(name.encode("utf-8")) + value_size(v) for name, v in item.items())
+
+
+def attribute_value_size(attribute: dict[str, Any]) -> int:
+    """Bytes of one attribute value in DynamoDB's wire format ({"S": ...}, {"M": {...}}).
+
+    The same rules as `value_size`, for items as the service (or moto) holds them: binary
+    values are base64 text on the wire and count as their decoded bytes.
+    """
+    ((kind, value),) = attribute.items()
+    if kind == "S":
+        return len(str(value).encode("utf-8"))
+    if kind == "N":
+        return _number_size(Decimal(str(value)))
+    if kind == "B":
+        return _binary_size(value)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(
+            len(str(name).encode("utf-8")) + attribute_value_size(v) + 1
+            for name, v in value.items()
+        )
+    if kind == "L":
+        return 3 + sum(attribute_value_size(v) + 1 for v in value)
+    if kind == "SS":
+        return sum(len(str(v).encode("utf-8")) for v in value)
+    if kind == "NS":
+        return sum(_number_size(Decimal(str(v))) for v in value)
+    if kind == "BS":
+        return sum(_binary_size(v) for v in value)
+    raise ValueError(f"unknown attribute type {kind!r}")
+
+
+def wire_item_size(item: dict[str, dict[str, Any]]) -> int:
+    """Bytes of a whole item in DynamoDB's wire format: each name plus its value."""
+    return sum(len(name.encode("utf-8")) + attribute_value_size(v) for name, v in item.items())
+
+
+def _binary_size(value: Any) -> int:
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    text = str(value)
+    return len(text) * 3 // 4 - text[-2:].count("=")
+
+
+# DynamoDB numbers: at most 38 significant digits, magnitudes from 1E-130 to below 1E+126.
+MAX_NUMBER_DIGITS = 38
+MAX_NUMBER_EXPONENT = 125
+MIN_NUMBER_EXPONENT = -130
+
+
+def number_problem(value: int | float | Decimal | str) -> str | None:
+    """Why DynamoDB would refuse this number, or None if it can store it."""
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return f"not a number: {str(value)[:40]!r}"
+    if not number.is_finite():
+        return "DynamoDB cannot store NaN or infinity"
+    if number == 0:
+        return None
+    # Not Decimal.normalize(): it rounds to the context's 28 digits.
+    digits = "".join(map(str, number.as_tuple().digits)).strip("0")
+    if len(digits) > MAX_NUMBER_DIGITS:
+        return f"a number has more than {MAX_NUMBER_DIGITS} significant digits"
+    exponent = number.adjusted()
+    if exponent > MAX_NUMBER_EXPONENT:
+        return "a number's magnitude is larger than DynamoDB supports (1E+126)"
+    if exponent < MIN_NUMBER_EXPONENT:
+        return "a number's magnitude is smaller than DynamoDB supports (1E-130)"
+    return None

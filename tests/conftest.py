@@ -12,6 +12,7 @@ from runner.app import App, get_app
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.local import demo_tasks
+from runner.local.dynamodb_fidelity import dynamodb_fidelity
 from runner.local.motoserver import serialised_dynamodb
 from tasks import build_registry
 from tests.helpers import create_tasks_table
@@ -44,9 +45,10 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _serialised_moto_dynamodb() -> Iterator[None]:
     """Moto is not thread-safe: unserialised, two racing conditional claims can both win.
 
-    Its DynamoDB request handling is serialised for every test (in-process and server).
+    Its DynamoDB request handling is serialised for every test (in-process and server),
+    and its writes are refused and applied as DynamoDB's are (`dynamodb_fidelity`).
     """
-    with serialised_dynamodb():
+    with serialised_dynamodb(), dynamodb_fidelity():
         yield
 
 

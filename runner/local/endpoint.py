@@ -163,6 +163,7 @@ def _serve(port: int, report: IO[str]) -> None:
     from moto.server import ThreadedMotoServer
 
     from runner.app import get_app
+    from runner.local.dynamodb_fidelity import dynamodb_fidelity
     from runner.local.lambdas import LambdaDispatcher
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.resources import resolve_handler
@@ -180,7 +181,13 @@ def _serve(port: int, report: IO[str]) -> None:
                 return
     meter = ActionMeter()
     # The meter first: serialised_dynamodb wraps whatever call_action is then in place.
-    with meter.installed(), serialised_dynamodb(), fast_stream_records(), quiet_moto():
+    with (
+        meter.installed(),
+        serialised_dynamodb(),
+        fast_stream_records(),
+        dynamodb_fidelity(),
+        quiet_moto(),
+    ):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:

@@ -157,8 +157,8 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """A bare ThreadedMotoServer on loopback (tests, benchmarks), DynamoDB serialised,
-    GetRecords answered by `fast_stream_records`.
+    """A bare ThreadedMotoServer on loopback (tests, benchmarks), DynamoDB serialised and
+    made atomic (`dynamodb_fidelity`), GetRecords answered by `fast_stream_records`.
 
     Yields its endpoint URL. The local stack (runner.local.server) adds the service to it.
     """
@@ -166,8 +166,10 @@ def moto_server() -> Iterator[str]:
 
     from moto.server import ThreadedMotoServer
 
+    from runner.local.dynamodb_fidelity import dynamodb_fidelity
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    with serialised_dynamodb(), fast_stream_records():
+    with serialised_dynamodb(), fast_stream_records(), dynamodb_fidelity():
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
