@@ -1,13 +1,15 @@
-"""A DynamoDB stream event source mapping, run locally: GetRecords loop → Lambda handler.
+"""A DynamoDB stream event source mapping, run locally: GetRecords loop → Lambda Invoke.
 
 Moto's own event source mappings need Docker and ignore filters and batch settings, so
 the local stack replaces each mapping of the template with a `StreamPoller` that applies
 the mapping's settings as Lambda's poller does for one shard (records in order, one
-batch in flight):
+batch in flight), and invokes the function synchronously through the endpoint's Lambda
+service (runner.local.lambdas.LambdaInvoker), so the batch runs in one of the function's
+execution environments with its timeout, and a timeout or crash is a function error:
 
 - FilterCriteria: a record is delivered if any pattern matches the record as Lambda
   shapes it; records matching none are dropped (and count as processed), as on AWS.
-- BatchSize: up to that many matching records per invocation.
+- BatchSize: up to that many matching records per invocation, and at most Invoke's 6 MB.
 - StartingPosition: TRIM_HORIZON or LATEST, taken when the poller starts.
 - ReportBatchItemFailures: the batch is retried from the lowest reported SequenceNumber;
   an identifier that is empty or not in the batch fails the whole batch, as on AWS.
@@ -15,6 +17,11 @@ batch in flight):
   each retried on its own (the halves keep the batch's retry count).
 - MaximumRetryAttempts / MaximumRecordAgeInSeconds: once exceeded, the batch is skipped
   and, with an OnFailure SQS destination, its metadata (never the records) is sent there.
+  A throttled invocation (the function's concurrency is reached) is retried without
+  counting against MaximumRetryAttempts: the batch never reached the function.
+
+Chaos (runner.local.chaos): with `stream[.function].redeliver`, a batch that succeeded is
+delivered once more, as a stream may do on AWS (at least once).
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from runner.local.lambdas import LambdaHandler, LocalLambdaContext
+from runner.local.chaos import FaultPlan
+from runner.local.lambdas import MAX_PAYLOAD_BYTES, Invoker, InvokeThrottled, event_json
 from runner.local.stack import StreamMapping
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,12 @@ def lambda_record(raw: Record, *, stream_arn: str, region: str) -> Record:
         # Lambda's event carries epoch seconds; boto3 parses the wire number into a datetime.
         body["ApproximateCreationDateTime"] = int(created.timestamp())
     record = {key: value for key, value in raw.items() if key != "dynamodb"}
+    identity = raw.get("userIdentity")
+    if isinstance(identity, dict):  # GetRecords' {Type, PrincipalId}; Lambda's lower case
+        record["userIdentity"] = {
+            "type": identity.get("Type", identity.get("type")),
+            "principalId": identity.get("PrincipalId", identity.get("principalId")),
+        }
     record.update(
         eventSource="aws:dynamodb",
         awsRegion=region,  # moto always says us-east-1
@@ -91,6 +105,8 @@ class PollerStats:
     delivered: int = 0  # records handed to the function (retries counted again)
     filtered_out: int = 0
     retries: int = 0
+    throttled: int = 0  # invocations Lambda refused (concurrency reached)
+    redelivered: int = 0  # batches delivered again by a chaos fault
     discarded: int = 0  # records given up on (retries or age exhausted)
     on_failure_messages: int = 0
 
@@ -107,26 +123,26 @@ class StreamPoller:
     def __init__(
         self,
         mapping: StreamMapping,
-        function: LambdaHandler,
+        invoke: Invoker,
         *,
         streams: Any,
         sqs: Any | None,
         stream_arn: str,
         shard_id: str,
         function_arn: str,
-        timeout_seconds: float,
         region: str,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         backoff: Callable[[int], float] = retry_delay,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.mapping = mapping
-        self.function = function
+        self.invoke = invoke
         self.streams = streams
         self.sqs = sqs
         self.stream_arn = stream_arn
         self.shard_id = shard_id
         self.function_arn = function_arn
-        self.timeout_seconds = timeout_seconds
+        self.faults = faults
         self.region = region
         self.poll_interval = poll_interval
         self.backoff = backoff
@@ -205,11 +221,15 @@ class StreamPoller:
         self._caught_up.clear()
         matching = [r for r in records if self.filter.matches(r)]
         self.stats.filtered_out += len(records) - len(matching)
-        size = max(1, self.mapping.batch_size)
-        for start in range(0, len(matching), size):
+        for batch in batches(matching, max(1, self.mapping.batch_size)):
             if self._stop.is_set():
                 break
-            self._deliver(matching[start : start + size], retries=0)
+            self._deliver(batch, retries=0)
+            if self.faults is not None and self.faults.decide(
+                "stream", self.mapping.function_name, "redeliver", f"{len(batch)} records"
+            ):
+                self.stats.redelivered += 1
+                self._deliver(batch, retries=0)
         return len(records)
 
     # --- delivering ------------------------------------------------------------------
@@ -218,7 +238,7 @@ class StreamPoller:
         """Invoke until the batch succeeds, or its retries or age run out."""
         while batch and not self._stop.is_set():
             attempt = self._invoke(batch)
-            if attempt.failed_from is None:
+            if attempt.failed_from is None or self._stop.is_set():
                 return
             if (
                 attempt.function_error
@@ -251,16 +271,34 @@ class StreamPoller:
         return None
 
     def _invoke(self, batch: list[Record]) -> _Attempt:
+        attempt = 0
+        while True:
+            try:
+                invocation = self.invoke({"Records": batch})
+                break
+            except InvokeThrottled:
+                # Not a retry of the batch: it never reached the function.
+                self.stats.throttled += 1
+                attempt += 1
+                if self._stop.wait(self.backoff(min(attempt, 5))):
+                    return _Attempt(failed_from=0, function_error=False)
+            except Exception:
+                log.exception("invoking %s failed; retrying the batch", self.mapping.function_name)
+                return _Attempt(failed_from=0, function_error=True)
         self.stats.invocations += 1
         self.stats.delivered += len(batch)
-        context = LocalLambdaContext(self.mapping.function_name, self.timeout_seconds)
-        try:
-            response = self.function({"Records": batch}, context)
-        except Exception:
-            log.exception("%s raised; the batch will be retried", self.mapping.function_name)
+        if invocation.function_error:
+            payload = invocation.payload if isinstance(invocation.payload, dict) else {}
+            log.warning(
+                "%s failed (%s: %s); the batch will be retried",
+                self.mapping.function_name,
+                payload.get("errorType"),
+                str(payload.get("errorMessage", ""))[:300],
+            )
             return _Attempt(failed_from=0, function_error=True)
         if not self.mapping.report_batch_item_failures:
             return _Attempt(failed_from=None, function_error=False)
+        response = invocation.payload
         return _Attempt(failed_from=first_failed_index(batch, response), function_error=False)
 
     def _give_up(self, batch: list[Record], condition: str, retries: int) -> None:
@@ -307,6 +345,21 @@ class StreamPoller:
                 "streamArn": self.stream_arn,
             },
         }
+
+
+def batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
+    """Consecutive batches of at most `size` records and Invoke's 6 MB payload."""
+    batch: list[Record] = []
+    payload = len('{"Records": []}')
+    for record in records:
+        record_bytes = len(json.dumps(record, default=event_json)) + 2
+        if batch and (len(batch) >= size or payload + record_bytes > MAX_PAYLOAD_BYTES):
+            yield batch
+            batch, payload = [], len('{"Records": []}')
+        batch.append(record)
+        payload += record_bytes
+    if batch:
+        yield batch
 
 
 def first_failed_index(batch: Sequence[Record], response: Any) -> int | None:

@@ -1,0 +1,443 @@
+"""A local Lambda execution environment: one worker process, living as Lambda's do.
+
+Shaped after LocalStack's `execution_environment.py` (without Docker): an environment is
+a small state machine (`RuntimeStatus`) behind one lock, whose process is started on the
+first invocation it serves (a cold start, timed and reported), reused while warm, and:
+
+- **frozen between invocations**: SIGSTOP once the reply is read, SIGCONT before the next
+  request, so a thread the handler left behind runs only while an invocation does;
+- **killed at the function's timeout**: the invocation answers what Lambda's Invoke
+  answers (`FunctionError: Unhandled`, `{"errorType": "Sandbox.Timedout", "errorMessage":
+  "RequestId: ... Error: Task timed out after 3.00 seconds"}`) and the environment is
+  discarded;
+- **discarded after a crash** (the process died: `Runtime.ExitError`); a function error
+  (the handler raised) keeps it, as on Lambda.
+
+Each environment has its own dummy access key id, so the endpoint can tell which
+environment made a call (runner.local.chaos uses it to crash "the worker that claimed").
+The variables it runs with are built by `environment_variables`: the template's, then
+the stack's overlay, then Lambda's reserved ones, which nothing may override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.local.template import ROOT
+
+log = logging.getLogger(__name__)
+
+# The Python runtime the template names, reported in AWS_EXECUTION_ENV.
+RUNTIME = "python3.12"
+# Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
+INIT_TIMEOUT_SECONDS = 10.0
+# Variables Lambda sets itself; a function configuration that sets one is refused.
+RESERVED_VARIABLES = (
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+)
+
+
+class RuntimeStatus(enum.Enum):
+    INACTIVE = "inactive"  # no process yet
+    READY = "ready"  # warm and frozen, free to serve
+    INVOKING = "invoking"  # reserved for, or running, one invocation
+    STOPPED = "stopped"  # discarded; never used again
+
+
+class InvalidStatus(Exception):
+    """The environment is not in a state that allows this."""
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """What the local Lambda service knows of a function (read back from the stack)."""
+
+    name: str
+    handler: str
+    timeout: float
+    memory_mb: int = 1024
+    reserved_concurrency: int | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    region: str = "us-east-1"
+    account: str = "123456789012"
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account}:function:{self.name}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "handler": self.handler,
+            "timeout": self.timeout,
+            "memory_mb": self.memory_mb,
+            "reserved_concurrency": self.reserved_concurrency,
+            "environment": dict(self.environment),
+            "region": self.region,
+            "account": self.account,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FunctionConfig:
+        concurrency = values.get("reserved_concurrency")
+        return cls(
+            name=str(values["name"]),
+            handler=str(values["handler"]),
+            timeout=float(values["timeout"]),
+            memory_mb=int(values.get("memory_mb", 1024)),
+            reserved_concurrency=None if concurrency is None else int(concurrency),
+            environment={str(k): str(v) for k, v in values.get("environment", {}).items()},
+            region=str(values.get("region", "us-east-1")),
+            account=str(values.get("account", "123456789012")),
+        )
+
+
+def reserved_in(environment: Mapping[str, str]) -> list[str]:
+    """The reserved variables a function's configuration tries to set."""
+    return sorted(name for name in environment if name in RESERVED_VARIABLES)
+
+
+def environment_variables(
+    config: FunctionConfig,
+    *,
+    overlay: Mapping[str, str],
+    access_key_id: str,
+    environment_id: str,
+    task_root: str = str(ROOT),
+) -> dict[str, str]:
+    """The variables an environment of `config` runs with, in Lambda's documented order:
+    the template's, then the stack's overlay (endpoint, dummy credentials, task modules,
+    tracing off), then the reserved ones."""
+    variables = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "en_US.UTF-8",
+        "TZ": ":UTC",
+        "PYTHONPATH": os.pathsep.join(p for p in (task_root, overlay.get("PYTHONPATH", "")) if p),
+        **config.environment,
+        **{k: v for k, v in overlay.items() if k != "PYTHONPATH"},
+    }
+    stream = time.strftime("%Y/%m/%d", time.gmtime()) + f"/[$LATEST]{environment_id}"
+    variables.update(
+        {
+            "_HANDLER": config.handler,
+            "AWS_DEFAULT_REGION": config.region,
+            "AWS_REGION": config.region,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{RUNTIME}",
+            "AWS_LAMBDA_FUNCTION_NAME": config.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            "AWS_ACCESS_KEY_ID": access_key_id,
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "LAMBDA_TASK_ROOT": task_root,
+            "LAMBDA_RUNTIME_DIR": str(ROOT / "runner" / "local"),
+            "TASK_RUNNER_LOCAL_ACCOUNT": config.account,
+        }
+    )
+    return variables
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """What Invoke answers: the payload, and `Unhandled` if the invocation failed."""
+
+    payload: bytes
+    function_error: str | None = None
+    error_type: str | None = None
+    environment_id: str = ""
+    duration_s: float = 0.0
+    init_s: float | None = None  # set on a cold start
+    discarded: bool = False  # the environment was reset (timeout, crash)
+
+
+def _error(request_id: str, error_type: str, message: str) -> bytes:
+    body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"}
+    return json.dumps(body).encode()
+
+
+class _Lines:
+    """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def next(self, deadline: float) -> dict[str, Any] | None:
+        """The next message; None at end of file. Raises TimeoutError past `deadline`."""
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+
+class ExecutionEnvironment:
+    """One worker process of one function; see the module docstring for its life."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        *,
+        number: int,
+        overlay: Mapping[str, str],
+        spawn: Callable[[Callable[[], subprocess.Popen[bytes]]], subprocess.Popen[bytes]],
+        python: str = sys.executable,
+    ) -> None:
+        self.config = config
+        self.number = number
+        self.id = f"{config.name}-{number}-{uuid.uuid4().hex[:8]}"
+        # 20 characters, as AWS's are (moto reads the key id from the signature).
+        self.access_key_id = f"ASIALOCALENV{number:08d}"
+        self.status = RuntimeStatus.INACTIVE
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self.init_s: float | None = None
+        self._overlay = dict(overlay)
+        self._spawn = spawn
+        self._python = python
+        self._lock = threading.RLock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._invoke_fd = -1
+        self._replies: _Lines | None = None
+        self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
+        self._request_id = ""
+
+    # --- status --------------------------------------------------------------------
+
+    def reserve(self) -> None:
+        with self._lock:
+            if self.status not in (RuntimeStatus.INACTIVE, RuntimeStatus.READY):
+                raise InvalidStatus(f"{self.id} is {self.status.value}")
+            self.status = RuntimeStatus.INVOKING
+
+    def release(self) -> None:
+        with self._lock:
+            if self.status is RuntimeStatus.INVOKING:
+                self.status = RuntimeStatus.READY
+            self.last_used = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # --- life ----------------------------------------------------------------------
+
+    def _start(self) -> float:
+        """Spawn the worker and wait for its Init; returns the init duration."""
+        invoke_read, invoke_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        variables = environment_variables(
+            self.config,
+            overlay=self._overlay,
+            access_key_id=self.access_key_id,
+            environment_id=self.id,
+        )
+        spawned_at = time.time()
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [
+                    self._python,
+                    "-m",
+                    "runner.local.lambda_worker",
+                    f"--invoke-fd={invoke_read}",
+                    f"--reply-fd={reply_write}",
+                    f"--parent={os.getpid()}",
+                    f"--spawned-at={spawned_at}",
+                ],
+                cwd=variables["LAMBDA_TASK_ROOT"],
+                env=variables,
+                pass_fds=(invoke_read, reply_write),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal is for the stack
+            )
+
+        try:
+            self._process = self._spawn(popen)
+        finally:
+            os.close(invoke_read)
+            os.close(reply_write)
+        self._invoke_fd = invoke_write
+        self._replies = _Lines(reply_read)
+        deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
+        try:
+            ready = self._replies.next(deadline)
+        except TimeoutError:
+            ready = {"init_error": {"errorType": "Sandbox.Timedout", "errorMessage": "init"}}
+        if ready is None or "init_error" in ready:
+            problem = (ready or {}).get("init_error") or {
+                "errorType": "Runtime.ExitError",
+                "errorMessage": f"Runtime exited during init ({self._exit_reason()})",
+            }
+            self.stop()
+            raise EnvironmentInitError(problem)
+        self.init_s = float(ready["ready"])
+        log.info("cold start: %s ready in %.2f s (pid %s)", self.id, self.init_s, self.pid)
+        return self.init_s
+
+    def invoke(self, payload: bytes) -> InvocationResult:
+        """Run one invocation; the environment must be reserved (`reserve`)."""
+        with self._lock:
+            if self.status is not RuntimeStatus.INVOKING:
+                raise InvalidStatus(f"{self.id} is {self.status.value}, not reserved")
+            self._forced = None
+            self._request_id = request_id = str(uuid.uuid4())
+        started = time.monotonic()
+        init_s = None
+        if self._process is not None and self._process.poll() is not None:
+            # Killed while frozen (a fault that came after its last reply): start afresh.
+            self._close()
+        if self._process is None:
+            try:
+                init_s = self._start()
+            except EnvironmentInitError as exc:
+                return InvocationResult(
+                    json.dumps(exc.error).encode(),
+                    "Unhandled",
+                    exc.error.get("errorType"),
+                    self.id,
+                    discarded=True,
+                )
+        assert self._process is not None and self._replies is not None
+        self.invocations += 1
+        deadline = time.monotonic() + self.config.timeout
+        message = {
+            "request_id": request_id,
+            "payload": json.loads(payload) if payload else {},
+            "deadline": time.time() + self.config.timeout,
+        }
+        self._signal(signal.SIGCONT)
+        try:
+            os.write(self._invoke_fd, (json.dumps(message) + "\n").encode())
+            reply = self._replies.next(deadline)
+        except TimeoutError:
+            self._forced = self._forced or "timeout"
+            reply = None
+        except OSError:  # the pipe broke: the process is gone
+            reply = None
+        duration = time.monotonic() - started
+        if reply is None:
+            return self._discard(request_id, duration, init_s)
+        self._signal(signal.SIGSTOP)  # frozen until the next invocation
+        if "error" in reply:
+            body = json.dumps(reply["error"]).encode()
+            error_type = reply["error"].get("errorType")
+            return InvocationResult(body, "Unhandled", error_type, self.id, duration, init_s)
+        return InvocationResult(
+            json.dumps(reply.get("result")).encode(), None, None, self.id, duration, init_s
+        )
+
+    def _discard(self, request_id: str, duration: float, init_s: float | None) -> InvocationResult:
+        """A timed-out or crashed invocation: kill the process, report as Lambda does."""
+        forced = self._forced
+        reason = self._exit_reason() if forced != "timeout" else ""
+        self.stop()
+        if forced == "timeout":
+            error_type = "Sandbox.Timedout"
+            payload = _error(
+                request_id, error_type, f"Task timed out after {self.config.timeout:.2f} seconds"
+            )
+        else:
+            error_type = "Runtime.ExitError"
+            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
+        log.warning("%s: %s after %.2f s; environment discarded", self.id, error_type, duration)
+        return InvocationResult(payload, "Unhandled", error_type, self.id, duration, init_s, True)
+
+    def _exit_reason(self) -> str:
+        process = self._process
+        if process is None:
+            return "not started"
+        try:
+            code = process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "unknown"
+        if code < 0:
+            name = signal.Signals(-code).name.removeprefix("SIG").lower()
+            return f"signal: {'killed' if name == 'kill' else name}"
+        return f"exit status {code}"
+
+    def force(self, how: str) -> bool:
+        """End the running invocation now, as a crash or as a timeout (the chaos layer's
+        faults); True if there was one to end."""
+        with self._lock:
+            if self.status is not RuntimeStatus.INVOKING or self._process is None:
+                return False
+            self._forced = how
+            self._signal(signal.SIGKILL)
+            return True
+
+    def _signal(self, signum: int) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+    def stop(self) -> None:
+        """Discard the environment: kill its process (frozen or not) and close its pipes."""
+        with self._lock:
+            self.status = RuntimeStatus.STOPPED
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            if self._invoke_fd >= 0:
+                os.close(self._invoke_fd)
+                self._invoke_fd = -1
+            if self._replies is not None:
+                os.close(self._replies.fd)
+                self._replies = None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+class EnvironmentInitError(Exception):
+    """The worker failed its Init phase (its handler would not import, or it died)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("errorMessage", "init failed"))
+        self.error = error
