@@ -60,6 +60,9 @@ class FunctionStats:
     invocations: int = 0
     cold_starts: int = 0
     init_s: list[float] = field(default_factory=list)
+    # Whole invocations that began with a cold start (init included), and all of them.
+    cold_invocation_s: list[float] = field(default_factory=list)
+    duration_s: float = 0.0
     function_errors: int = 0
     timeouts: int = 0
     crashes: int = 0
@@ -71,6 +74,8 @@ class FunctionStats:
             "invocations": self.invocations,
             "cold_starts": self.cold_starts,
             "init_s": [round(s, 3) for s in self.init_s[-20:]],
+            "cold_invocation_s": [round(s, 3) for s in self.cold_invocation_s[-20:]],
+            "duration_s": round(self.duration_s, 3),
             "function_errors": self.function_errors,
             "timeouts": self.timeouts,
             "crashes": self.crashes,
@@ -161,15 +166,24 @@ class LambdaService:
                     environment.release()
         with self._lock:
             stats.invocations += 1
+            stats.duration_s += result.duration_s
             if result.init_s is not None:
                 stats.cold_starts += 1
                 stats.init_s.append(result.init_s)
+                stats.cold_invocation_s.append(result.duration_s)
             if result.error_type == "Sandbox.Timedout":
                 stats.timeouts += 1
             elif result.discarded:
                 stats.crashes += 1
             elif result.function_error:
                 stats.function_errors += 1
+        log.debug(
+            "REPORT %s Duration: %.0f ms%s%s",
+            result.environment_id,
+            result.duration_s * 1000,
+            f" Init Duration: {result.init_s * 1000:.0f} ms" if result.init_s else "",
+            f" {result.error_type}" if result.error_type else "",
+        )
         return result
 
     def _assign(self, name: str) -> ExecutionEnvironment:
