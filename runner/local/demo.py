@@ -222,6 +222,17 @@ def summarise(
         print(f"  {execution['name']:<40} {execution['status']}", file=out)
     if not executions:
         print("  (none)", file=out)
+    print("\nLambda (each function in worker processes of its own)", file=out)
+    for name, stats in stack.lambda_stats().items():
+        init = stats["init_s"]
+        cold = f", cold starts {stats['cold_starts']}" if stats["cold_starts"] else ""
+        cold += f" (init {max(init):.2f} s)" if init else ""
+        throttled = f", {stats['throttles']} throttled" if stats["throttles"] else ""
+        print(
+            f"  {name.rsplit('-', 1)[-1]:<15} {stats['invocations']:>3} invocations{cold}"
+            f"{throttled}",
+            file=out,
+        )
     return problems
 
 

@@ -191,7 +191,7 @@ def _serve(port: int, report: IO[str]) -> None:
     from runner.local.chaos import ENDPOINT_SERVICES, FaultPlan, parse_faults
     from runner.local.chaos_endpoint import EndpointChaos
     from runner.local.dynamodb_fidelity import dynamodb_fidelity
-    from runner.local.lambda_env import FunctionConfig
+    from runner.local.lambda_config import FunctionConfig
     from runner.local.lambda_service import LambdaService
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.sfn_fidelity import lambda_unknown_errors

@@ -27,13 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.local.lambda_env import (
-    ExecutionEnvironment,
-    FunctionConfig,
-    InvocationResult,
-    RuntimeStatus,
-    reserved_in,
-)
+from runner.local.lambda_config import FunctionConfig, reserved_in
+from runner.local.lambda_env import ExecutionEnvironment, InvocationResult, RuntimeStatus
 from runner.local.lambdas import function_name_of
 from runner.local.template import ROOT
 

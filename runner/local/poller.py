@@ -31,14 +31,22 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from runner.local.chaos import FaultPlan
-from runner.local.lambdas import MAX_PAYLOAD_BYTES, Invoker, InvokeThrottled, event_json
+from runner.local.lambdas import Invoker, InvokeThrottled
 from runner.local.stack import StreamMapping
+from runner.local.stream_records import (
+    Record,
+    RecordFilter,
+    batches,
+    first_failed_index,
+    lambda_record,
+    sequence_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,52 +57,10 @@ DEFAULT_POLL_INTERVAL = 0.05
 # Lambda's pause between retries of a failed stream batch grows to about this.
 MAX_RETRY_DELAY = 2.0
 
-Record = dict[str, Any]
-
 
 def retry_delay(attempt: int) -> float:
     """Backoff before retry number `attempt` (1-based) of a failed batch."""
     return float(min(MAX_RETRY_DELAY, 0.1 * 2 ** (attempt - 1)))
-
-
-def lambda_record(raw: Record, *, stream_arn: str, region: str) -> Record:
-    """A GetRecords record in the shape Lambda delivers it (eventSourceARN added)."""
-    body = dict(raw.get("dynamodb", {}))
-    created = body.get("ApproximateCreationDateTime")
-    if isinstance(created, datetime):
-        # Lambda's event carries epoch seconds; boto3 parses the wire number into a datetime.
-        body["ApproximateCreationDateTime"] = int(created.timestamp())
-    record = {key: value for key, value in raw.items() if key != "dynamodb"}
-    identity = raw.get("userIdentity")
-    if isinstance(identity, dict):  # GetRecords' {Type, PrincipalId}; Lambda's lower case
-        record["userIdentity"] = {
-            "type": identity.get("Type", identity.get("type")),
-            "principalId": identity.get("PrincipalId", identity.get("principalId")),
-        }
-    record.update(
-        eventSource="aws:dynamodb",
-        awsRegion=region,  # moto always says us-east-1
-        dynamodb=body,
-        eventSourceARN=stream_arn,
-    )
-    record.setdefault("eventVersion", "1.1")
-    return record
-
-
-def sequence_number(record: Record) -> str:
-    return str(record["dynamodb"]["SequenceNumber"])
-
-
-class RecordFilter:
-    """A mapping's FilterCriteria: a record passes if any pattern matches (none: all pass)."""
-
-    def __init__(self, patterns: Sequence[dict[str, Any]]) -> None:
-        from moto.events.models import EventPattern
-
-        self._patterns = [EventPattern.load(json.dumps(p)) for p in patterns]
-
-    def matches(self, record: Record) -> bool:
-        return not self._patterns or any(p.matches_event(cast(Any, record)) for p in self._patterns)
 
 
 @dataclass
@@ -235,8 +201,19 @@ class StreamPoller:
     # --- delivering ------------------------------------------------------------------
 
     def _deliver(self, batch: list[Record], *, retries: int) -> None:
-        """Invoke until the batch succeeds, or its retries or age run out."""
+        """Invoke until the batch succeeds, or its retries or age run out.
+
+        Stricter than what AWS documents (it says nothing on either): a record older than
+        MaximumRecordAgeInSeconds is not sent, not even once, and a split of the batch counts
+        as a retry of both halves, so no record is sent more than 1 + MaximumRetryAttempts
+        times, bisected or not.
+        """
         while batch and not self._stop.is_set():
+            expired = self._expired_prefix(batch)
+            if expired:
+                self._give_up(batch[:expired], "RecordAgeExceeded", retries)
+                batch = batch[expired:]
+                continue
             attempt = self._invoke(batch)
             if attempt.failed_from is None or self._stop.is_set():
                 return
@@ -245,6 +222,10 @@ class StreamPoller:
                 and self.mapping.bisect_batch_on_function_error
                 and len(batch) > 1
             ):
+                condition = self._exhausted(batch, retries + 1)
+                if condition:
+                    self._give_up(batch, condition, retries + 1)
+                    return
                 half = len(batch) // 2
                 self.stats.retries += 1
                 self._deliver(batch[:half], retries=retries + 1)
@@ -263,12 +244,23 @@ class StreamPoller:
         limit = self.mapping.maximum_retry_attempts
         if limit is not None and retries > limit:
             return "RetryAttemptsExhausted"
+        return self._too_old(batch)
+
+    def _too_old(self, batch: list[Record]) -> str | None:
+        return "RecordAgeExceeded" if self._expired_prefix(batch[:1]) else None
+
+    def _expired_prefix(self, batch: list[Record]) -> int:
+        """How many leading records of the batch are older than MaximumRecordAgeInSeconds
+        (a shard's records are in order, oldest first)."""
         max_age = self.mapping.maximum_record_age_seconds
-        created = batch[0]["dynamodb"].get("ApproximateCreationDateTime")
-        too_old = isinstance(created, int | float) and time.time() - created > (max_age or 0)
-        if max_age is not None and too_old:
-            return "RecordAgeExceeded"
-        return None
+        if max_age is None:
+            return 0
+        cutoff = time.time() - max_age
+        for index, record in enumerate(batch):
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if not (isinstance(created, int | float) and created < cutoff):
+                return index
+        return len(batch)
 
     def _invoke(self, batch: list[Record]) -> _Attempt:
         attempt = 0
@@ -345,45 +337,3 @@ class StreamPoller:
                 "streamArn": self.stream_arn,
             },
         }
-
-
-def batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
-    """Consecutive batches of at most `size` records and Invoke's 6 MB payload."""
-    batch: list[Record] = []
-    payload = len('{"Records": []}')
-    for record in records:
-        record_bytes = len(json.dumps(record, default=event_json)) + 2
-        if batch and (len(batch) >= size or payload + record_bytes > MAX_PAYLOAD_BYTES):
-            yield batch
-            batch, payload = [], len('{"Records": []}')
-        batch.append(record)
-        payload += record_bytes
-    if batch:
-        yield batch
-
-
-def first_failed_index(batch: Sequence[Record], response: Any) -> int | None:
-    """Where to retry from, given a ReportBatchItemFailures response; None: all succeeded.
-
-    As on AWS: an unreadable response or an identifier that is empty or not a
-    SequenceNumber of the batch fails the whole batch.
-    """
-    if response is None:
-        return None
-    if not isinstance(response, dict):
-        return 0
-    failures = response.get("batchItemFailures")
-    if failures is None:
-        return None
-    if not isinstance(failures, list):
-        return 0
-    if not failures:
-        return None
-    positions = {sequence_number(r): i for i, r in enumerate(batch)}
-    indexes = []
-    for failure in failures:
-        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not identifier or str(identifier) not in positions:
-            return 0
-        indexes.append(positions[str(identifier)])
-    return min(indexes)

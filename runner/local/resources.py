@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 
 from runner.local import stack as cfn
-from runner.local.lambda_env import FunctionConfig
+from runner.local.lambda_config import FunctionConfig
 from runner.local.lambdas import LambdaHandler
 from runner.local.motoserver import MOTO_CONFIG, moto_api
 from runner.local.template import ROOT

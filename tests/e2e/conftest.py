@@ -138,13 +138,13 @@ class ServedStack:
         return self.process.wait(timeout=30)
 
 
-def serve(*args: str) -> Iterator[ServedStack]:
+def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServedStack]:
     """Start `python -m runner.local serve ARGS`, yield once it is ready, then stop it."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.local", "serve", "--log-level", "WARNING", *args],
         cwd=ROOT,
-        env=base_env(),
+        env={**base_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -182,7 +182,7 @@ def serve(*args: str) -> Iterator[ServedStack]:
     stack = ServedStack(
         process=process,
         endpoint_url=endpoint,
-        env={**base_env(), **exports},
+        env={**base_env(), **(env or {}), **exports},
         started_in=time.perf_counter() - started,
         output=output,
         control_url=control,

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -260,7 +261,7 @@ def test_ttl_deletions_reach_the_stream_as_the_services_and_the_functions_ignore
     assert get_task(stack, expired) == {}
 
 
-def _removes(stack: ServedStack, keys: set[str]) -> list[dict[str, object]]:
+def _removes(stack: ServedStack, keys: set[str]) -> list[dict[str, Any]]:
     streams = client(stack, "dynamodbstreams")
     arn = client(stack, "dynamodb").describe_table(TableName=stack.table_name)["Table"][
         "LatestStreamArn"

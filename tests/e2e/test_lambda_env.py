@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from runner.local.lambda_env import FunctionConfig, InvocationResult
+from runner.local.lambda_config import FunctionConfig
+from runner.local.lambda_env import InvocationResult
 from runner.local.lambda_service import FunctionThrottled, LambdaService
 
 pytestmark = pytest.mark.slow

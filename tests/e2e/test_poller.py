@@ -12,8 +12,9 @@ from typing import Any
 
 from runner.local.chaos import FaultPlan, parse_faults
 from runner.local.lambdas import Invocation, InvokeThrottled
-from runner.local.poller import StreamPoller, first_failed_index
+from runner.local.poller import StreamPoller
 from runner.local.stack import StreamMapping
+from runner.local.stream_records import first_failed_index
 
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000"
 QUEUE_URL = "http://127.0.0.1/123456789012/failures"
@@ -260,3 +261,74 @@ def test_unknown_or_empty_identifiers_fail_the_whole_batch() -> None:
     assert first_failed_index(batch, {"batchItemFailures": [{"itemIdentifier": ""}]}) == 0
     assert first_failed_index(batch, {"batchItemFailures": []}) is None
     assert first_failed_index(batch, None) is None
+
+
+def test_a_split_counts_as_a_retry_so_no_record_is_sent_more_than_the_limit_allows() -> None:
+    # Given a mapping that bisects and allows one retry, and a function that always fails
+    function = Function(*[RuntimeError("boom")] * 10)
+    mapping = replace(
+        MAPPING, batch_size=10, bisect_batch_on_function_error=True, maximum_retry_attempts=1
+    )
+
+    poller, sqs = poll([raw_record(n) for n in (1, 2, 3, 4)], function, mapping)
+
+    # Then the batch was split once (the one retry), and each half given up after it
+    assert function.batches == [
+        ["1001", "1002", "1003", "1004"],
+        ["1001", "1002"],
+        ["1003", "1004"],
+    ]
+    assert [m["requestContext"]["condition"] for _, m in sqs.messages] == [
+        "RetryAttemptsExhausted"
+    ] * 2
+    assert poller.stats.discarded == 4
+
+
+def test_a_record_older_than_the_maximum_age_is_never_sent() -> None:
+    old = raw_record(1)
+    old["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(
+        datetime.now(UTC).timestamp() - 120, UTC
+    )
+    function = Function()
+
+    _, sqs = poll([old, raw_record(2)], function, replace(MAPPING, maximum_record_age_seconds=60))
+
+    # Then the old record went to the on-failure queue unsent, the fresh one was sent
+    assert function.batches == [["1002"]]
+    [(_, message)] = sqs.messages
+    assert message["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert message["DDBStreamBatchInfo"]["startSequenceNumber"] == "1001"
+
+
+def test_the_mappings_starting_position_is_taken_then_reads_go_on_after_the_last_record() -> None:
+    class Recording(FakeStreams):
+        def __init__(self, records: list[dict[str, Any]]) -> None:
+            super().__init__(records)
+            self.asked: list[dict[str, Any]] = []
+
+        def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
+            self.asked.append(kwargs)
+            return {"ShardIterator": "0"}
+
+    streams = Recording([raw_record(1)])
+    poller = StreamPoller(
+        replace(MAPPING, starting_position="LATEST"),
+        Function(),
+        streams=streams,
+        sqs=None,
+        stream_arn=STREAM_ARN,
+        shard_id="shardId-1",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
+        region="us-east-1",
+    )
+    poller._iterator = poller._new_iterator()
+    poller.poll_once()
+    poller._new_iterator()  # as after a broken iterator
+
+    assert streams.asked[0]["ShardIteratorType"] == "LATEST"
+    assert streams.asked[1] == {
+        "StreamArn": STREAM_ARN,
+        "ShardId": "shardId-1",
+        "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+        "SequenceNumber": "1001",
+    }
