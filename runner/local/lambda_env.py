@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
 INIT_TIMEOUT_SECONDS = 10.0
+# How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
+FREEZE_WAIT_SECONDS = 0.5
 
 
 class RuntimeStatus(enum.Enum):
@@ -246,7 +248,7 @@ class ExecutionEnvironment:
         duration = time.monotonic() - started
         if reply is None:
             return self._discard(request_id, duration, init_s)
-        self._signal(signal.SIGSTOP)  # frozen until the next invocation
+        self._freeze()
         if "error" in reply:
             body = json.dumps(reply["error"]).encode()
             error_type = reply["error"].get("errorType")
@@ -293,6 +295,24 @@ class ExecutionEnvironment:
             self._forced = how
             self._signal(signal.SIGKILL)
             return True
+
+    def _freeze(self) -> None:
+        """SIGSTOP, and wait (briefly) until the process is stopped: frozen until the next
+        invocation, as Lambda freezes an environment once its invocation has returned."""
+        self._signal(signal.SIGSTOP)
+        pid = self.pid
+        if pid is None:
+            return
+        deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return  # gone, or no /proc: nothing to wait for
+            if state in ("T", "t", "Z", "X"):
+                return
+            time.sleep(0.0005)
 
     def _signal(self, signum: int) -> None:
         process = self._process
