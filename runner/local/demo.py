@@ -228,9 +228,10 @@ def summarise(
         cold = f", cold starts {stats['cold_starts']}" if stats["cold_starts"] else ""
         cold += f" (init {max(init):.2f} s)" if init else ""
         throttled = f", {stats['throttles']} throttled" if stats["throttles"] else ""
+        count = stats["invocations"]
         print(
-            f"  {name.rsplit('-', 1)[-1]:<15} {stats['invocations']:>3} invocations{cold}"
-            f"{throttled}",
+            f"  {name.rsplit('-', 1)[-1]:<15} {count:>3} invocation{'' if count == 1 else 's'}"
+            f"{cold}{throttled}",
             file=out,
         )
     return problems
