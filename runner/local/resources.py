@@ -1,11 +1,9 @@
-"""The created stack read back for local use: functions, handlers, state machines, SES."""
+"""The created stack read back for local use: functions, state machines, TTL, SES."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,22 +12,11 @@ import boto3
 
 from runner.local import stack as cfn
 from runner.local.lambda_config import FunctionConfig
-from runner.local.lambdas import LambdaHandler
 from runner.local.motoserver import MOTO_CONFIG, moto_api
-from runner.local.template import ROOT
 
 
 class ResourceError(Exception):
     """The created stack holds something the local stack cannot run."""
-
-
-def resolve_handler(spec: str) -> LambdaHandler:
-    """`handler.process_stream` → the function, imported from the repository."""
-    module_name, _, attribute = spec.rpartition(".")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    handler: LambdaHandler = getattr(importlib.import_module(module_name), attribute)
-    return handler
 
 
 @dataclass(frozen=True)
