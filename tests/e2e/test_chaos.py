@@ -116,6 +116,30 @@ def test_with_every_stream_batch_delivered_twice_no_task_runs_twice(
         assert len(final[task_id]["executions"]) == 1
 
 
+def test_with_replies_lost_after_writes_applied_and_invokes_throttled_tasks_run_once(
+    faults_off: ServedStack,
+) -> None:
+    stack = faults_off
+    # Given a third of the runner's UpdateItems applied but answered with a 500, and half
+    # of the stream function's invocations refused (its concurrency "reached")
+    lost, throttled = "dynamodb.UpdateItem.lost-reply=0.3", "lambda.processStream.throttle=0.5"
+    stack.set_faults(f"{lost},{throttled}")
+    tasks = ids("lost-reply", 20)
+
+    for task_id in tasks:
+        put_task(stack, task_id, "EFFECT_TASK", {})
+    final = wait_final(stack, tasks, timeout=90)
+    injected = (stack.injected(lost), stack.injected(throttled))
+    stack.set_faults("")
+
+    # Then a claim or an outcome whose reply was lost is recognised on retry (its claim
+    # token), not taken for another worker's: every task DONE, each run once
+    assert min(injected) > 0, injected
+    assert {t["status"] for t in final.values()} == {"DONE"}
+    assert violations(stack, final, one_run_each=True) == []
+    assert {t["attempts"] for t in final.values()} == {1}
+
+
 def test_a_lambda_killed_after_its_claim_or_before_its_final_write_is_recovered(
     faults_off: ServedStack,
 ) -> None:
