@@ -154,12 +154,17 @@ class FaultPlan:
     def faults(self) -> tuple[Fault, ...]:
         return self._faults
 
-    def replace(self, faults: Sequence[Fault]) -> None:
-        """Make `faults` the active ones (those of this process's services)."""
+    def replace(self, faults: Sequence[Fault], seed: int | None = None) -> None:
+        """Make `faults` the active ones (those of this process's services); a seed
+        restarts the draws from it (the same seed, the same sequence of draws: which call
+        meets which draw still depends on timing)."""
         mine = tuple(f for f in faults if f.service in self.services)
         with self._lock:
             self._faults = mine
             self._fired = {str(f): 0 for f in mine}
+            if seed is not None:
+                self.seed = seed
+                self._random.seed(seed)
         if mine:
             log.warning("chaos: active faults %s", ", ".join(map(str, mine)))
 

@@ -239,8 +239,7 @@ def _serve(port: int, report: IO[str]) -> None:
                         send({"stats": meter.take()})
                     elif "faults" in message:
                         if message["faults"] is not None:
-                            plan.seed = message.get("seed")
-                            plan.replace(parse_faults(message["faults"]))
+                            plan.replace(parse_faults(message["faults"]), message.get("seed"))
                         send({"faults": plan.snapshot()})
                     elif message.get("lambda"):
                         send({"lambda": service.stats()})

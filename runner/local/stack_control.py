@@ -47,8 +47,7 @@ class StackControl:
         then changes nothing)."""
         faults = parse_faults(spec)
         self.server.faults(spec, seed)
-        self.faults.seed = seed
-        self.faults.replace(faults)
+        self.faults.replace(faults, seed)
         return self.fault_state()
 
     def fault_state(self) -> dict[str, Any]:

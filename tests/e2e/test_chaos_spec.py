@@ -62,6 +62,12 @@ def test_the_same_seed_draws_the_same_faults_and_a_limit_stops_them() -> None:
     assert draws(7) == draws(7)
     assert 30 < sum(draws(7)) < 90
 
+    reseeded = FaultPlan(parse_faults("dynamodb.throttle=0.3"))
+    reseeded.replace(reseeded.faults, seed=7)
+    assert [
+        reseeded.decide("dynamodb", "PutItem", "throttle") is not None for _ in range(200)
+    ] == draws(7)
+
     limited = FaultPlan(parse_faults("dynamodb.UpdateItem.throttle=1x2"), seed=1)
     fired = [limited.decide("dynamodb", "UpdateItem", "throttle") for _ in range(5)]
     assert [f is not None for f in fired] == [True, True, False, False, False]
