@@ -179,7 +179,9 @@ class ExecutionEnvironment:
                 env=variables,
                 pass_fds=(invoke_read, reply_write),
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal is for the stack
+                # Its own process group: Ctrl-C in a terminal is for the stack, and the
+                # environment's signals reach what its handler starts.
+                start_new_session=True,
             )
 
         try:
@@ -315,10 +317,12 @@ class ExecutionEnvironment:
             time.sleep(0.0005)
 
     def _signal(self, signum: int) -> None:
+        """Signal the environment's whole process group (the worker leads its own), as
+        Lambda freezes or ends everything in the sandbox, processes a handler started too."""
         process = self._process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signum)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
 
     def stop(self) -> None:
         """Discard the environment: kill its process (frozen or not) and close its pipes."""
@@ -336,8 +340,8 @@ class ExecutionEnvironment:
                 os.close(self._replies.fd)
                 self._replies = None
         if process is not None:
-            if process.poll() is None:
-                process.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # its children too
             process.wait()
 
 

@@ -49,3 +49,17 @@ def background(event: Any, context: Any) -> dict[str, Any]:
         threading.Thread(target=tick, daemon=True).start()
         background.started = True  # type: ignore[attr-defined]
     return {"pid": os.getpid()}
+
+
+def spawn(event: Any, context: Any) -> dict[str, Any]:
+    """Start a child process that ticks into a file, and return at once (or sleep on)."""
+    import subprocess
+    import sys
+
+    loop = "import time,sys\nwhile True:\n open(sys.argv[1],'a').write('t\\n'); time.sleep(0.05)"
+    child = subprocess.Popen([sys.executable, "-c", loop, event["path"]])
+    deadline = time.monotonic() + 5
+    while not Path(event["path"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # it has started ticking
+    time.sleep(float(event.get("then_sleep", 0)))
+    return {"child": child.pid}

@@ -223,6 +223,28 @@ def test_an_environment_is_frozen_between_invocations(
     assert len(ticks.read_text().splitlines()) >= frozen_at
 
 
+def test_a_process_the_handler_started_is_frozen_and_ended_with_its_environment(
+    service: LambdaService, tmp_path: Path
+) -> None:
+    # Given a handler that starts a child process, which ticks into a file
+    service.register([config("spawner", "spawn", timeout=1)])
+    ticks = tmp_path / "ticks"
+    child = body(invoke(service, "spawner", {"path": str(ticks)}))["child"]
+
+    # When the invocation has returned, the child is frozen with the environment
+    time.sleep(0.3)
+    assert process_state(child) == "T"
+    frozen_at = ticks.read_text().count("t")
+    time.sleep(0.3)
+    assert ticks.read_text().count("t") == frozen_at
+
+    # And when an invocation times out, what it started ends with it
+    timed_out = invoke(service, "spawner", {"path": str(tmp_path / "b"), "then_sleep": 5})
+    assert body(timed_out)["errorType"] == "Sandbox.Timedout"
+    time.sleep(0.3)
+    assert not Path(f"/proc/{child}").exists() or process_state(child) == "Z"
+
+
 def test_an_invocation_ended_from_outside_reports_a_crash_or_a_timeout(
     service: LambdaService,
 ) -> None:
