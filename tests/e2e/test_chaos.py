@@ -57,11 +57,13 @@ def ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{run}-{n}" for n in range(count)]
 
 
-def wait_injected(stack: ServedStack, fault: str, count: int = 1, timeout: float = 30) -> None:
+def wait_injected(stack: ServedStack, fault: str, count: int = 1, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while stack.injected(fault) < count:
         assert time.monotonic() < deadline, (
-            f"{fault} never fired: {stack.control('GET', '/faults')}"
+            f"{fault} never fired: {stack.control('GET', '/faults')}, lambda "
+            f"{stack.lambda_stats()}, stream {stack.control('GET', '/stream')}, output "
+            + "\n".join(line for line in stack.output[-60:] if '"level"' not in line)
         )
         time.sleep(0.1)
 
