@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
 INIT_TIMEOUT_SECONDS = 10.0
+# How often a wait for a reply checks that the worker is still alive (a process it started
+# may hold the reply pipe open after it died).
+LIVENESS_CHECK_SECONDS = 0.5
 # How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
 FREEZE_WAIT_SECONDS = 0.5
 
@@ -79,19 +82,23 @@ def _error(request_id: str, error_type: str, message: str) -> bytes:
 class _Lines:
     """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, alive: Callable[[], bool]) -> None:
         self.fd = fd
+        self.alive = alive  # a process that died answers nothing more, whoever holds its pipe
         self._buffer = b""
 
     def next(self, deadline: float) -> dict[str, Any] | None:
-        """The next message; None at end of file. Raises TimeoutError past `deadline`."""
+        """The next message; None at end of file or once the writer died. Raises
+        TimeoutError past `deadline`."""
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], left)
+            ready, _, _ = select.select([self.fd], [], [], min(left, LIVENESS_CHECK_SECONDS))
             if not ready:
-                raise TimeoutError
+                if not self.alive():
+                    return None
+                continue
             chunk = os.read(self.fd, 1 << 20)
             if not chunk:
                 return None
@@ -190,7 +197,8 @@ class ExecutionEnvironment:
             os.close(invoke_read)
             os.close(reply_write)
         self._invoke_fd = invoke_write
-        self._replies = _Lines(reply_read)
+        process = self._process
+        self._replies = _Lines(reply_read, lambda: process.poll() is None)
         deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
         try:
             ready = self._replies.next(deadline)

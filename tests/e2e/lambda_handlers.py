@@ -63,3 +63,11 @@ def spawn(event: Any, context: Any) -> dict[str, Any]:
         time.sleep(0.01)  # it has started ticking
     time.sleep(float(event.get("then_sleep", 0)))
     return {"child": child.pid}
+
+
+def fork_and_die(event: Any, context: Any) -> None:
+    """Fork a child that keeps every file the runtime has open, then die."""
+    if os.fork() == 0:
+        time.sleep(30)
+        os._exit(0)
+    os._exit(5)

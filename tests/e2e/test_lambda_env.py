@@ -200,6 +200,19 @@ def test_a_crash_discards_the_environment_and_a_function_error_keeps_it(
     assert service.stats()["fail"]["function_errors"] == 2
 
 
+def test_a_runtime_that_dies_is_seen_dead_even_if_a_child_holds_its_pipes(
+    service: LambdaService,
+) -> None:
+    service.register([config("forker", "fork_and_die", timeout=20)])
+
+    started = time.monotonic()
+    result = invoke(service, "forker", {})
+
+    assert body(result)["errorType"] == "Runtime.ExitError"
+    assert body(result)["errorMessage"].endswith("exit status 5")
+    assert time.monotonic() - started < 5  # not the function's 20 s timeout
+
+
 def test_an_environment_is_frozen_between_invocations(
     service: LambdaService, tmp_path: Path
 ) -> None:
