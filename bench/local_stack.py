@@ -3,8 +3,8 @@ stack (runner.local.server.LocalStack: moto's server in its own process with the
 template and the Lambda service, whose functions run in worker processes of their own;
 the stream pollers in this one), against moto's raw write throughput on the same server
 divided by the three writes each task needs (insert, claim, finish), measured from this
-process with the runner's own requests. Also: the stack's peak memory (every process of
-it: this one, the endpoint, the Lambda environments), sampled through the run.
+process with the runner's own requests. Also: the peak memory of the stack's endpoint and
+its Lambda environments (and, apart, of this process), sampled through the run.
 """
 
 from __future__ import annotations
@@ -170,13 +170,15 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 class MemorySampler:
-    """Samples the memory of this process and its descendants; keeps the peak."""
+    """Samples the memory of this process's descendants (the stack's endpoint and its
+    Lambda environments) and, apart, of this process; keeps the peaks."""
 
     def __init__(self, interval: float = 0.25) -> None:
         self.interval = interval
         self.peak_rss_kib = 0
         self.peak_pss_kib = 0
         self.peak_processes = 0
+        self.peak_own_pss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
@@ -190,11 +192,13 @@ class MemorySampler:
 
     def _run(self) -> None:
         while True:
-            pids = process_tree(os.getpid())
+            own = os.getpid()
+            pids = [pid for pid in process_tree(own) if pid != own]
             sizes = [memory_kib(pid) for pid in pids]
             self.peak_rss_kib = max(self.peak_rss_kib, sum(r for r, _ in sizes))
             self.peak_pss_kib = max(self.peak_pss_kib, sum(p for _, p in sizes))
             self.peak_processes = max(self.peak_processes, len(pids))
+            self.peak_own_pss_kib = max(self.peak_own_pss_kib, memory_kib(own)[1])
             if self._stop.wait(self.interval):
                 return
 
@@ -342,13 +346,14 @@ def run(quick: bool) -> list[Figure]:
         ),
         Figure(
             SECTION,
-            "peak memory of the stack's processes (PSS), MiB",
+            "peak memory of the endpoint and the Lambda environments (PSS), MiB",
             memory.peak_pss_kib / 1024,
             "MiB",
             note=(
                 f"RSS summed: {memory.peak_rss_kib / 1024:.0f} MiB over up to"
-                f" {memory.peak_processes} processes (this one, the endpoint, the Lambda"
-                " environments); cold starts: "
+                f" {memory.peak_processes} processes; this process (pollers, producers,"
+                f" the reference's clients) {memory.peak_own_pss_kib / 1024:.0f} MiB more;"
+                " cold starts: "
                 + (
                     ", ".join(
                         f"{name.rsplit('-', 1)[-1]} {v['cold_starts']}"
@@ -360,6 +365,7 @@ def run(quick: bool) -> list[Figure]:
             ),
             details={
                 "peak_pss_kib": memory.peak_pss_kib,
+                "bench_process_peak_pss_kib": memory.peak_own_pss_kib,
                 "peak_rss_kib": memory.peak_rss_kib,
                 "processes": memory.peak_processes,
                 "lambda": lambdas,
