@@ -65,7 +65,8 @@ def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
         "errorMessage": str(exc),
         "errorType": type(exc).__name__,
         "requestId": request_id,
-        "stackTrace": traceback.format_tb(exc.__traceback__),
+        # From the handler down, as the runtime reports it (not the runtime's own frame).
+        "stackTrace": traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None),
     }
 
 
