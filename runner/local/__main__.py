@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from runner.local.endpoint import EndpointError
 from runner.local.server import DEFAULT_STAGE, LocalStack
 from runner.local.template import ROOT
 
@@ -94,11 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("runner.local").setLevel(logging.INFO)
-    if args.command == "serve":
-        return serve(args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir)
-    from runner.local.demo import run_demo
+    try:
+        if args.command == "serve":
+            return serve(
+                args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir
+            )
+        from runner.local.demo import run_demo
 
-    return run_demo(port=args.port, stage=args.stage)
+        return run_demo(port=args.port, stage=args.stage)
+    except EndpointError as exc:
+        hint = " (another `make dev`? `make dev DEV_PORT=N` picks another port)"
+        print(f"error: {exc}{hint if 'in use' in str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
