@@ -67,8 +67,8 @@ def _old_episode(record: dict[str, Any]) -> int:
     old = record["dynamodb"].get("OldImage")
     episode = old.get("episode") if isinstance(old, dict) else None
     try:
-        return int(episode["N"]) if isinstance(episode, dict) else 0
-    except (KeyError, ValueError):
+        return max(0, int(episode["N"])) if isinstance(episode, dict) else 0
+    except (KeyError, TypeError, ValueError):
         return 0
 
 
