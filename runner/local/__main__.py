@@ -79,7 +79,7 @@ def serve(
                 "  python -m runner.cli create-task example-task --message hello",
                 f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
                 f"--state-machine-arn {stack.state_machine_arn}",
-                "Ctrl-C stops it.",
+                "Ctrl-C stops it. The data is in memory: a restart begins with an empty table.",
             ]
             print("\n".join(lines), flush=True)
             stop.wait()

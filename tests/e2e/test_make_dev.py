@@ -82,6 +82,7 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         # Then it serves that port, and its export lines say so
         assert "Local stack ready in" in output and f"http://127.0.0.1:{port}" in output, output
         assert f"export AWS_ENDPOINT_URL=http://127.0.0.1:{port}" in output
+        assert "The data is in memory: a restart begins with an empty table." in output
         assert listening(port)
         stack = descendants(make.pid)
         assert stack, "no stack processes under make"

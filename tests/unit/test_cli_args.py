@@ -109,3 +109,32 @@ def test_help_anywhere_asks_for_the_deepest_command_named(table: CommandTable) -
     assert fire_values(parsed(table, "create-task", "example-task", "--message=--help")) == {
         "message": "--help"
     }
+
+
+def test_json_fields_take_json_and_a_bare_switch_is_true() -> None:
+    from pydantic import BaseModel
+
+    from runner.registry import TaskDefinition, TaskRegistry
+
+    class Input(BaseModel):
+        sizes: list[int]
+        dry_run: bool = False
+
+    registry = TaskRegistry(
+        [TaskDefinition(type="BATCH_TASK", input_model=Input, handler=lambda d, c: None)]
+    )
+    table = CommandTable(Cli, registry)
+    invocation = parsed(table, "create-task", "batch-task", "--sizes", "[1, 2]", "--dry-run")
+    assert fire_values(invocation) == {"sizes": [1, 2], "dry_run": "true"}
+    assert fire_values(
+        parsed(table, "create-task", "batch-task", "--sizes=[]", "--dry-run=no")
+    ) == {
+        "sizes": [],
+        "dry_run": "no",
+    }
+    assert "--sizes takes JSON, not '1,2'" in refused(
+        table, "create-task", "batch-task", "--sizes", "1,2"
+    )
+    assert "--dry-run: input should be a valid boolean" in refused(
+        table, "create-task", "batch-task", "--sizes", "[]", "--dry-run=maybe"
+    )
