@@ -101,3 +101,15 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         for pid in stack | descendants(make.pid) | {make.pid}:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_make_dev_has_a_fixed_default_port() -> None:
+    dry_run = subprocess.run(
+        ["make", "--no-print-directory", "-n", "dev"],
+        cwd=ROOT,
+        env={k: v for k, v in base_env().items() if k != "DEV_PORT"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "exec .venv/bin/python -m runner.local serve --port 4599" in dry_run
