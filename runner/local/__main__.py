@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from runner.local.endpoint import EndpointError
 from runner.local.server import DEFAULT_STAGE, LocalStack
 from runner.local.template import ROOT
 
@@ -78,7 +79,7 @@ def serve(
                 "  python -m runner.cli create-task example-task --message hello",
                 f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
                 f"--state-machine-arn {stack.state_machine_arn}",
-                "Ctrl-C stops it.",
+                "Ctrl-C stops it. The data is in memory: a restart begins with an empty table.",
             ]
             print("\n".join(lines), flush=True)
             stop.wait()
@@ -94,11 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("runner.local").setLevel(logging.INFO)
-    if args.command == "serve":
-        return serve(args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir)
-    from runner.local.demo import run_demo
+    try:
+        if args.command == "serve":
+            return serve(
+                args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir
+            )
+        from runner.local.demo import run_demo
 
-    return run_demo(port=args.port, stage=args.stage)
+        return run_demo(port=args.port, stage=args.stage)
+    except EndpointError as exc:
+        hint = " (another `make dev`? `make dev DEV_PORT=N` picks another port)"
+        print(f"error: {exc}{hint if 'in use' in str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
