@@ -1,5 +1,10 @@
 # Two commands do all the set-up on a fresh machine: `make test` and `make demo`.
-PYTHON ?= python3.11
+# The virtualenv's Python: 3.11 or newer, found as the Lambda's is (infra/find-python.js:
+# python3 if it is 3.11+, then python3.11, python3.12, ... on PATH, then pyenv's versions).
+# Choose one with `make PYTHON=/path/to/python3.13 ...` (the first make creates .venv).
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell node infra/find-python.js 3.11+)
+endif
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -11,18 +16,26 @@ export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_REGION ?= us-east-1
-# The Lambda runtime's Python (3.12), which compiles the package's bytecode
-# (infra/compile-bytecode.js): python3.12 if it runs, else a pyenv 3.12. Without one,
-# `sls package` warns and ships source only.
-LAMBDA_PYTHON ?= $(firstword $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null) \
-	$(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12))
+# The Lambda runtime's Python (3.12), which compiles the package's bytecode: the plugin
+# (infra/compile-bytecode.js) finds it itself (python3.12 if it runs, else pyenv's), also
+# under a bare `npx sls package`; exported here for the tests and tools that ask. Without
+# one, `sls package` warns and ships source only.
+ifeq ($(origin LAMBDA_PYTHON),undefined)
+LAMBDA_PYTHON := $(shell node infra/find-python.js 3.12)
+endif
 ifneq ($(strip $(LAMBDA_PYTHON)),)
 export TASK_RUNNER_LAMBDA_PYTHON := $(LAMBDA_PYTHON)
 endif
+# `make dev`'s endpoint port: fixed, so the exports pasted in another terminal still work
+# after a restart (the data does not survive one: the local stack keeps it in memory).
+DEV_PORT ?= 4599
 
 .PHONY: install test lint typecheck unit demo dev bench bench-full package clean
 
+NO_PYTHON := echo "No Python 3.11 or newer found (PATH, then pyenv): install one, or run make PYTHON=/path/to/python3.x" >&2; exit 1
+
 $(STAMP): requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON)" || { $(NO_PYTHON); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
@@ -34,6 +47,7 @@ $(NPM_STAMP): package.json package-lock.json
 
 CHECKOV_STAMP := .venv-checkov/.installed
 $(CHECKOV_STAMP): requirements-checkov.txt
+	@test -n "$(PYTHON)" || { $(NO_PYTHON); }
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install -q --upgrade pip
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
@@ -58,8 +72,9 @@ test: install lint typecheck
 demo: $(STAMP) $(NPM_STAMP)
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local demo
 
+# exec: the stack is make's own child, so a signal to make (or to it) stops all of it.
 dev: $(STAMP) $(NPM_STAMP)
-	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local serve
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT)
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m bench --quick

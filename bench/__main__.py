@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     missed = [f"{f.section}: {f.name}" for f in figures if f.passed is False]
     print(f"\n{'quick' if args.quick else 'full'} run in {total:.0f} s; ", end="")
     print(f"{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
+    if args.quick:
+        print(
+            "(a quick run is short and noisy on a shared machine: its targets are reported,"
+            " never enforced; `make bench-full` measures them)"
+        )
     report: dict[str, Any] = {
         "command": "python -m bench" + (" --quick" if args.quick else ""),
         "mode": "quick" if args.quick else "full",

@@ -12,8 +12,12 @@
 // them with the source's mtime, which a zip does not keep reliably, and the zip is
 // immutable once deployed. Tracebacks name /var/task/<path>, where the source lies.
 //
+// The runtime's interpreter: custom.bytecode.pythonBin, else TASK_RUNNER_LAMBDA_PYTHON,
+// else the one infra/find-python.js finds (python3.<minor> on PATH if it runs, else
+// pyenv's), as `make` does; so `npx sls package` outside make ships bytecode too.
+//
 // custom.bytecode:
-//   pythonBin: the runtime's interpreter (default: python3.<minor> from provider.runtime)
+//   pythonBin: the runtime's interpreter (default: found as above)
 //   required:  fail the package when that interpreter is missing (default: false, which
 //              warns and ships source only)
 const { execFileSync, spawnSync } = require('child_process');
@@ -21,6 +25,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const JSZip = require('jszip');
+const { findPython } = require('./find-python');
 
 const LAMBDA_ROOT = '/var/task';
 // The zip's other entries carry this date too (serverless-python-requirements, osls).
@@ -43,9 +48,14 @@ class CompileBytecode {
     if (!match) return null;
     return {
       version: match[1],
-      pythonBin: custom.pythonBin || `python${match[1]}`,
+      pythonBin: CompileBytecode.interpreterFor(match[1], custom) || `python${match[1]}`,
       required: custom.required === true || custom.required === 'true',
     };
+  }
+
+  // The interpreter that compiles for Python `version`, or null (tests ask this too).
+  static interpreterFor(version, custom = {}, env = process.env) {
+    return custom.pythonBin || env.TASK_RUNNER_LAMBDA_PYTHON || findPython(version, env);
   }
 
   interpreterVersion(pythonBin) {

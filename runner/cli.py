@@ -1,52 +1,59 @@
-"""The command line (python-fire): `python -m runner.cli COMMAND ...` or `npm run cli -- ...`.
+"""The command line: `python -m runner.cli COMMAND ...` (or `npm run -s cli -- ...`).
 
-Output is JSON on stdout. An error is one line on stderr and exit status 1 (2 for a
-command line fire cannot parse).
+The whole command line is checked first, against the commands' signatures below and the
+task types' input models (runner.cli_args); python-fire then dispatches it. stdout carries
+exactly one JSON document; logs and errors go to stderr, an error as one line.
 
-python-fire parses values as Python literals (`--message 42` would arrive as an int,
-`--message "a, b"` as a tuple). Values of string parameters are quoted before fire sees
-them, so they reach the task's model exactly as typed; the model then validates them.
+Exit status: 0 done; 1 the command failed; 2 the command line was refused and nothing ran;
+141 (as for a Unix tool killed by SIGPIPE) the reader closed stdout early, e.g. `| head`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import io
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import fire
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from runner.errors import TaskRunnerError
+from runner.cli_args import CommandTable, HelpRequest
+from runner.errors import TaskRunnerError, UsageError
+from runner.model import TaskStatus
 from runner.registry import TaskDefinition, TaskRegistry
 
 if TYPE_CHECKING:
     from runner.client import TaskRunnerClient
 
-# Parameters of the fixed commands that are always strings.
-STRING_FLAGS = frozenset({"task_id", "status", "cursor"})
-_NON_STRING = (int, float, bool)
+# A closed stdout: what a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_CLOSED_PIPE = 141
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
-def _emit(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+def _status(value: str) -> str:
+    try:
+        return TaskStatus(value.strip().upper()).value
+    except ValueError:
+        raise ValueError(f"{value!r} is not a status; use one of {', '.join(TaskStatus)}") from None
+
+
+def _cursor(value: str) -> str:
+    from runner.items import decode_cursor
+
+    decode_cursor(value)  # raises ValueError: pass back the cursor list-tasks printed
+    return value
+
+
+TaskId = Annotated[str, Field(min_length=1, description="the task's id")]
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
-
-
-def _string_fields(definition: TaskDefinition) -> set[str]:
-    return {
-        name
-        for name, field in definition.input_model.model_fields.items()
-        if field.annotation not in _NON_STRING
-    }
 
 
 class _Commands:
@@ -57,7 +64,7 @@ class _Commands:
         self._client: TaskRunnerClient | None = None
 
     def _get_client(self) -> TaskRunnerClient:
-        # Private (underscore) so fire neither lists it nor builds it for --help.
+        # Private (underscore) so fire neither lists it nor builds it.
         if self._client is None:
             self._client = self._client_factory()
         return self._client
@@ -67,28 +74,14 @@ class CreateTask(_Commands):
     """Create a PENDING task of a given type (one subcommand per task type)."""
 
 
-def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[..., None]:
-    fields = definition.input_model.model_fields
+def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[..., Any]:
+    aliases = {name: f.alias or name for name, f in definition.input_model.model_fields.items()}
 
-    def command(**kwargs: Any) -> None:
-        task = group._get_client().create_task(definition.type, kwargs)
-        _emit(_dump(task))
+    def command(**values: Any) -> dict[str, Any]:
+        data = {aliases[name]: value for name, value in values.items()}
+        return _dump(group._get_client().create_task(definition.type, data))
 
-    parameters = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=inspect.Parameter.empty if field.is_required() else field.default,
-            annotation=field.annotation,
-        )
-        for name, field in fields.items()
-    ]
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    flags = "\n".join(
-        f"    --{name.replace('_', '-')}: {field.description or field.annotation}"
-        for name, field in fields.items()
-    )
-    command.__doc__ = f"{definition.description or definition.type}\n\nFlags:\n{flags}\n"
+    command.__doc__ = definition.description or definition.type
     command.__name__ = definition.cli_name.replace("-", "_")
     return command
 
@@ -101,7 +94,7 @@ class Cli(_Commands):
         registry: TaskRegistry,
         client_factory: Callable[[], TaskRunnerClient] | None = None,
     ) -> None:
-        super().__init__(client_factory or default_client)
+        super().__init__(client_factory or (lambda: default_client(registry)))
         # The group shares this Cli's client.
         group = CreateTask(self._get_client)
         for definition in registry:
@@ -110,28 +103,37 @@ class Cli(_Commands):
             )
         self.create_task = group
 
-    def run_task(self, task_id: str) -> None:
-        """Claim a PENDING task and run it in this process now."""
-        _emit(self._get_client().run_task(task_id).as_dict())
+    def run_task(self, task_id: TaskId) -> dict[str, Any]:
+        """Claim a PENDING task and run it in this process now (when no stream will)."""
+        return self._get_client().run_task(task_id).as_dict()
 
-    def get_task(self, task_id: str) -> None:
-        """Show a task: status, result or error, attempts and retry executions."""
-        _emit(_dump(self._get_client().get_task(task_id)))
+    def get_task(self, task_id: TaskId) -> dict[str, Any]:
+        """Show a task: status, data, result or error, attempts, attempt log, executions."""
+        return _dump(self._get_client().get_task(task_id))
 
     def list_tasks(
-        self, status: str | None = None, limit: int = 20, cursor: str | None = None
-    ) -> None:
-        """List tasks newest first, optionally of one status; pass --cursor to page."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise ValueError(f"--limit must be a whole number, not {limit!r}")
+        self,
+        status: Annotated[
+            str | None,
+            AfterValidator(lambda v: v if v is None else _status(v)),
+            Field(description="only tasks with this status: " + ", ".join(TaskStatus)),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, description="tasks per page")] = 20,
+        cursor: Annotated[
+            str | None,
+            AfterValidator(lambda v: v if v is None else _cursor(v)),
+            Field(description="the next_cursor of the page before"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """List tasks, most recently updated first, optionally of one status; --cursor pages."""
         tasks, next_cursor = self._get_client().list_tasks(status, limit=limit, cursor=cursor)
-        _emit({"tasks": [_dump(t) for t in tasks], "next_cursor": next_cursor})
+        return {"tasks": [_dump(t) for t in tasks], "next_cursor": next_cursor}
 
-    def retry_task(self, task_id: str) -> None:
+    def retry_task(self, task_id: TaskId) -> dict[str, Any]:
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
-        _emit(self._get_client().retry_task(task_id))
+        return self._get_client().retry_task(task_id)
 
-    def history(self, task_id: str) -> None:
+    def history(self, task_id: TaskId) -> dict[str, Any]:
         """A task's attempts and its workflow executions with their events."""
         task = self._get_client().get_task(task_id)
         workflow = self._get_client().app.workflow
@@ -140,89 +142,130 @@ class Cli(_Commands):
             entry = workflow.describe(arn)
             entry["events"] = workflow.history(arn)
             executions.append(entry)
-        _emit(
-            {
-                "task_id": task.id,
-                "type": task.type,
-                "status": task.status.value,
-                "attempts": [
-                    a.model_dump(mode="json", exclude_none=True) for a in task.attempt_log
-                ],
-                "retries_exhausted": task.retries_exhausted,
-                "executions": executions,
-            }
-        )
+        return {
+            "task_id": task.id,
+            "type": task.type,
+            "status": task.status.value,
+            "attempts": [a.model_dump(mode="json", exclude_none=True) for a in task.attempt_log],
+            "retries_exhausted": task.retries_exhausted,
+            "executions": executions,
+        }
 
-    def sweep(self) -> None:
+    def sweep(self) -> dict[str, Any]:
         """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run
         (this Scans the whole table; the scheduled sweep reads one segment a run)."""
-        _emit(self._get_client().app.sweeper.sweep(full_scan=True).as_dict())
+        return self._get_client().app.sweeper.sweep(full_scan=True).as_dict()
 
 
-def quote_string_flags(argv: Sequence[str], registry: TaskRegistry) -> list[str]:
-    """Quote values of string parameters so fire passes them through unparsed."""
-    strings = set(STRING_FLAGS)
-    if len(argv) >= 2 and argv[0].replace("_", "-") == "create-task" and argv[1] in registry:
-        strings |= _string_fields(registry.get(argv[1]))
-    out: list[str] = []
-    pending = False
-    for token in argv:
-        if pending:
-            out.append(repr(token))
-            pending = False
-            continue
-        if token.startswith("--") and len(token) > 2:
-            name, eq, value = token[2:].partition("=")
-            if name.replace("-", "_") in strings:
-                if eq:
-                    out.append(f"--{name}={value!r}")
-                    continue
-                pending = True
-        out.append(token)
-    return out
+def default_client(registry: TaskRegistry) -> TaskRunnerClient:
+    """The client for this process's configuration, built on first use (`--help` needs no
+    botocore), once the configuration is known to send the calls where they should go."""
+    import botocore.session
 
-
-def default_client() -> TaskRunnerClient:
-    """The client of this process's App, imported on first use: `--help` needs neither
-    (botocore alone is about 0.1 s)."""
-    from runner.app import get_app
+    from runner.app import App
+    from runner.aws import AwsClients
+    from runner.cli_checks import check_configuration
     from runner.client import TaskRunnerClient
+    from runner.config import Settings
 
-    return TaskRunnerClient(get_app())
+    settings = Settings.from_env()
+    session = botocore.session.get_session()
+    clients = AwsClients(settings, session)
+    check_configuration(settings, session, clients.dynamodb.meta.endpoint_url)
+    return TaskRunnerClient(App(settings, clients, registry))
 
 
-def main(argv: Sequence[str] | None = None, registry: TaskRegistry | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if registry is None:
-        from runner.config import Settings
+def load_registry() -> TaskRegistry:
+    """The deployment's task types plus TASK_RUNNER_TASK_MODULES'; one line if that fails."""
+    from runner.config import Settings
+
+    modules = Settings.from_env().task_modules
+    try:
         from tasks import build_registry
 
-        registry = build_registry(Settings.from_env().task_modules)
-    os.environ.setdefault("PAGER", "cat")
-    cli = Cli(registry, client_factory=default_client)
-    captured = io.StringIO()
+        return build_registry(modules)
+    except Exception as exc:  # a malformed definition, a module that does not import
+        named = f" (TASK_RUNNER_TASK_MODULES={','.join(modules)})" if modules else ""
+        reason = str(exc) if isinstance(exc, TaskRunnerError) else f"{type(exc).__name__}: {exc}"
+        raise TaskRunnerError(f"cannot load the task types{named}: {reason}{_where(exc)}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """` (tasks/resize_image.py, line 3)`: where a task module raised, outside the runner
+    and the registration in tasks/__init__.py."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tasks")  # not imported: its import may be what failed
+    registration = os.path.abspath(spec.origin) if spec and spec.origin else "<"
+    plumbing = (os.path.dirname(os.path.abspath(__file__)), registration, "<")
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(plumbing)
+    ]
+    if not frames or isinstance(exc, SyntaxError):  # a SyntaxError names its own line
+        return ""
+    path = os.path.abspath(frames[-1].filename)
+    shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+    return f" ({shown}, line {frames[-1].lineno})"
+
+
+def _write(text: str) -> int:
+    """Write the output; a reader that went away (`| head`) ends the process quietly."""
     try:
-        with contextlib.redirect_stderr(captured):
-            fire.Fire(cli, command=quote_string_flags(args, registry), name="task-runner")
-    except fire.core.FireExit as exc:
-        code = int(exc.code or 0)
-        text = captured.getvalue()
-        if code:
-            lines = [ln for ln in text.splitlines() if ln.startswith("ERROR:")]
-            reason = lines[0][len("ERROR:") :].strip() if lines else "invalid command line"
-            print(f"error: {reason} (see --help)", file=sys.stderr)
-        else:
-            sys.stdout.write(
-                "".join(ln for ln in text.splitlines(True) if not ln.startswith("INFO:"))
-            )
-        return code
-    except ValidationError as exc:
-        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 1
-    except (TaskRunnerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    registry: TaskRegistry | None = None,
+    client_factory: Callable[[], TaskRunnerClient] | None = None,
+) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        registry = registry or load_registry()
+        table = CommandTable(Cli, registry)
+        parsed = table.parse(args)
+    except UsageError as exc:
+        return _fail(f"{exc} (see --help)", EXIT_USAGE)
+    except TaskRunnerError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    if isinstance(parsed, HelpRequest):
+        from runner.cli_help import help_text
+
+        return _write(help_text(table, parsed))
+    from runner import logs
+
+    # Lambda collects a function's stdout; here stdout is the command's output.
+    logs.log_to(sys.stderr)
+    cli = Cli(registry, client_factory)
+    try:
+        # Anything printed while the command runs (a task's print) goes to stderr. fire
+        # prints nothing (serialize) and returns the command's result.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = fire.Fire(
+                cli, command=parsed.fire_args(), name="task-runner", serialize=lambda _: None
+            )
+    except fire.core.FireExit:  # the line was checked: fire refusing it is a bug here
+        return _fail(f"python-fire could not dispatch {parsed.fire_args()} (a bug)", EXIT_FAILED)
+    except (TaskRunnerError, ValidationError, ValueError) as exc:
+        from runner.cli_checks import explain
+        from runner.config import Settings
+
+        if isinstance(exc, ValidationError):
+            return _fail(str(exc.errors()[0]["msg"]), EXIT_FAILED)
+        return _fail(explain(exc, Settings.from_env()), EXIT_FAILED)
+    return _write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,19 +49,26 @@ class TaskRunnerClient:
         return self.app.store.list(wanted, limit=limit, cursor=cursor)
 
     def run_task(self, task_id: str) -> Outcome:
-        """Claim a PENDING task and run it here, now."""
+        """Claim a PENDING task and run it here, now (for a task no stream will run)."""
         task = self.app.store.get(task_id)
-        if task.status is not TaskStatus.PENDING:
-            raise TaskConflict(
-                f"task {task_id} is {task.status.value}; run-task runs PENDING tasks"
-                + (" (use retry-task for a FAILED one)" if task.status is TaskStatus.FAILED else "")
-            )
-        return self.app.runner.run_claimable(task, source=ClaimSource.CLI)
+        if task.status is TaskStatus.PENDING:
+            outcome = self.app.runner.run_claimable(task, source=ClaimSource.CLI)
+            if outcome.status is not None:
+                return outcome
+            task = self.app.store.get(task_id)  # another worker claimed it first
+        raise TaskConflict(f"task {task_id} is {_whose(task)}; run-task runs only PENDING tasks")
 
     def retry_task(self, task_id: str) -> dict[str, Any]:
         """Manual redrive: FAILED → RETRYING in a new episode, and start its execution."""
         arn = self.app.workflow.state_machine_arn  # fail before touching the task
-        task = self.app.store.start_retry_episode(task_id)
+        try:
+            task = self.app.store.start_retry_episode(task_id)
+        except TaskConflict as exc:
+            current = self.app.store.get(task_id)  # TaskNotFound if there is no such task
+            raise TaskConflict(
+                f"task {task_id} is {current.status.value}, not FAILED; only a FAILED task"
+                " can be retried"
+            ) from exc
         execution, _ = self.app.workflow.start(task.id, task.episode)
         return {
             "task_id": task.id,
@@ -69,3 +76,13 @@ class TaskRunnerClient:
             "execution_arn": execution,
             "state_machine_arn": arn,
         }
+
+
+def _whose(task: Task) -> str:
+    """`PROCESSING (claimed by stream)`: a task's status and, past PENDING, who took it."""
+    status = task.status.value
+    if task.status is TaskStatus.FAILED:
+        return f"{status} (use retry-task to run it again)"
+    if task.claimed_by is not None:
+        return f"{status} (claimed by {task.claimed_by.value})"
+    return status

@@ -108,3 +108,10 @@ class WorkflowError(TaskRunnerError):
 
 class ConfigurationError(TaskRunnerError):
     """A setting the requested operation needs is missing."""
+
+
+# --- The command line -------------------------------------------------------------------
+
+
+class UsageError(TaskRunnerError):
+    """The command line is not one the CLI accepts; nothing ran."""

@@ -191,7 +191,8 @@ class TaskRunner:
     def _run_claimed(
         self, task: Task, source: ClaimSource, remaining_seconds: float | None
     ) -> Outcome:
-        started = iso(self.store.clock())
+        # The claim's own time, which the task's top-level started_at also shows.
+        started = task.started_at or iso(self.store.clock())
         fields = {"task_id": task.id, "task_type": task.type, "attempt": task.attempts}
         with task_span(f"task {task.type}", task_id=task.id, task_type=task.type) as span:
             self.log.info(

@@ -363,6 +363,21 @@ class TaskStore(TaskListing):
                 f"task {task_id} is not FAILED; only a FAILED task can be retried"
             ) from exc
 
+    def continue_episodes(self, task_id: str, episode: int) -> None:
+        """A task put over an existing id counts failure episodes on from the old task's.
+
+        Its retry executions are named `<id>-<episode>` and Step Functions keeps a name 90
+        days: counted from 0 again, its first retryable failure would get the old task's
+        name and start nothing. Only while it is unclaimed and has no count of its own.
+        """
+        with contextlib.suppress(TaskConflict):
+            self._update(
+                task_id,
+                {"episode": episode},
+                condition="#status = :pending AND attribute_not_exists(episode)",
+                values={":pending": S.PENDING.value},
+            )
+
     def add_execution(self, task_id: str, episode: int, execution_arn: str) -> None:
         """Remember a workflow execution on the task (once, and only for its episode)."""
         with contextlib.suppress(TaskConflict):  # recorded already, or a newer episode

@@ -49,8 +49,31 @@ def _sequence_number(record: Any) -> str | None:
     return None
 
 
+def _makes_pending(record: dict[str, Any]) -> bool:
+    """An INSERT, or a MODIFY that made a task PENDING again: a task put over an existing
+    id (PutItem replaces the item; the stream calls that a MODIFY). Its NewImage status is
+    checked after. processStream's filter patterns admit the same two (serverless.yml)."""
+    if record.get("eventName") == "INSERT":
+        return True
+    if record.get("eventName") != "MODIFY":
+        return False
+    old = record["dynamodb"].get("OldImage")
+    status = old.get("status") if isinstance(old, dict) else None
+    return isinstance(status, dict) and status.get("S") != TaskStatus.PENDING.value
+
+
+def _old_episode(record: dict[str, Any]) -> int:
+    """The failure episodes of the task a MODIFY replaced (0 for an INSERT)."""
+    old = record["dynamodb"].get("OldImage")
+    episode = old.get("episode") if isinstance(old, dict) else None
+    try:
+        return max(0, int(episode["N"])) if isinstance(episode, dict) else 0
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 class StreamProcessor:
-    """Runs the PENDING INSERTs of a stream batch, all at once up to a concurrency bound."""
+    """Runs the new PENDING tasks of a stream batch, all at once up to a concurrency bound."""
 
     def __init__(self, runner: TaskRunner, *, max_concurrency: int | None = None) -> None:
         # None: as many workers as records, so a batch of one-second tasks takes ~1 s.
@@ -125,12 +148,12 @@ class StreamProcessor:
                 extra={"record_type": type(record).__name__},
             )
             return _RecordResult(malformed=True)
-        if record.get("eventName") != "INSERT":
+        if not _makes_pending(record):
             return _RecordResult(ignored=True)
         image = record["dynamodb"].get("NewImage")
         if not isinstance(image, dict):
             self.log.warning(
-                "malformed stream record: INSERT without NewImage",
+                "malformed stream record: no NewImage",
                 extra={"event_id": record.get("eventID")},
             )
             return _RecordResult(malformed=True)
@@ -149,6 +172,9 @@ class StreamProcessor:
             task = task_from_item(values)
         except MalformedTask as exc:
             return self._fail_unreadable(values, exc)
+        old_episode = _old_episode(record)
+        if old_episode:  # put over a task that had retry executions: new names for its own
+            self.runner.store.continue_episodes(task.id, old_episode)
         outcome = self.runner.run_claimable(
             task, source=ClaimSource.STREAM, remaining_seconds=remaining
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from runner.local.chaos import FaultSpecError, describe_kinds
+from runner.local.endpoint import EndpointError
 from runner.local.server import DEFAULT_STAGE, DEFAULT_TTL_LAG_SECONDS, LocalStack
 from runner.local.stack_env import TaskModulesError
 from runner.local.template import ROOT
@@ -143,7 +144,7 @@ def serve(
                 "  python -m runner.cli create-task example-task --message hello",
                 f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
                 f"--state-machine-arn {stack.state_machine_arn}",
-                "Ctrl-C stops it.",
+                "Ctrl-C stops it. The data is in memory: a restart begins with an empty table.",
             ]
             print("\n".join(lines), flush=True)
             stop.wait()
@@ -178,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FaultSpecError, TaskModulesError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except EndpointError as exc:
+        hint = " (another `make dev`? `make dev DEV_PORT=N` picks another port)"
+        print(f"error: {exc}{hint if 'in use' in str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import REPORT, Packaged
+from tests.deploy.conftest import REPORT, ROOT, Packaged, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +64,19 @@ def test_zip_carries_the_handler_and_requirements(packaged: Packaged) -> None:
 
 
 def lambda_python() -> str:
-    """The runtime's interpreter that `make` found for infra/compile-bytecode.js."""
-    found = os.environ.get("TASK_RUNNER_LAMBDA_PYTHON") or shutil.which("python3.12")
+    """The runtime's interpreter infra/compile-bytecode.js used, asked of the plugin itself
+    (`sls package` ran in this environment), so the two agree on whether there is one."""
+    ask = (
+        "const found = require('./infra/compile-bytecode.js').interpreterFor('3.12');"
+        "process.stdout.write(found || '');"
+    )
+    found = subprocess.run(
+        ["node", "-e", ask], cwd=ROOT, env=tool_env(), capture_output=True, text=True, check=True
+    ).stdout
     if not found:
         if os.environ.get("CI"):
             pytest.fail("no Python 3.12 to compile the package's bytecode: see the Makefile")
-        pytest.skip("no Python 3.12 here: the package ships source only")
+        pytest.skip("no Python 3.12 here (PATH, pyenv): the package ships source only")
     return found
 
 

@@ -22,6 +22,14 @@ HANDLERS = {
     "SweepLambdaFunction": "handler.sweep",
 }
 INSERT_PENDING = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["PENDING"]}}}}
+# A task put over an existing id: PutItem replaced the item (DONE, FAILED, ...) with a PENDING one.
+PUT_AGAIN_AS_PENDING = {
+    "eventName": ["MODIFY"],
+    "dynamodb": {
+        "OldImage": {"status": {"S": [{"anything-but": ["PENDING"]}]}},
+        "NewImage": {"status": {"S": ["PENDING"]}},
+    },
+}
 PROCESSING_TO_RETRYABLE_FAILED = {
     "eventName": ["MODIFY"],
     "dynamodb": {
@@ -59,7 +67,7 @@ def assert_bounded_stream_settings(mapping: dict[str, Any]) -> None:
 def test_process_stream_gets_only_new_pending_tasks(packaged: Packaged) -> None:
     mapping = mapping_for(packaged, "ProcessStreamLambdaFunction")
 
-    assert filters(mapping) == [INSERT_PENDING]
+    assert filters(mapping) == [INSERT_PENDING, PUT_AGAIN_AS_PENDING]
     assert mapping["BatchSize"] == 100
     assert_bounded_stream_settings(mapping)
 

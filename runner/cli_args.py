@@ -1,0 +1,373 @@
+"""The command line's grammar, read from the commands' signatures and the task types' input
+models, and checked whole before anything runs.
+
+python-fire, which dispatches the commands, checks a command line only as it consumes it:
+a misspelt flag is reported after the command has run. Here every token is accounted for
+first; a command line that is not exactly right is refused (`UsageError`, exit status 2)
+with one line naming the problem, and nothing runs.
+
+The grammar: `COMMAND [VALUE...] [--flag VALUE | --flag=VALUE]...`, where a flag is a
+parameter's name with dashes (`--task-id`; `--task_id` is accepted too), a bare
+`--flag` sets a true/false flag, and a fixed command's required parameters may also be
+given in order without their flag (`get-task ID`). `-h`/`--help` anywhere asks for help.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, create_model
+from pydantic.fields import FieldInfo
+
+from runner.errors import UsageError
+from runner.registry import TaskDefinition, TaskRegistry
+
+HELP_FLAGS = frozenset({"-h", "--help"})
+CREATE_TASK = "create-task"
+# What the CLI says a task module is registered with, when a type is not found.
+TASK_MODULES_HINT = (
+    "task types outside tasks/ are registered with TASK_RUNNER_TASK_MODULES"
+    " (the demo's: TASK_RUNNER_TASK_MODULES=runner.local.demo_tasks)"
+)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` → X (pydantic has already taken Annotated's metadata off)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One parameter of a command, as the command line spells it."""
+
+    name: str  # the parameter's (Python) name: task_id
+    info: FieldInfo
+
+    @property
+    def option(self) -> str:
+        return f"--{dashed(self.name)}"
+
+    @property
+    def required(self) -> bool:
+        return self.info.is_required()
+
+    @property
+    def kind(self) -> Any:
+        return _unwrap(self.info.annotation)
+
+    @property
+    def is_switch(self) -> bool:
+        """A true/false flag: `--flag` alone means true."""
+        return self.kind is bool
+
+    @property
+    def is_json(self) -> bool:
+        """Lists, maps and nested models are typed as JSON on the command line."""
+        kind = self.kind
+        origin = typing.get_origin(kind) or kind
+        return isinstance(origin, type) and issubclass(origin, (*_CONTAINERS, BaseModel))
+
+    @property
+    def value_kind(self) -> str:
+        """The flag's value in words, for help."""
+        kind = self.kind
+        if kind is bool:
+            return "true or false"
+        if kind is int:
+            return "a whole number"
+        if kind is float:
+            return "a number"
+        if self.is_json:
+            return "JSON"
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return "one of " + ", ".join(str(m.value) for m in kind)
+        if typing.get_origin(kind) is typing.Literal:
+            return "one of " + ", ".join(str(v) for v in typing.get_args(kind))
+        return "text"
+
+    def decode(self, raw: str) -> Any:
+        """The value the model is given: the text as typed, or decoded JSON."""
+        if not self.is_json:
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UsageError(f"{self.option} takes JSON, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command the CLI runs: its words, what it does, and its flags' model."""
+
+    words: tuple[str, ...]  # ("create-task", "example-task") or ("list-tasks",)
+    description: str
+    model: type[BaseModel]
+    # The attribute path python-fire follows to the command.
+    fire_path: tuple[str, ...]
+    # Required parameters a user may give without their flag, in this order.
+    positional: tuple[str, ...] = ()
+    # For create-task: the task type whose input model the flags come from.
+    definition: TaskDefinition | None = None
+    flags: tuple[Flag, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        flags = tuple(Flag(name, info) for name, info in self.model.model_fields.items())
+        object.__setattr__(self, "flags", flags)
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+    def flag(self, name: str) -> Flag | None:
+        wanted = name.replace("-", "_")
+        return next((f for f in self.flags if f.name == wanted), None)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A checked command line: the command, and its values as the command will get them."""
+
+    command: Command
+    values: dict[str, Any]
+
+    def fire_args(self) -> list[str]:
+        """The command line for python-fire: every value a Python literal it reads back."""
+        return [
+            *self.command.fire_path,
+            *(f"--{name}={value!r}" for name, value in self.values.items()),
+        ]
+
+
+@dataclass(frozen=True)
+class HelpRequest:
+    """`--help`: for the whole CLI (no words), create-task's types, or one command."""
+
+    words: tuple[str, ...]
+    command: Command | None = None
+
+
+def command_model(method: Callable[..., Any]) -> type[BaseModel]:
+    """A pydantic model of a method's keyword parameters (annotations, defaults, Field)."""
+    hints = typing.get_type_hints(method, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(method).parameters.items():
+        if name == "self":
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[name] = (hints[name], default)
+    model: type[BaseModel] = create_model(
+        f"{method.__name__}_flags", __doc__=method.__doc__, **fields
+    )
+    return model
+
+
+def first_paragraph(text: str | None) -> str:
+    return " ".join((text or "").strip().split("\n\n")[0].split())
+
+
+def _suggestion(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class CommandTable:
+    """Every command: the fixed ones from a class's public methods, one create-task per type."""
+
+    def __init__(self, commands_class: type, registry: TaskRegistry) -> None:
+        self.registry = registry
+        self.description = first_paragraph(commands_class.__doc__)
+        self.fixed: dict[str, Command] = {}
+        for name, member in vars(commands_class).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            model = command_model(member)
+            self.fixed[dashed(name)] = Command(
+                words=(dashed(name),),
+                description=first_paragraph(member.__doc__),
+                model=model,
+                fire_path=(name,),
+                positional=tuple(n for n, f in model.model_fields.items() if f.is_required()),
+            )
+        self.create: dict[str, Command] = {
+            d.cli_name: Command(
+                words=(CREATE_TASK, d.cli_name),
+                description=d.description or d.type,
+                model=d.input_model,
+                fire_path=("create_task", d.cli_name.replace("-", "_")),
+                definition=d,
+            )
+            for d in registry
+        }
+
+    @property
+    def command_names(self) -> list[str]:
+        return sorted([CREATE_TASK, *self.fixed])
+
+    def commands(self) -> Iterator[Command]:
+        yield from self.fixed.values()
+        yield from self.create.values()
+
+    # --- parsing -----------------------------------------------------------------------
+
+    def parse(self, argv: Sequence[str]) -> Invocation | HelpRequest:
+        """Check a whole command line; raises UsageError (one line) if it is not right."""
+        wants_help = any(token in HELP_FLAGS for token in argv)
+        tokens = [token for token in argv if token not in HELP_FLAGS]
+        if not tokens or tokens[0].startswith("-"):
+            if wants_help and not tokens:
+                return HelpRequest(())
+            first = f"{tokens[0]} before a command" if tokens else "no command"
+            raise UsageError(f"{first}; commands: {', '.join(self.command_names)}")
+        command, rest = self._resolve(tokens, wants_help)
+        if isinstance(command, HelpRequest):
+            return command
+        if wants_help:
+            return HelpRequest(command.words, command)
+        return Invocation(command, self._values(command, rest))
+
+    def _resolve(self, tokens: list[str], wants_help: bool) -> tuple[Any, list[str]]:
+        word = dashed(tokens[0])
+        if word in self.fixed:
+            return self.fixed[word], tokens[1:]
+        if word != CREATE_TASK:
+            raise UsageError(
+                f"unknown command {tokens[0]!r}{_suggestion(word, self.command_names)};"
+                f" commands: {', '.join(self.command_names)}"
+            )
+        types_list = ", ".join(self.create) or "none"
+        if len(tokens) < 2 or tokens[1].startswith("-"):
+            if wants_help:
+                return HelpRequest((CREATE_TASK,)), []
+            raise UsageError(f"create-task needs a task type: {types_list}")
+        given = tokens[1]
+        if given in self.registry:
+            return self.create[self.registry.get(given).cli_name], tokens[2:]
+        suggestion = _suggestion(dashed(given.lower()), list(self.create))
+        hint = "" if suggestion else f"; {TASK_MODULES_HINT}"
+        raise UsageError(
+            f"create-task: unknown task type {given!r}{suggestion}; known: {types_list}{hint}"
+        )
+
+    def _values(self, command: Command, tokens: list[str]) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        positional = list(command.positional)
+        index = 0
+        while index < len(tokens):
+            token = tokens[index]
+            index += 1
+            if token.startswith("--") and len(token) > 2:
+                name, eq, value = token[2:].partition("=")
+                found = command.flag(name)
+                if found is None:
+                    raise UsageError(self._unknown_flag(command, f"--{name}"))
+                if found.name in raw:
+                    raise UsageError(f"{command.name}: {found.option} is given twice")
+                if not eq:
+                    if found.is_switch:
+                        value = "true"
+                    elif index < len(tokens) and not tokens[index].startswith("--"):
+                        value = tokens[index]
+                        index += 1
+                    else:
+                        raise UsageError(
+                            f"{command.name}: {found.option} needs a value ({found.value_kind})"
+                        )
+                raw[found.name] = self._decoded(command, found, value)
+            elif token.startswith("-") and not _is_number(token):
+                raise UsageError(self._unknown_flag(command, token))
+            else:
+                while positional and positional[0] in raw:
+                    positional.pop(0)
+                if not positional:
+                    raise UsageError(
+                        f"{command.name}: unexpected argument {token!r}"
+                        + (f" (flags: {_options(command)})" if command.flags else "")
+                    )
+                target = command.flag(positional.pop(0))
+                assert target is not None
+                raw[target.name] = self._decoded(command, target, token)
+        missing = [f.option for f in command.flags if f.required and f.name not in raw]
+        if missing:
+            described = [
+                f"{f.option} ({f.info.description or f.value_kind})"
+                for f in command.flags
+                if f.option in missing
+            ]
+            raise UsageError(f"{command.name}: missing {' and '.join(described)}")
+        return self._validated(command, raw)
+
+    def _decoded(self, command: Command, flag: Flag, value: str) -> Any:
+        try:
+            return flag.decode(value)
+        except UsageError as exc:
+            raise UsageError(f"{command.name}: {exc}") from None
+
+    def _validated(self, command: Command, raw: dict[str, Any]) -> dict[str, Any]:
+        if command.definition is not None:
+            keys = {f.name: f.info.alias or f.name for f in command.flags}
+            try:
+                command.model.model_validate({keys[k]: v for k, v in raw.items()})
+            except ValidationError as exc:
+                raise UsageError(f"{command.name}: {describe_problems(exc)}") from None
+            # The task's own model validates again in the client; it gets the text as typed.
+            return raw
+        try:
+            checked = command.model.model_validate(raw)
+        except ValidationError as exc:
+            raise UsageError(f"{command.name}: {describe_problems(exc)}") from None
+        values: dict[str, Any] = checked.model_dump()
+        return values
+
+    def _unknown_flag(self, command: Command, given: str) -> str:
+        options = [f.option for f in command.flags]
+        suggestion = _suggestion(given if given.startswith("--") else f"-{given}", options)
+        if not suggestion and len(given) == 2:  # -m for --message
+            starting = [o for o in options if o[2:3] == given[1:2]]
+            suggestion = f" (did you mean {starting[0]}?)" if len(starting) == 1 else ""
+        listed = f"; flags: {_options(command)}" if options else "; it takes no flags"
+        return f"{command.name}: unknown flag {given}{suggestion}{listed}"
+
+
+def _options(command: Command) -> str:
+    return ", ".join(f.option for f in command.flags)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def describe_problems(exc: ValidationError) -> str:
+    """pydantic's errors as flags: `--limit: input should be ... (got '1e3')`."""
+    problems = []
+    for error in exc.errors():
+        location = error["loc"]
+        flag = f"--{dashed(str(location[0]))}" if location else "input"
+        nested = "".join(f"[{part!r}]" for part in location[1:])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        given = error.get("input")
+        shown = ""
+        if isinstance(given, str | int | float) and repr(given) not in message:
+            shown = f" (got {given!r})"
+        problems.append(f"{flag}{nested}: {message}{shown}")
+    return "; ".join(problems)
