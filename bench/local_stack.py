@@ -1,8 +1,10 @@
 """4. Local stack end to end: NOOP tasks inserted by a producer, run by the embedded local
 stack (runner.local.server.LocalStack: moto's server in its own process with the packaged
-template, stream pollers and handlers in this one), against moto's raw write throughput
-on the same server divided by the three writes each task needs (insert, claim, finish),
-measured from this process with the runner's own requests.
+template and the Lambda service, whose functions run in worker processes of their own;
+the stream pollers in this one), against moto's raw write throughput on the same server
+divided by the three writes each task needs (insert, claim, finish), measured from this
+process with the runner's own requests. Also: the peak memory of the stack's endpoint and
+its Lambda environments (and, apart, of this process), sampled through the run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -131,6 +134,75 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process in KiB; PSS shares shared pages out among their users."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+class MemorySampler:
+    """Samples the memory of this process's descendants (the stack's endpoint and its
+    Lambda environments) and, apart, of this process; keeps the peaks."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak_rss_kib = 0
+        self.peak_pss_kib = 0
+        self.peak_processes = 0
+        self.peak_own_pss_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            own = os.getpid()
+            pids = [pid for pid in process_tree(own) if pid != own]
+            sizes = [memory_kib(pid) for pid in pids]
+            self.peak_rss_kib = max(self.peak_rss_kib, sum(r for r, _ in sizes))
+            self.peak_pss_kib = max(self.peak_pss_kib, sum(p for _, p in sizes))
+            self.peak_processes = max(self.peak_processes, len(pids))
+            self.peak_own_pss_kib = max(self.peak_own_pss_kib, memory_kib(own)[1])
+            if self._stop.wait(self.interval):
+                return
+
+
 def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1f} s"
 
@@ -148,7 +220,7 @@ def run(quick: bool) -> list[Figure]:
         ]
     count = 300 if quick else 1000
     started_stack = time.perf_counter()
-    with LocalStack.start(log_level="ERROR") as stack:
+    with MemorySampler() as memory, LocalStack.start(log_level="ERROR") as stack:
         setup = time.perf_counter() - started_stack
         dynamodb = stack.client("dynamodb")
         raw_before = raw_write_throughput(
@@ -158,6 +230,13 @@ def run(quick: bool) -> list[Figure]:
             dynamodb, f"bench-min-{uuid.uuid4().hex[:6]}", 100
         )
         prefix = uuid.uuid4().hex[:6]
+        # One task first: processStream's cold start (its environment's Init and the first
+        # call building the app) is reported on its own, not queued ahead of the run.
+        warm_id = f"e2e-{prefix}-warm"
+        warm_started = time.time()
+        dynamodb.put_item(TableName=stack.table_name, Item=pending_item(warm_id, "NOOP_TASK", {}))
+        (warm,) = stack.wait_until_settled({warm_id}, timeout=60, interval=0.05)
+        cold_latency = _epoch(warm["finished_at"]) - warm_started
         ids = [f"e2e-{prefix}-{n}" for n in range(count)]
         inserted: dict[str, float] = {}
 
@@ -188,6 +267,7 @@ def run(quick: bool) -> list[Figure]:
             dynamodb, stack.endpoint_url, f"bench-raw-{uuid.uuid4().hex[:6]}", 100
         )
         minimal_after = minimal_write_throughput(dynamodb, f"bench-min-{uuid.uuid4().hex[:6]}", 100)
+        lambdas = stack.lambda_stats() if hasattr(stack, "lambda_stats") else {}
     done = {t["id"]: _epoch(t["finished_at"]) for t in tasks if t.get("status") == "DONE"}
     assert len(done) == count, f"{count - len(done)} tasks not DONE"
     last = max(done.values())
@@ -248,4 +328,47 @@ def run(quick: bool) -> list[Figure]:
             note=f"all {count} inserted at once by {PRODUCER_THREADS} producer threads",
         ),
         Figure(SECTION, "insert -> DONE latency p99, s", percentile(latencies, 99), "s"),
+        Figure(
+            SECTION,
+            "insert -> DONE of the first task (a cold start), s",
+            cold_latency,
+            "s",
+            note=(
+                "processStream's cold start: Init "
+                + ", ".join(
+                    f"{v['init_s'][0]:.2f} s, whole first invocation"
+                    f" {v['cold_invocation_s'][0]:.2f} s"
+                    for name, v in lambdas.items()
+                    if name.endswith("processStream") and v.get("cold_invocation_s")
+                )
+                + "; the run's latencies above are of a warm stack"
+            ),
+        ),
+        Figure(
+            SECTION,
+            "peak memory of the endpoint and the Lambda environments (PSS), MiB",
+            memory.peak_pss_kib / 1024,
+            "MiB",
+            note=(
+                f"RSS summed: {memory.peak_rss_kib / 1024:.0f} MiB over up to"
+                f" {memory.peak_processes} processes; this process (pollers, producers,"
+                f" the reference's clients) {memory.peak_own_pss_kib / 1024:.0f} MiB more;"
+                " cold starts: "
+                + (
+                    ", ".join(
+                        f"{name.rsplit('-', 1)[-1]} {v['cold_starts']}"
+                        f" ({max(v['init_s'], default=0):.2f} s)"
+                        for name, v in lambdas.items()
+                    )
+                    or "not reported"
+                )
+            ),
+            details={
+                "peak_pss_kib": memory.peak_pss_kib,
+                "bench_process_peak_pss_kib": memory.peak_own_pss_kib,
+                "peak_rss_kib": memory.peak_rss_kib,
+                "processes": memory.peak_processes,
+                "lambda": lambdas,
+            },
+        ),
     ]

@@ -1,8 +1,11 @@
 """`python -m runner.local serve|demo`: the whole service on this machine, no AWS account.
 
 - `serve` (`make dev`): start the local stack and keep it running until Ctrl-C; prints
-  the endpoint and the `export ...` lines for another terminal.
+  the endpoint, the `export ...` lines for another terminal, and the chaos control
+  endpoint (`--faults SPEC` turns faults on from the start; see runner.local.chaos).
 - `demo` (`make demo`): start it, submit a mix of tasks, show them settle, summarise.
+
+Both register the task modules named in TASK_RUNNER_TASK_MODULES beside the demo tasks.
 """
 
 from __future__ import annotations
@@ -16,9 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from runner.local.chaos import FaultSpecError, describe_kinds
 from runner.local.endpoint import EndpointError
-from runner.local.server import DEFAULT_STAGE, LocalStack
+from runner.local.server import DEFAULT_STAGE, DEFAULT_TTL_LAG_SECONDS, LocalStack
+from runner.local.stack_env import TaskModulesError
 from runner.local.template import ROOT
+
+
+def _ttl_lag(text: str) -> float | None:
+    if text.strip().lower() == "never":
+        return None
+    try:
+        lag = float(text)
+    except ValueError:
+        lag = -1.0
+    if lag < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (>= 0) or 'never', not {text!r}")
+    return lag
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +61,41 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=None, help="POWERTOOLS_LOG_LEVEL for the handlers (INFO, ...)"
     )
+    serve.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="chaos faults active from the start, e.g. dynamodb.throttle=0.2 (see the README)",
+    )
+    serve.add_argument(
+        "--faults-seed", type=int, default=None, help="seed of the faults' random draws"
+    )
+    serve.add_argument(
+        "--ttl-lag",
+        type=_ttl_lag,
+        default=DEFAULT_TTL_LAG_SECONDS,
+        metavar="SECONDS|never",
+        help="delete items this long after their expires_at passed (default %(default)s)",
+    )
+    serve.add_argument(
+        "--control-port", type=int, default=0, help="port of the chaos control endpoint"
+    )
     return parser
+
+
+def chaos_lines(stack: LocalStack) -> list[str]:
+    """What `serve` prints about chaos: the control endpoint, what is active, the kinds."""
+    state = stack.fault_state()
+    active = ", ".join(state["faults"]) or "none"
+    seed = f" (seed {state['seed']})" if state["seed"] is not None else ""
+    assert stack.control is not None
+    return [
+        f"Chaos control: {stack.control.url}/faults  (faults active: {active}{seed})",
+        f"  change them while it runs: curl -X PUT -d 'dynamodb.throttle=0.2' "
+        f"{stack.control.url}/faults",
+        "  fault kinds (RATE 0-1, xLIMIT = at most that many times):",
+        *[f"    {line}" for line in describe_kinds()],
+    ]
 
 
 def serve(
@@ -53,6 +104,11 @@ def serve(
     sweep_interval: float | None,
     log_level: str | None,
     service_dir: Path = ROOT,
+    *,
+    faults: str = "",
+    faults_seed: int | None = None,
+    ttl_lag: float | None = DEFAULT_TTL_LAG_SECONDS,
+    control_port: int = 0,
 ) -> int:
     stop = threading.Event()
 
@@ -67,12 +123,21 @@ def serve(
             sweep_interval=sweep_interval,
             log_level=log_level,
             service_dir=service_dir,
+            faults=faults,
+            faults_seed=faults_seed,
+            ttl_lag=ttl_lag,
+            control_port=control_port,
+            verbose=True,
         ) as stack:
             sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
             lines = [
                 f"Local stack ready in {stack.started_in:.1f} s: {stack.endpoint_url}",
                 f"  table {stack.table_name}, state machine {stack.state_machine_arn}",
                 f"  {len(stack.pollers)} stream pollers; {sweeps or 'no schedules'}",
+                f"  Lambda: {len(stack.functions)} functions, each in worker processes of"
+                " its own; TTL deletes expired items"
+                + (f" {ttl_lag:g} s after expiry" if ttl_lag is not None else ": never"),
+                *chaos_lines(stack),
                 "In another terminal:",
                 *[f"  {line}" for line in stack.exports()],
                 "Then e.g.:",
@@ -98,11 +163,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(
-                args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir
+                args.port,
+                args.stage,
+                args.sweep_interval,
+                args.log_level,
+                args.service_dir,
+                faults=args.faults,
+                faults_seed=args.faults_seed,
+                ttl_lag=args.ttl_lag,
+                control_port=args.control_port,
             )
         from runner.local.demo import run_demo
 
         return run_demo(port=args.port, stage=args.stage)
+    except (FaultSpecError, TaskModulesError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except EndpointError as exc:
         hint = " (another `make dev`? `make dev DEV_PORT=N` picks another port)"
         print(f"error: {exc}{hint if 'in use' in str(exc) else ''}", file=sys.stderr)

@@ -222,6 +222,18 @@ def summarise(
         print(f"  {execution['name']:<40} {execution['status']}", file=out)
     if not executions:
         print("  (none)", file=out)
+    print("\nLambda (each function in worker processes of its own)", file=out)
+    for name, stats in stack.lambda_stats().items():
+        init = stats["init_s"]
+        cold = f", cold starts {stats['cold_starts']}" if stats["cold_starts"] else ""
+        cold += f" (init {max(init):.2f} s)" if init else ""
+        throttled = f", {stats['throttles']} throttled" if stats["throttles"] else ""
+        count = stats["invocations"]
+        print(
+            f"  {name.rsplit('-', 1)[-1]:<15} {count:>3} invocation{'' if count == 1 else 's'}"
+            f"{cold}{throttled}",
+            file=out,
+        )
     return problems
 
 

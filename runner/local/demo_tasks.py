@@ -1,13 +1,22 @@
 """Task types for the demo, the tests and the benchmarks; never in a deployment's registry.
 
 Register them with TASK_RUNNER_TASK_MODULES=runner.local.demo_tasks.
+
+Handlers run in the functions' own worker processes on the local stack, so an effect a
+test must count across processes is recorded where every process can see it:
+`EFFECT_TASK` writes one S3 object per effect under `effects/<task id>/` in the export
+bucket, holding the attempt, the process and the time (`effects_of` reads them back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
+import time
 from collections import Counter
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -57,6 +66,56 @@ async def sleep(data: SleepInput, ctx: TaskContext) -> dict[str, float]:
     return {"slept": data.seconds}
 
 
+class EffectInput(BaseModel):
+    seconds: float = Field(default=0, ge=0, le=60, description="How long the work takes")
+    steps: int = Field(default=1, ge=1, le=100, description="Effects spread over that time")
+
+
+EFFECTS_PREFIX = "effects/"
+# Short, so a test can run a handler past it; the lease is this plus the runner's grace.
+EFFECT_TIMEOUT_SECONDS = 3.0
+
+
+def record_effect(ctx: TaskContext, step: int) -> None:
+    """One side effect, visible to every process: an S3 object in the export bucket."""
+    now = time.time()
+    body = {
+        "task_id": ctx.task_id,
+        "attempt": ctx.attempt,
+        "episode": ctx.episode,
+        "step": step,
+        "at": now,
+        "pid": os.getpid(),
+        "function": os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""),
+    }
+    ctx.clients.s3.put_object(
+        Bucket=ctx.settings.export_bucket,
+        Key=f"{EFFECTS_PREFIX}{ctx.task_id}/{time.time_ns()}-{ctx.attempt}-{step}-{os.getpid()}",
+        Body=json.dumps(body).encode(),
+    )
+
+
+def effect(data: EffectInput, ctx: TaskContext) -> dict[str, int]:
+    """Records `steps` effects, one at the start of each equal slice of `seconds`: a sync
+    handler, which the runner cannot stop once its timeout has passed."""
+    for step in range(data.steps):
+        record_effect(ctx, step)
+        time.sleep(data.seconds / data.steps)
+    return {"effects": data.steps}
+
+
+def effects_of(s3: Any, bucket: str, task_id: str) -> list[dict[str, Any]]:
+    """The effects EFFECT_TASK recorded for a task, oldest first."""
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{EFFECTS_PREFIX}{task_id}/"
+    ):
+        for entry in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+            found.append(json.loads(body))
+    return sorted(found, key=lambda e: e["at"])
+
+
 NOOP = TaskDefinition(
     type="NOOP_TASK",
     input_model=NoopInput,
@@ -85,4 +144,13 @@ SLEEP = TaskDefinition(
     timeout_seconds=120,
 )
 
-TASKS = (NOOP, FLAKY, ALWAYS_FAILING, SLEEP)
+EFFECT = TaskDefinition(
+    type="EFFECT_TASK",
+    input_model=EffectInput,
+    handler=effect,
+    description="Record side effects another process can count (S3 objects).",
+    timeout_seconds=EFFECT_TIMEOUT_SECONDS,
+    max_attempts=3,
+)
+
+TASKS = (NOOP, FLAKY, ALWAYS_FAILING, SLEEP, EFFECT)

@@ -24,13 +24,18 @@ item exactly as it was, and each applied write that changes the item adds one st
 record. The local stack's endpoint, the shared test server and the in-process tests all
 run with it. TransactWriteItems and BatchWriteItem are not covered: the runner uses
 neither.
+
+`observe`, if given, sees each PutItem/UpdateItem that passed DynamoDB's rules as
+(item before, item after), before it takes effect; if it raises, the write is refused
+and the item left as it was (runner.local.chaos_endpoint uses it to fail the write that
+would finish a task, and to notice a claim).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from runner.item_size import MAX_ITEM_BYTES, number_problem, wire_item_size
@@ -62,8 +67,12 @@ def item_problem(attributes: dict[str, dict[str, Any]]) -> str | None:
     return None
 
 
+# (item before or None, item after); raising refuses the write.
+WriteObserver = Callable[[Any, Any], None]
+
+
 @contextlib.contextmanager
-def dynamodb_fidelity() -> Iterator[None]:
+def dynamodb_fidelity(observe: WriteObserver | None = None) -> Iterator[None]:
     """Atomic, DynamoDB-sized PutItem/UpdateItem in moto for the duration of the block."""
     from moto.dynamodb.exceptions import (
         ItemSizeTooLarge,
@@ -109,6 +118,12 @@ def dynamodb_fidelity() -> Iterator[None]:
             hash_value, range_value = key_of(table, item_attrs)
             before = table.get_item(hash_value, range_value)
             item = original_put(self, table_name, item_attrs, *args, **kw)
+            if observe is not None:
+                try:
+                    observe(before, item)
+                except BaseException:
+                    restore(table, hash_value, range_value, before)
+                    raise
         finally:
             table.stream_shard = shard
         if shard is not None and (before is None or before.attrs != item.attrs):
@@ -126,6 +141,8 @@ def dynamodb_fidelity() -> Iterator[None]:
             problem = item_problem(item.to_json()["Attributes"])
             if problem:
                 raise refuse(problem, update=True)
+            if observe is not None:
+                observe(before, item)
         except BaseException:
             # Moto may have changed the stored item in place before it failed.
             restore(table, hash_value, range_value, before)

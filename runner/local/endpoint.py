@@ -1,25 +1,31 @@
 """The local stack's AWS endpoint, in a process of its own: moto's server plus Lambda.
 
-On AWS, DynamoDB, Step Functions and Lambda's pollers are separate machines. Locally,
-moto's server used to share one interpreter (and its one lock) with the stream pollers
-and the handlers they call, so every request moto answered stole time from the runner
-and the other way round. Here moto runs in a child process, which a second core can run
-beside the pollers (bench/README.md, figure 4).
+On AWS, DynamoDB, Step Functions and Lambda are separate machines. Locally, moto runs in
+this child process, which a second core can run beside the stream pollers in the stack's
+process (bench/README.md, figure 4). It also hosts what moto cannot run without Docker:
 
-The child also runs what moto itself invokes: Step Functions' `lambda:invoke` reaches
-moto's Lambda, whose invoke a `LambdaDispatcher` answers with the Python handler, in the
-child, with the functions' environment. The pollers and schedules stay in the parent.
+- the Lambda service (runner.local.lambda_service): every Invoke (Step Functions'
+  `lambda:invoke`, the pollers' and schedules' invocations, any boto3 client) runs in a
+  worker process of the function's own (runner.local.lambda_env);
+- chaos (runner.local.chaos_endpoint): the DynamoDB, Step Functions and Lambda faults;
+- DynamoDB's TTL deletions (runner.local.ttl), and the DynamoDB and Step Functions
+  fidelity patches (runner.local.dynamodb_fidelity, runner.local.sfn_fidelity).
 
 Protocol, one JSON object per line:
-- child → parent, on the file descriptor given as --report-fd:
-  `{"endpoint": url}` once listening, then `{"registered": n}` after each registration;
-- parent → child, on stdin: `{"env": {...}, "functions": [{"name", "handler",
-  "timeout"}]}` registers handlers after the stack exists; `{"stats": true}` is answered
-  with `{"stats": {operation: {"calls", "cpu_s"}}}` (CPU time of each moto action since
-  the last such request: where the endpoint's time goes, for bench/);
-- stdin closed (the parent stopped or died): the server stops and the child exits;
-  SIGINT (Ctrl-C in a terminal reaches both) is ignored.
-The child's stdout and stderr are the parent's: handler logs show where they did before.
+- child → parent, on the file descriptor given as --report-fd: `{"endpoint": url}` once
+  listening, then one reply per request (`{"error": text}` if it failed);
+- parent → child, on stdin, one request per line:
+  `{"functions": [FunctionConfig dicts], "env": {...}}` registers functions, `env` being
+  the overlay every environment gets (→ `{"registered": n}`);
+  `{"stats": true}` → `{"stats": {action: {"calls", "cpu_s"}}}`, the CPU time of each
+  moto action since the last such request (where the endpoint's time goes, for bench/);
+  `{"faults": SPEC, "seed": N}` makes SPEC the active faults (`"faults": null` only
+  reads them) → `{"faults": {"faults", "seed", "injected"}}`;
+  `{"lambda": true}` → `{"lambda": {function: stats}}`;
+  `{"ttl": {"lag": seconds or null}}` → `{"ttl": {"lag", "deleted"}}`;
+- stdin closed (the parent stopped or died): the server and the environments stop and
+  the child exits; SIGINT (Ctrl-C in a terminal reaches both) is ignored.
+The child's stdout and stderr are the parent's, and so the environments' (handler logs).
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ class EndpointError(Exception):
 class EndpointProcess:
     """The parent's handle on the child: start, register functions, stop."""
 
-    def __init__(self, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int = 0, env: dict[str, str] | None = None, log_level: str = "WARNING"
+    ) -> None:
         read_fd, write_fd = os.pipe()
         child_env = dict(os.environ if env is None else env)
         child_env["PYTHONPATH"] = os.pathsep.join(
@@ -71,6 +79,8 @@ class EndpointProcess:
                 str(port),
                 "--report-fd",
                 str(write_fd),
+                "--log-level",
+                log_level,
             ],
             cwd=ROOT,
             env=child_env,
@@ -100,7 +110,8 @@ class EndpointProcess:
         return self.process.pid
 
     def register(self, functions: Sequence[dict[str, Any]], env: dict[str, str]) -> None:
-        """Give the child the functions' handlers and environment; wait until it has them."""
+        """Give the Lambda service the functions (FunctionConfig dicts) and the overlay
+        every environment runs with; wait until it has them."""
         self._request({"env": env, "functions": list(functions)})
 
     def stats(self) -> dict[str, dict[str, float]]:
@@ -108,6 +119,21 @@ class EndpointProcess:
         reply = self._request({"stats": True})
         stats: dict[str, dict[str, float]] = reply["stats"]
         return stats
+
+    def faults(self, spec: str | None = None, seed: int | None = None) -> dict[str, Any]:
+        """Make `spec` the active endpoint faults (None: leave them); their state."""
+        reply: dict[str, Any] = self._request({"faults": spec, "seed": seed})["faults"]
+        return reply
+
+    def lambda_stats(self) -> dict[str, Any]:
+        """Per function: invocations, cold starts, timeouts, crashes, environments."""
+        reply: dict[str, Any] = self._request({"lambda": True})["lambda"]
+        return reply
+
+    def ttl(self, lag_s: float | None) -> dict[str, Any]:
+        """Delete expired items `lag_s` after they expire (None: never)."""
+        reply: dict[str, Any] = self._request({"ttl": {"lag": lag_s}})["ttl"]
+        return reply
 
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None
@@ -162,11 +188,14 @@ class EndpointProcess:
 def _serve(port: int, report: IO[str]) -> None:
     from moto.server import ThreadedMotoServer
 
-    from runner.app import get_app
+    from runner.local.chaos import ENDPOINT_SERVICES, FaultPlan, parse_faults
+    from runner.local.chaos_endpoint import EndpointChaos
     from runner.local.dynamodb_fidelity import dynamodb_fidelity
-    from runner.local.lambdas import LambdaDispatcher
+    from runner.local.lambda_config import FunctionConfig
+    from runner.local.lambda_service import LambdaService
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
-    from runner.local.resources import resolve_handler
+    from runner.local.sfn_fidelity import lambda_unknown_errors
+    from runner.local.ttl import TtlDeleter
 
     def send(message: dict[str, Any]) -> None:
         report.write(json.dumps(message) + "\n")
@@ -180,43 +209,60 @@ def _serve(port: int, report: IO[str]) -> None:
                 send({"error": f"cannot listen on 127.0.0.1:{port}: {exc.strerror}"})
                 return
     meter = ActionMeter()
-    # The meter first: serialised_dynamodb wraps whatever call_action is then in place.
+    plan = FaultPlan(services=ENDPOINT_SERVICES)
+    service = LambdaService()
+    chaos = EndpointChaos(plan, service)
+    # The meter first: chaos and serialised_dynamodb wrap whatever call_action is in place.
     with (
         meter.installed(),
-        serialised_dynamodb(),
+        chaos.installed(),
+        serialised_dynamodb() as lock,
         fast_stream_records(),
-        dynamodb_fidelity(),
+        dynamodb_fidelity(observe=chaos.on_write),
+        lambda_unknown_errors(),
         quiet_moto(),
+        service.installed(),
     ):
+        ttl = TtlDeleter(lock)
+        ttl.start()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:
             host, real_port = server.get_host_and_port()
             # Moto's Step Functions executor calls back to localhost:$MOTO_PORT.
             os.environ["MOTO_PORT"] = str(real_port)
-            dispatcher = LambdaDispatcher()
-            with dispatcher.installed():
-                send({"endpoint": f"http://{host}:{real_port}"})
-                for line in sys.stdin:
-                    message = json.loads(line)
+            send({"endpoint": f"http://{host}:{real_port}"})
+            for line in sys.stdin:
+                message = json.loads(line)
+                try:
                     if message.get("stats"):
                         send({"stats": meter.take()})
-                        continue
-                    try:
-                        for function in message.get("functions", []):
-                            dispatcher.register(
-                                function["name"],
-                                resolve_handler(function["handler"]),
-                                float(function["timeout"]),
-                            )
-                    except Exception as exc:  # a handler that does not import
-                        send({"error": f"registering functions: {type(exc).__name__}: {exc}"})
-                        continue
-                    os.environ.update(message.get("env", {}))
-                    get_app.cache_clear()  # handlers read their settings once
-                    send({"registered": len(message.get("functions", []))})
+                    elif "faults" in message:
+                        if message["faults"] is not None:
+                            plan.replace(parse_faults(message["faults"]), message.get("seed"))
+                        send({"faults": plan.snapshot()})
+                    elif message.get("lambda"):
+                        send({"lambda": service.stats()})
+                    elif "ttl" in message:
+                        ttl.lag_s = message["ttl"].get("lag")
+                        send({"ttl": {"lag": ttl.lag_s, "deleted": ttl.deleted}})
+                    else:
+                        service.overlay.update(message.get("env", {}))
+                        functions = [FunctionConfig.from_dict(f) for f in message["functions"]]
+                        service.register(functions)
+                        send({"registered": len(functions)})
+                except Exception as exc:  # a bad request: say why, keep serving
+                    send({"error": f"{_request_name(message)}: {type(exc).__name__}: {exc}"})
         finally:
+            ttl.stop()
             server.stop()
+            service.stop()
+
+
+def _request_name(message: dict[str, Any]) -> str:
+    if "functions" in message:
+        return "registering functions"
+    return next(iter(message), "request")
 
 
 class ActionMeter:
@@ -278,7 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("runner.local").setLevel(args.log_level.upper())
     # Ctrl-C reaches the whole process group: the parent decides when this one stops
     # (its pollers may still be finishing a request), by closing stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

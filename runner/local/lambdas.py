@@ -1,14 +1,20 @@
-"""Run the Lambda invocations moto receives as Python calls in this process.
+"""Invoking Lambda functions: through the endpoint, or as Python calls in this process.
 
-Moto cannot run Python Lambdas without Docker; its "simple" Lambda backend only echoes
-payloads. `LambdaDispatcher.installed()` replaces that backend's invoke with a call to
-the registered handler and answers in Lambda's own shape (`x-amz-function-error` plus
-`{"errorType", "errorMessage"}` on an exception), so Step Functions' Retry and Catch
-match on the exception's class name exactly as they do on AWS.
+- `LambdaInvoker` is how the local stack's pollers and schedules invoke a function: the
+  Lambda Invoke API on the stack's endpoint, whose Lambda service runs it in one of the
+  function's execution environments (runner.local.lambda_service), as Lambda's event
+  source mappings and EventBridge do on AWS.
+- `LambdaDispatcher` is for tests and benchmarks that run moto in-process: moto cannot
+  run Python Lambdas without Docker (its "simple" backend only echoes payloads), so
+  `installed()` replaces that backend's invoke with a call to the registered handler and
+  answers in Lambda's own shape (`x-amz-function-error` plus `{"errorType",
+  "errorMessage"}` on an exception), so Step Functions' Retry and Catch match on the
+  exception's class name exactly as they do on AWS.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -16,9 +22,13 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 LambdaHandler = Callable[[Any, Any], Any]
+# Invoke's synchronous payload limit (request and response), 6 MB.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 # What a Lambda's context reports when the function's timeout is unknown.
 DEFAULT_TIMEOUT_SECONDS = 900.0
 
@@ -44,6 +54,76 @@ def function_name_of(name_or_arn: str) -> str:
     if ":function:" in name_or_arn:
         return name_or_arn.split(":function:", 1)[1].split(":", 1)[0]
     return name_or_arn.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a synchronous Invoke answered: the payload, and `Unhandled` if it failed."""
+
+    payload: Any
+    function_error: str | None = None
+
+    @property
+    def error_type(self) -> str | None:
+        if self.function_error and isinstance(self.payload, dict):
+            value = self.payload.get("errorType")
+            return str(value) if value is not None else None
+        return None
+
+
+class InvokeThrottled(Exception):
+    """Lambda refused the invocation (429 TooManyRequestsException): nothing ran."""
+
+
+Invoker = Callable[[dict[str, Any]], Invocation]
+
+
+def event_json(value: Any) -> Any:
+    """JSON for what boto3 parsed out of a stream record: binary values travel base64,
+    as in Lambda's events."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise TypeError(f"{type(value).__name__} in a Lambda event")
+
+
+class LambdaInvoker:
+    """Invokes one function through the Lambda API of an endpoint (the local stack's)."""
+
+    def __init__(
+        self, function_name: str, *, endpoint_url: str, region: str, timeout_seconds: float
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.function_name = function_name
+        # No retries here (the caller decides), and a read timeout past the function's.
+        self._lambda = boto3.client(
+            "lambda",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                read_timeout=timeout_seconds + 60,
+                connect_timeout=5,
+            ),
+        )
+
+    def __call__(self, event: dict[str, Any]) -> Invocation:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self._lambda.invoke(
+                FunctionName=self.function_name,
+                Payload=json.dumps(event, default=event_json).encode(),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TooManyRequestsException":
+                raise InvokeThrottled(self.function_name) from exc
+            raise
+        body = response["Payload"].read()
+        return Invocation(json.loads(body) if body else None, response.get("FunctionError"))
 
 
 class LambdaDispatcher:

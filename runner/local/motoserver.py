@@ -19,8 +19,9 @@ MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use
 
 
 @contextlib.contextmanager
-def serialised_dynamodb() -> Iterator[None]:
-    """One lock around moto's DynamoDB (and Streams) request handling.
+def serialised_dynamodb() -> Iterator[threading.RLock]:
+    """One lock around moto's DynamoDB (and Streams) request handling; yields the lock
+    (the TTL deleter takes it too).
 
     Unserialised, two racing conditional claims can both win. Only these handlers are
     locked: a lock around the whole server deadlocks when a Lambda handler running
@@ -42,7 +43,7 @@ def serialised_dynamodb() -> Iterator[None]:
     for cls, original in originals:
         setattr(cls, "call_action", locked(original))  # noqa: B010 (mypy: method assign)
     try:
-        yield
+        yield lock
     finally:
         for cls, original in originals:
             setattr(cls, "call_action", original)  # noqa: B010

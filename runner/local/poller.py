@@ -1,13 +1,15 @@
-"""A DynamoDB stream event source mapping, run locally: GetRecords loop → Lambda handler.
+"""A DynamoDB stream event source mapping, run locally: GetRecords loop → Lambda Invoke.
 
 Moto's own event source mappings need Docker and ignore filters and batch settings, so
 the local stack replaces each mapping of the template with a `StreamPoller` that applies
 the mapping's settings as Lambda's poller does for one shard (records in order, one
-batch in flight):
+batch in flight), and invokes the function synchronously through the endpoint's Lambda
+service (runner.local.lambdas.LambdaInvoker), so the batch runs in one of the function's
+execution environments with its timeout, and a timeout or crash is a function error:
 
 - FilterCriteria: a record is delivered if any pattern matches the record as Lambda
   shapes it; records matching none are dropped (and count as processed), as on AWS.
-- BatchSize: up to that many matching records per invocation.
+- BatchSize: up to that many matching records per invocation, and at most Invoke's 6 MB.
 - StartingPosition: TRIM_HORIZON or LATEST, taken when the poller starts.
 - ReportBatchItemFailures: the batch is retried from the lowest reported SequenceNumber;
   an identifier that is empty or not in the batch fails the whole batch, as on AWS.
@@ -15,6 +17,11 @@ batch in flight):
   each retried on its own (the halves keep the batch's retry count).
 - MaximumRetryAttempts / MaximumRecordAgeInSeconds: once exceeded, the batch is skipped
   and, with an OnFailure SQS destination, its metadata (never the records) is sent there.
+  A throttled invocation (the function's concurrency is reached) is retried without
+  counting against MaximumRetryAttempts: the batch never reached the function.
+
+Chaos (runner.local.chaos): with `stream[.function].redeliver`, a batch that succeeded is
+delivered once more, as a stream may do on AWS (at least once).
 """
 
 from __future__ import annotations
@@ -24,13 +31,22 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from runner.local.lambdas import LambdaHandler, LocalLambdaContext
+from runner.local.chaos import FaultPlan
+from runner.local.lambdas import Invoker, InvokeThrottled
 from runner.local.stack import StreamMapping
+from runner.local.stream_records import (
+    Record,
+    RecordFilter,
+    batches,
+    first_failed_index,
+    lambda_record,
+    sequence_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,46 +57,10 @@ DEFAULT_POLL_INTERVAL = 0.05
 # Lambda's pause between retries of a failed stream batch grows to about this.
 MAX_RETRY_DELAY = 2.0
 
-Record = dict[str, Any]
-
 
 def retry_delay(attempt: int) -> float:
     """Backoff before retry number `attempt` (1-based) of a failed batch."""
     return float(min(MAX_RETRY_DELAY, 0.1 * 2 ** (attempt - 1)))
-
-
-def lambda_record(raw: Record, *, stream_arn: str, region: str) -> Record:
-    """A GetRecords record in the shape Lambda delivers it (eventSourceARN added)."""
-    body = dict(raw.get("dynamodb", {}))
-    created = body.get("ApproximateCreationDateTime")
-    if isinstance(created, datetime):
-        # Lambda's event carries epoch seconds; boto3 parses the wire number into a datetime.
-        body["ApproximateCreationDateTime"] = int(created.timestamp())
-    record = {key: value for key, value in raw.items() if key != "dynamodb"}
-    record.update(
-        eventSource="aws:dynamodb",
-        awsRegion=region,  # moto always says us-east-1
-        dynamodb=body,
-        eventSourceARN=stream_arn,
-    )
-    record.setdefault("eventVersion", "1.1")
-    return record
-
-
-def sequence_number(record: Record) -> str:
-    return str(record["dynamodb"]["SequenceNumber"])
-
-
-class RecordFilter:
-    """A mapping's FilterCriteria: a record passes if any pattern matches (none: all pass)."""
-
-    def __init__(self, patterns: Sequence[dict[str, Any]]) -> None:
-        from moto.events.models import EventPattern
-
-        self._patterns = [EventPattern.load(json.dumps(p)) for p in patterns]
-
-    def matches(self, record: Record) -> bool:
-        return not self._patterns or any(p.matches_event(cast(Any, record)) for p in self._patterns)
 
 
 @dataclass
@@ -91,6 +71,8 @@ class PollerStats:
     delivered: int = 0  # records handed to the function (retries counted again)
     filtered_out: int = 0
     retries: int = 0
+    throttled: int = 0  # invocations Lambda refused (concurrency reached)
+    redelivered: int = 0  # batches delivered again by a chaos fault
     discarded: int = 0  # records given up on (retries or age exhausted)
     on_failure_messages: int = 0
 
@@ -107,26 +89,26 @@ class StreamPoller:
     def __init__(
         self,
         mapping: StreamMapping,
-        function: LambdaHandler,
+        invoke: Invoker,
         *,
         streams: Any,
         sqs: Any | None,
         stream_arn: str,
         shard_id: str,
         function_arn: str,
-        timeout_seconds: float,
         region: str,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         backoff: Callable[[int], float] = retry_delay,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.mapping = mapping
-        self.function = function
+        self.invoke = invoke
         self.streams = streams
         self.sqs = sqs
         self.stream_arn = stream_arn
         self.shard_id = shard_id
         self.function_arn = function_arn
-        self.timeout_seconds = timeout_seconds
+        self.faults = faults
         self.region = region
         self.poll_interval = poll_interval
         self.backoff = backoff
@@ -205,26 +187,45 @@ class StreamPoller:
         self._caught_up.clear()
         matching = [r for r in records if self.filter.matches(r)]
         self.stats.filtered_out += len(records) - len(matching)
-        size = max(1, self.mapping.batch_size)
-        for start in range(0, len(matching), size):
+        for batch in batches(matching, max(1, self.mapping.batch_size)):
             if self._stop.is_set():
                 break
-            self._deliver(matching[start : start + size], retries=0)
+            self._deliver(batch, retries=0)
+            if self.faults is not None and self.faults.decide(
+                "stream", self.mapping.function_name, "redeliver", f"{len(batch)} records"
+            ):
+                self.stats.redelivered += 1
+                self._deliver(batch, retries=0)
         return len(records)
 
     # --- delivering ------------------------------------------------------------------
 
     def _deliver(self, batch: list[Record], *, retries: int) -> None:
-        """Invoke until the batch succeeds, or its retries or age run out."""
+        """Invoke until the batch succeeds, or its retries or age run out.
+
+        Stricter than what AWS documents (it says nothing on either): a record older than
+        MaximumRecordAgeInSeconds is not sent, not even once, and a split of the batch counts
+        as a retry of both halves, so no record is sent more than 1 + MaximumRetryAttempts
+        times, bisected or not.
+        """
         while batch and not self._stop.is_set():
+            expired = self._expired_prefix(batch)
+            if expired:
+                self._give_up(batch[:expired], "RecordAgeExceeded", retries)
+                batch = batch[expired:]
+                continue
             attempt = self._invoke(batch)
-            if attempt.failed_from is None:
+            if attempt.failed_from is None or self._stop.is_set():
                 return
             if (
                 attempt.function_error
                 and self.mapping.bisect_batch_on_function_error
                 and len(batch) > 1
             ):
+                condition = self._exhausted(batch, retries + 1)
+                if condition:
+                    self._give_up(batch, condition, retries + 1)
+                    return
                 half = len(batch) // 2
                 self.stats.retries += 1
                 self._deliver(batch[:half], retries=retries + 1)
@@ -243,24 +244,53 @@ class StreamPoller:
         limit = self.mapping.maximum_retry_attempts
         if limit is not None and retries > limit:
             return "RetryAttemptsExhausted"
+        return self._too_old(batch)
+
+    def _too_old(self, batch: list[Record]) -> str | None:
+        return "RecordAgeExceeded" if self._expired_prefix(batch[:1]) else None
+
+    def _expired_prefix(self, batch: list[Record]) -> int:
+        """How many leading records of the batch are older than MaximumRecordAgeInSeconds
+        (a shard's records are in order, oldest first)."""
         max_age = self.mapping.maximum_record_age_seconds
-        created = batch[0]["dynamodb"].get("ApproximateCreationDateTime")
-        too_old = isinstance(created, int | float) and time.time() - created > (max_age or 0)
-        if max_age is not None and too_old:
-            return "RecordAgeExceeded"
-        return None
+        if max_age is None:
+            return 0
+        cutoff = time.time() - max_age
+        for index, record in enumerate(batch):
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if not (isinstance(created, int | float) and created < cutoff):
+                return index
+        return len(batch)
 
     def _invoke(self, batch: list[Record]) -> _Attempt:
+        attempt = 0
+        while True:
+            try:
+                invocation = self.invoke({"Records": batch})
+                break
+            except InvokeThrottled:
+                # Not a retry of the batch: it never reached the function.
+                self.stats.throttled += 1
+                attempt += 1
+                if self._stop.wait(self.backoff(min(attempt, 5))):
+                    return _Attempt(failed_from=0, function_error=False)
+            except Exception:
+                log.exception("invoking %s failed; retrying the batch", self.mapping.function_name)
+                return _Attempt(failed_from=0, function_error=True)
         self.stats.invocations += 1
         self.stats.delivered += len(batch)
-        context = LocalLambdaContext(self.mapping.function_name, self.timeout_seconds)
-        try:
-            response = self.function({"Records": batch}, context)
-        except Exception:
-            log.exception("%s raised; the batch will be retried", self.mapping.function_name)
+        if invocation.function_error:
+            payload = invocation.payload if isinstance(invocation.payload, dict) else {}
+            log.warning(
+                "%s failed (%s: %s); the batch will be retried",
+                self.mapping.function_name,
+                payload.get("errorType"),
+                str(payload.get("errorMessage", ""))[:300],
+            )
             return _Attempt(failed_from=0, function_error=True)
         if not self.mapping.report_batch_item_failures:
             return _Attempt(failed_from=None, function_error=False)
+        response = invocation.payload
         return _Attempt(failed_from=first_failed_index(batch, response), function_error=False)
 
     def _give_up(self, batch: list[Record], condition: str, retries: int) -> None:
@@ -307,30 +337,3 @@ class StreamPoller:
                 "streamArn": self.stream_arn,
             },
         }
-
-
-def first_failed_index(batch: Sequence[Record], response: Any) -> int | None:
-    """Where to retry from, given a ReportBatchItemFailures response; None: all succeeded.
-
-    As on AWS: an unreadable response or an identifier that is empty or not a
-    SequenceNumber of the batch fails the whole batch.
-    """
-    if response is None:
-        return None
-    if not isinstance(response, dict):
-        return 0
-    failures = response.get("batchItemFailures")
-    if failures is None:
-        return None
-    if not isinstance(failures, list):
-        return 0
-    if not failures:
-        return None
-    positions = {sequence_number(r): i for i, r in enumerate(batch)}
-    indexes = []
-    for failure in failures:
-        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not identifier or str(identifier) not in positions:
-            return 0
-        indexes.append(positions[str(identifier)])
-    return min(indexes)

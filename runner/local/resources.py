@@ -1,11 +1,9 @@
-"""The created stack read back for local use: functions, handlers, state machines, SES."""
+"""The created stack read back for local use: functions, state machines, TTL, SES."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,22 +11,12 @@ from typing import Any
 import boto3
 
 from runner.local import stack as cfn
-from runner.local.lambdas import LambdaHandler
+from runner.local.lambda_config import FunctionConfig
 from runner.local.motoserver import MOTO_CONFIG, moto_api
-from runner.local.template import ROOT
 
 
 class ResourceError(Exception):
     """The created stack holds something the local stack cannot run."""
-
-
-def resolve_handler(spec: str) -> LambdaHandler:
-    """`handler.process_stream` → the function, imported from the repository."""
-    module_name, _, attribute = spec.rpartition(".")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    handler: LambdaHandler = getattr(importlib.import_module(module_name), attribute)
-    return handler
 
 
 @dataclass(frozen=True)
@@ -40,40 +28,90 @@ class FunctionInfo:
     handler: str
     timeout: float
     environment: dict[str, str]
+    memory_mb: int = 128
+    reserved_concurrency: int | None = None  # the template's ReservedConcurrentExecutions
+
+    def config(self, region: str, account: str) -> FunctionConfig:
+        """What the endpoint's Lambda service needs to run it."""
+        return FunctionConfig(
+            name=self.name,
+            handler=self.handler,
+            timeout=self.timeout,
+            memory_mb=self.memory_mb,
+            reserved_concurrency=self.reserved_concurrency,
+            environment=dict(self.environment),
+            region=region,
+            account=account,
+        )
 
 
 def read_functions(
-    session: boto3.Session, endpoint: str, region: str, created: cfn.LocalStack
+    session: boto3.Session,
+    endpoint: str,
+    region: str,
+    created: cfn.LocalStack,
+    template: dict[str, Any] | None = None,
 ) -> dict[str, FunctionInfo]:
-    """The stack's functions, read back from moto's Lambda (handler, timeout, env)."""
+    """The stack's functions, read back from moto's Lambda (handler, timeout, memory,
+    environment), with the reserved concurrency the template gives them."""
     lambdas = session.client("lambda", endpoint_url=endpoint, region_name=region)
+    resources = (template or {}).get("Resources", {})
     found = {}
     for logical_id, physical_id in created.resources.items():
         if not physical_id or not logical_id.endswith("LambdaFunction"):
             continue
         config = lambdas.get_function_configuration(FunctionName=physical_id)
+        reserved = resources.get(logical_id, {}).get("Properties", {})
+        reserved = reserved.get("ReservedConcurrentExecutions")
         found[logical_id] = FunctionInfo(
             name=config["FunctionName"],
             arn=config["FunctionArn"],
             handler=config["Handler"],
             timeout=float(config.get("Timeout", 3)),
             environment=dict(config.get("Environment", {}).get("Variables", {})),
+            memory_mb=int(config.get("MemorySize", 128)),
+            reserved_concurrency=None if reserved is None else int(reserved),
         )
     return found
 
 
-def function_environment(functions: Mapping[str, FunctionInfo]) -> dict[str, str]:
-    """The union of the functions' environments: the stack's process runs the stream and
-    scheduled functions, the endpoint process the invoked ones, each with this union."""
+def client_environment(
+    functions: Mapping[str, FunctionInfo], names: tuple[str, ...]
+) -> dict[str, str]:
+    """The variables of `names` that the functions set, for a client of the stack (the
+    CLI, the demo): each function runs with its own environment, but a client needs one
+    table, one state machine. Refuses functions that disagree on one of them."""
     env: dict[str, str] = {}
     for info in functions.values():
         for name, value in info.environment.items():
-            if env.setdefault(name, value) != value:
+            if name in names and env.setdefault(name, value) != value:
                 raise ResourceError(
                     f"functions disagree on {name} ({env[name]!r} vs {value!r}); "
-                    "the local stack gives all its functions one environment"
+                    "a client of the local stack needs one value"
                 )
     return env
+
+
+def apply_time_to_live(
+    session: boto3.Session, endpoint: str, region: str, created: cfn.LocalStack, template: Any
+) -> list[str]:
+    """Enable the tables' TimeToLiveSpecification, which moto's CloudFormation skips;
+    returns the tables it enabled."""
+    dynamodb = session.client("dynamodb", endpoint_url=endpoint, region_name=region)
+    enabled = []
+    for logical_id, resource in template.get("Resources", {}).items():
+        spec = resource.get("Properties", {}).get("TimeToLiveSpecification")
+        if resource.get("Type") != "AWS::DynamoDB::Table" or not spec:
+            continue
+        if str(spec.get("Enabled")).lower() != "true":
+            continue
+        table = created.resources[logical_id]
+        dynamodb.update_time_to_live(
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": spec["AttributeName"]},
+        )
+        enabled.append(table)
+    return enabled
 
 
 def recreate_state_machines(

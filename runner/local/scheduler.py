@@ -1,4 +1,11 @@
-"""A scheduled rule of the template (the sweeper's `rate(5 minutes)`), run locally."""
+"""A scheduled rule of the template (the sweeper's `rate(5 minutes)`), run locally.
+
+EventBridge invokes its target asynchronously; here the rule's thread invokes the
+function through the endpoint's Lambda service (runner.local.lambdas.LambdaInvoker) and
+waits, so the sweep runs in one of the function's own execution environments. Lambda's
+two retries of a failed asynchronous invocation are not made: the next run comes at the
+next period (the stricter reading).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from runner.local.lambdas import LambdaHandler, LocalLambdaContext
+from runner.local.lambdas import Invocation, Invoker
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +53,18 @@ class ScheduledFunction:
 
     def __init__(
         self,
-        function: LambdaHandler,
+        invoke: Invoker,
         *,
         function_name: str,
         rule_name: str,
         interval: float,
-        timeout_seconds: float,
         region: str,
         account: str,
     ) -> None:
-        self.function = function
+        self.invoke = invoke
         self.function_name = function_name
         self.rule_name = rule_name
         self.interval = interval
-        self.timeout_seconds = timeout_seconds
         self.region = region
         self.account = account
         self.runs = 0
@@ -78,17 +83,17 @@ class ScheduledFunction:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def run_once(self) -> Any:
-        context = LocalLambdaContext(self.function_name, self.timeout_seconds)
-        self.last_result = self.function(
-            scheduled_event(self.rule_name, self.region, self.account), context
-        )
+    def run_once(self) -> Invocation:
+        invocation = self.invoke(scheduled_event(self.rule_name, self.region, self.account))
+        self.last_result = invocation.payload
         self.runs += 1
-        return self.last_result
+        if invocation.function_error:
+            log.error("scheduled %s failed: %s", self.function_name, invocation.payload)
+        return invocation
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.run_once()
             except Exception:
-                log.exception("scheduled %s failed", self.function_name)
+                log.exception("scheduled %s could not be invoked", self.function_name)

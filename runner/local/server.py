@@ -7,15 +7,21 @@ without Docker:
 
 - the retry state machine is re-created (same name, ARN and definition) in moto's
   executing Step Functions backend: CloudFormation puts it in the non-executing one;
-- every function of the stack is registered with the endpoint process's
-  `LambdaDispatcher`, so Step Functions' `lambda:invoke` (and any Invoke call) runs the
-  Python handler there;
+- every function of the stack is registered with the endpoint's Lambda service, which
+  runs each invocation in an execution environment of the function's own: a worker
+  process with the function's environment from the template plus the stack's overlay
+  (endpoint, dummy credentials, task modules, tracing off) and Lambda's reserved
+  variables (runner.local.lambda_env);
 - each event source mapping of the template becomes a `StreamPoller`, each schedule a
-  `ScheduledFunction` (its rate can be overridden for demos), in this process.
+  `ScheduledFunction` (its rate can be overridden for demos), in this process; both
+  invoke their function through the endpoint's Lambda API;
+- the tables' TTL (which moto's CloudFormation skips) is enabled and run
+  (runner.local.ttl), and chaos faults (runner.local.chaos) are set from `faults` and
+  the control endpoint (runner.local.control).
 
-This process's environment, and the endpoint process's, is set as the functions' own
-(from the template, as resolved by CloudFormation) plus the endpoint, so handlers, the
-client and the CLI find the stack. One LocalStack per process at a time (environment).
+This process's environment is set to what a client of the stack needs (the endpoint,
+the table, the state machine), so the demo's client and the CLI find the stack. One
+LocalStack per process at a time (environment).
 """
 
 from __future__ import annotations
@@ -32,18 +38,32 @@ from typing import Any
 import boto3
 
 from runner.local import stack as cfn
+from runner.local.chaos import STACK_SERVICES, FaultPlan, parse_faults
 from runner.local.endpoint import EndpointProcess
+from runner.local.lambdas import LambdaInvoker
 from runner.local.motoserver import MOTO_CONFIG, moto_api
 from runner.local.poller import DEFAULT_POLL_INTERVAL, StreamPoller
 from runner.local.resources import (
     FunctionInfo,
-    function_environment,
+    apply_time_to_live,
+    client_environment,
     read_functions,
     recreate_state_machines,
-    resolve_handler,
     verify_sender,
 )
 from runner.local.scheduler import ScheduledFunction, rate_seconds
+from runner.local.stack_control import StackControl
+from runner.local.stack_env import (
+    EXPORTED,
+    SCRUBBED_ENV,
+    TASK_MODULES_ENV,
+    base_environment,
+    function_overlay,
+    patched_environ,
+)
+from runner.local.stack_env import (
+    task_modules as resolve_task_modules,
+)
 from runner.local.template import ROOT, package_service
 
 log = logging.getLogger(__name__)
@@ -52,49 +72,13 @@ DEFAULT_STAGE = "local"
 DEFAULT_REGION = "us-east-1"
 # Moto's default account; every ARN the stack makes has it.
 ACCOUNT = "123456789012"
-DEMO_TASK_MODULES = "runner.local.demo_tasks"
-# Never real credentials: moto accepts anything, and nothing here may reach AWS.
-DUMMY_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-}
-# Inherited variables that would point boto3 elsewhere or switch on X-Ray.
-_SCRUBBED_ENV = ("AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME", "_X_AMZN_TRACE_ID")
-# The variables printed for another terminal (`export ...`), in this order.
-EXPORTED = (
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DYNAMO_DB_TABLE_NAME",
-    "TASK_RUNNER_STATE_MACHINE_ARN",
-    "TASK_RUNNER_EXPORT_BUCKET",
-    "TASK_RUNNER_SENDER_EMAIL",
-    "TASK_RUNNER_TASK_MODULES",
-)
+# Seconds between an item's expiry and its TTL deletion (AWS: "typically within a few
+# days"; short here so a user sees it; tests pass 0 or None, never).
+DEFAULT_TTL_LAG_SECONDS = 60.0
 
 
 class LocalStackError(Exception):
     """The local stack did not settle in time."""
-
-
-@contextlib.contextmanager
-def patched_environ(values: Mapping[str, str], remove: tuple[str, ...] = ()) -> Iterator[None]:
-    """Set (and remove) process environment variables for the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in (*values, *remove)}
-    for name in remove:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @dataclass
@@ -111,6 +95,8 @@ class LocalStack:
     pollers: list[StreamPoller] = field(default_factory=list)
     schedules: list[ScheduledFunction] = field(default_factory=list)
     server: EndpointProcess | None = None  # the endpoint process (runner.local.endpoint)
+    faults: FaultPlan = field(default_factory=lambda: FaultPlan(services=STACK_SERVICES))
+    control: StackControl | None = None
     started_in: float = 0.0
 
     # --- starting ----------------------------------------------------------------------
@@ -126,21 +112,34 @@ class LocalStack:
         service_dir: Path = ROOT,
         sweep_interval: float | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        task_modules: str = DEMO_TASK_MODULES,
+        task_modules: str | None = None,
         log_level: str | None = None,
+        faults: str = "",
+        faults_seed: int | None = None,
+        ttl_lag: float | None = DEFAULT_TTL_LAG_SECONDS,
+        control_port: int = 0,
+        verbose: bool = False,
     ) -> Iterator[LocalStack]:
-        """Package, start and wire everything; stop it all when the block ends."""
+        """Package, start and wire everything; stop it all when the block ends.
+
+        `task_modules`: extra task modules, registered with the demo tasks (default:
+        TASK_RUNNER_TASK_MODULES). `faults`: a chaos spec (runner.local.chaos), active
+        from the start. `ttl_lag`: seconds after expiry until TTL deletes (None: never).
+        """
         started = time.perf_counter()
+        fault_list = parse_faults(faults)  # bad input fails before anything starts
+        modules = resolve_task_modules(
+            os.environ.get(TASK_MODULES_ENV) if task_modules is None else task_modules
+        )
         package_dir = package_service(service_dir, stage=stage, region=region)
-        base_env = {
-            **DUMMY_CREDENTIALS,
-            "AWS_REGION": region,
-            "AWS_DEFAULT_REGION": region,
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }
+        base_env = base_environment(region)
         with contextlib.ExitStack() as exits:
-            exits.enter_context(patched_environ(base_env, remove=_SCRUBBED_ENV))
-            server = EndpointProcess(port=port, env={**os.environ, **base_env})
+            exits.enter_context(patched_environ(base_env, remove=SCRUBBED_ENV))
+            server = EndpointProcess(
+                port=port,
+                env={**os.environ, **base_env},
+                log_level="INFO" if verbose else "WARNING",
+            )
             exits.callback(server.stop)
             endpoint = server.endpoint_url
             real_port = int(endpoint.rsplit(":", 1)[1])
@@ -152,38 +151,21 @@ class LocalStack:
                 stack_name=f"task-runner-{stage}",
                 region=region,
             )
+            template = cfn.load_packaged_template(package_dir)
             session = boto3.Session(region_name=region)
-            functions = read_functions(session, endpoint, region, created)
-            recreate_state_machines(
-                session,
-                endpoint,
-                region,
-                created,
-                cfn.load_packaged_template(package_dir),
-                functions,
-            )
-            env = function_environment(functions)
-            env.update(
-                base_env,
-                AWS_ENDPOINT_URL=endpoint,
-                TASK_RUNNER_TASK_MODULES=task_modules,
-                # Tracing would try to reach an X-Ray daemon.
-                POWERTOOLS_TRACE_DISABLED="true",
-            )
-            if log_level:
-                env["POWERTOOLS_LOG_LEVEL"] = log_level
+            functions = read_functions(session, endpoint, region, created, template)
+            recreate_state_machines(session, endpoint, region, created, template, functions)
+            apply_time_to_live(session, endpoint, region, created, template)
+            server.ttl(ttl_lag)
+            overlay = function_overlay(region, endpoint, modules, log_level)
+            configs = [info.config(region, ACCOUNT).as_dict() for info in functions.values()]
+            server.register(configs, overlay)
+            env = client_environment(functions, EXPORTED)
+            env.update(base_env, AWS_ENDPOINT_URL=endpoint, **{TASK_MODULES_ENV: modules})
             exits.enter_context(patched_environ(env))
             verify_sender(session, endpoint, region, env.get("TASK_RUNNER_SENDER_EMAIL"))
             _reset_app()
             exits.callback(_reset_app)
-
-            server.register(
-                [
-                    {"name": info.name, "handler": info.handler, "timeout": info.timeout}
-                    for info in functions.values()
-                ],
-                env,
-            )
             local = cls(
                 endpoint_url=endpoint,
                 port=real_port,
@@ -194,11 +176,22 @@ class LocalStack:
                 env=env,
                 server=server,
             )
+            local.control = StackControl(server, local.faults, local.pollers, port=control_port)
+            exits.callback(local.control.stop)
+            local.set_faults(",".join(map(str, fault_list)), faults_seed)
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
             exits.callback(local._stop_workers)
             local.started_in = time.perf_counter() - started
             yield local
+
+    def _invoker(self, function: FunctionInfo) -> LambdaInvoker:
+        return LambdaInvoker(
+            function.name,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            timeout_seconds=function.timeout,
+        )
 
     def _start_pollers(self, session: boto3.Session, poll_interval: float) -> None:
         streams = session.client("dynamodbstreams", endpoint_url=self.endpoint_url)
@@ -212,15 +205,15 @@ class LocalStack:
             for shard in shards:
                 poller = StreamPoller(
                     mapping,
-                    resolve_handler(mapping.handler),
+                    self._invoker(function),
                     streams=streams,
                     sqs=sqs,
                     stream_arn=stream_arn,
                     shard_id=shard["ShardId"],
                     function_arn=function.arn,
-                    timeout_seconds=function.timeout,
                     region=self.region,
                     poll_interval=poll_interval,
+                    faults=self.faults,
                 )
                 poller.start()
                 self.pollers.append(poller)
@@ -229,11 +222,10 @@ class LocalStack:
         for schedule in self.created.schedules:
             function = self.functions[schedule.function_logical_id]
             scheduled = ScheduledFunction(
-                resolve_handler(schedule.handler),
+                self._invoker(function),
                 function_name=function.name,
                 rule_name=self.created.resources.get(schedule.logical_id, schedule.logical_id),
                 interval=interval if interval is not None else rate_seconds(schedule.expression),
-                timeout_seconds=function.timeout,
                 region=self.region,
                 account=ACCOUNT,
             )
@@ -245,6 +237,22 @@ class LocalStack:
             scheduled.stop()
         for poller in self.pollers:
             poller.stop()
+
+    # --- chaos and counters ------------------------------------------------------------
+
+    def set_faults(self, spec: str, seed: int | None = None) -> dict[str, Any]:
+        """Make `spec` the active faults (runner.local.chaos); raises FaultSpecError."""
+        assert self.control is not None
+        return self.control.set_faults(spec, seed)
+
+    def fault_state(self) -> dict[str, Any]:
+        assert self.control is not None
+        return self.control.fault_state()
+
+    def lambda_stats(self) -> dict[str, Any]:
+        """Per function: invocations, cold starts, timeouts, crashes, environments."""
+        assert self.server is not None
+        return self.server.lambda_stats()
 
     # --- what clients need -------------------------------------------------------------
 

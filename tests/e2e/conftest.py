@@ -1,12 +1,14 @@
 """The local stack as a user runs it: `python -m runner.local serve` in a subprocess.
 
-Tests talk to it only through its endpoint (boto3, the AWS CLI, the runner CLI), using
-the `export` lines it prints. Packaging is cached by runner.local.template, so a stack
-starts in ~4 s once `sls package` has run for the same serverless.yml.
+Tests talk to it only through its endpoint (boto3, the AWS CLI, the runner CLI) and its
+chaos control endpoint, using the lines it prints. Packaging is cached by
+runner.local.template, so a stack starts in ~4 s once `sls package` has run for the
+same serverless.yml.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ NODE_BIN = ROOT / "node_modules" / ".bin"
 START_TIMEOUT_SECONDS = 120
 _READY = re.compile(r"^Local stack ready in [\d.]+ s: (?P<url>http://\S+)$")
 _EXPORT = re.compile(r"^\s*export (?P<name>[A-Z_]+)=(?P<value>.*)$")
+_CONTROL = re.compile(r"^Chaos control: (?P<url>http://\S+)/faults\b")
 
 # Measurements shown at the end of the run.
 REPORT: list[str] = []
@@ -60,6 +64,30 @@ class ServedStack:
     env: dict[str, str]  # base_env() plus the printed exports
     started_in: float
     output: list[str] = field(default_factory=list)
+    control_url: str = ""
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        """A request to the chaos control endpoint; its JSON reply."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.control_url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def set_faults(self, spec: str) -> dict[str, Any]:
+        state: dict[str, Any] = self.control("PUT", "/faults", {"faults": spec})
+        return state
+
+    def injected(self, fault: str) -> int:
+        return int(self.control("GET", "/faults")["injected"].get(fault, 0))
+
+    def lambda_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.control("GET", "/lambda")
+        return stats
 
     @property
     def table_name(self) -> str:
@@ -110,13 +138,13 @@ class ServedStack:
         return self.process.wait(timeout=30)
 
 
-def serve(*args: str) -> Iterator[ServedStack]:
+def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServedStack]:
     """Start `python -m runner.local serve ARGS`, yield once it is ready, then stop it."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.local", "serve", "--log-level", "WARNING", *args],
         cwd=ROOT,
-        env=base_env(),
+        env={**base_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -133,7 +161,7 @@ def serve(*args: str) -> Iterator[ServedStack]:
         lines.put(None)
 
     threading.Thread(target=drain, daemon=True).start()
-    endpoint, exports = None, {}
+    endpoint, exports, control = None, {}, ""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while True:
         try:
@@ -147,14 +175,17 @@ def serve(*args: str) -> Iterator[ServedStack]:
             endpoint = match["url"]
         elif match := _EXPORT.match(line):
             exports[match["name"]] = match["value"]
+        elif match := _CONTROL.match(line):
+            control = match["url"]
         elif line.startswith("Ctrl-C stops it") and endpoint:
             break
     stack = ServedStack(
         process=process,
         endpoint_url=endpoint,
-        env={**base_env(), **exports},
+        env={**base_env(), **(env or {}), **exports},
         started_in=time.perf_counter() - started,
         output=output,
+        control_url=control,
     )
     REPORT.append(f"stack {' '.join(args) or '(default)'} ready in {stack.started_in:.1f} s")
     try:

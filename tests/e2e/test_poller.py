@@ -10,8 +10,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from runner.local.poller import StreamPoller, first_failed_index
+from runner.local.chaos import FaultPlan, parse_faults
+from runner.local.lambdas import Invocation, InvokeThrottled
+from runner.local.poller import StreamPoller
 from runner.local.stack import StreamMapping
+from runner.local.stream_records import first_failed_index
 
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000"
 QUEUE_URL = "http://127.0.0.1/123456789012/failures"
@@ -77,26 +80,35 @@ class FakeSqs:
 
 
 class Function:
-    """Records each batch's sequence numbers; answers from a script (or succeeds)."""
+    """Invoked as Lambda's Invoke would be: records each batch's sequence numbers and
+    answers from a script (or succeeds); an Exception in the script is a function error,
+    InvokeThrottled a refused invocation."""
 
     def __init__(self, *responses: Any) -> None:
         self.responses = list(responses)
         self.batches: list[list[str]] = []
         self.events: list[dict[str, Any]] = []
-        self.timeouts: list[int] = []
+        self.throttled = 0
 
-    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+    def __call__(self, event: dict[str, Any]) -> Invocation:
+        response = self.responses.pop(0) if self.responses else {"batchItemFailures": []}
+        if isinstance(response, InvokeThrottled):
+            self.throttled += 1
+            raise response
+        json.dumps(event)  # what reaches Lambda is JSON
         self.events.append(event)
         self.batches.append([r["dynamodb"]["SequenceNumber"] for r in event["Records"]])
-        self.timeouts.append(context.get_remaining_time_in_millis())
-        response = self.responses.pop(0) if self.responses else {"batchItemFailures": []}
         if isinstance(response, Exception):
-            raise response
-        return response
+            error = {"errorType": type(response).__name__, "errorMessage": str(response)}
+            return Invocation(error, "Unhandled")
+        return Invocation(response)
 
 
 def poll(
-    records: list[dict[str, Any]], function: Function, mapping: StreamMapping = MAPPING
+    records: list[dict[str, Any]],
+    function: Function,
+    mapping: StreamMapping = MAPPING,
+    faults: FaultPlan | None = None,
 ) -> tuple[StreamPoller, FakeSqs]:
     sqs = FakeSqs()
     poller = StreamPoller(
@@ -107,9 +119,9 @@ def poll(
         stream_arn=STREAM_ARN,
         shard_id="shardId-1",
         function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
-        timeout_seconds=300,
         region="eu-west-1",
         backoff=lambda attempt: 0.0,
+        faults=faults,
     )
     poller._iterator = "0"
     poller.poll_once()
@@ -131,7 +143,7 @@ def test_filter_and_batch_size_shape_the_invocations() -> None:
     assert poller.stats.filtered_out == 2
 
 
-def test_records_arrive_in_lambdas_shape_with_the_functions_timeout() -> None:
+def test_records_arrive_in_lambdas_shape() -> None:
     function = Function()
 
     poll([raw_record(1)], function)
@@ -140,7 +152,58 @@ def test_records_arrive_in_lambdas_shape_with_the_functions_timeout() -> None:
     assert record["eventSourceARN"] == STREAM_ARN
     assert record["awsRegion"] == "eu-west-1"
     assert isinstance(record["dynamodb"]["ApproximateCreationDateTime"], int)
-    assert 299_000 < function.timeouts[0] <= 300_000
+    assert "userIdentity" not in record  # only TTL deletions carry one
+
+
+def test_a_ttl_deletion_carries_lambdas_user_identity() -> None:
+    # Given a REMOVE as GetRecords returns a TTL deletion (the Streams API's capitals)
+    removal = raw_record(1, event="REMOVE")
+    removal["userIdentity"] = {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
+    function = Function()
+    mapping = replace(MAPPING, filter_patterns=())
+
+    poll([removal], function, mapping)
+
+    # Then Lambda's event has it in its own spelling
+    record = function.events[0]["Records"][0]
+    assert record["userIdentity"] == {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+
+
+def test_a_throttled_invocation_is_retried_without_counting_as_a_retry() -> None:
+    # Given a mapping that allows no retry, and a function throttled twice
+    function = Function(InvokeThrottled("f"), InvokeThrottled("f"), {"batchItemFailures": []})
+
+    poller, sqs = poll([raw_record(1)], function, replace(MAPPING, maximum_retry_attempts=0))
+
+    # Then the batch still reached the function, and nothing was given up
+    assert function.throttled == 2
+    assert function.batches == [["1001"]]
+    assert poller.stats.throttled == 2 and poller.stats.discarded == 0 and sqs.messages == []
+
+
+def test_a_batch_is_cut_at_invokes_six_megabytes() -> None:
+    # Given records of about 1 MB each, in a mapping whose batch size would take them all
+    records = [raw_record(n) for n in range(1, 9)]
+    for record in records:
+        record["dynamodb"]["NewImage"]["data"] = {"S": "x" * 1_000_000}
+    function = Function()
+
+    poll(records, function, replace(MAPPING, batch_size=100))
+
+    # Then no invocation carries more than 6 MB, and every record is delivered once
+    assert [len(b) for b in function.batches] == [6, 2]
+    assert all(len(json.dumps(e)) <= 6 * 1024 * 1024 for e in function.events)
+
+
+def test_a_redeliver_fault_delivers_each_batch_twice() -> None:
+    function = Function()
+    faults = FaultPlan(parse_faults("stream.processStream.redeliver=1"), seed=1)
+
+    poller, _ = poll([raw_record(1), raw_record(3)], function, faults=faults)
+
+    assert function.batches == [["1001", "1003"], ["1001", "1003"]]
+    assert poller.stats.redelivered == 1
+    assert faults.snapshot()["injected"] == {"stream.processStream.redeliver=1": 1}
 
 
 def test_reported_failure_retries_from_the_first_failed_record() -> None:
@@ -198,3 +261,74 @@ def test_unknown_or_empty_identifiers_fail_the_whole_batch() -> None:
     assert first_failed_index(batch, {"batchItemFailures": [{"itemIdentifier": ""}]}) == 0
     assert first_failed_index(batch, {"batchItemFailures": []}) is None
     assert first_failed_index(batch, None) is None
+
+
+def test_a_split_counts_as_a_retry_so_no_record_is_sent_more_than_the_limit_allows() -> None:
+    # Given a mapping that bisects and allows one retry, and a function that always fails
+    function = Function(*[RuntimeError("boom")] * 10)
+    mapping = replace(
+        MAPPING, batch_size=10, bisect_batch_on_function_error=True, maximum_retry_attempts=1
+    )
+
+    poller, sqs = poll([raw_record(n) for n in (1, 2, 3, 4)], function, mapping)
+
+    # Then the batch was split once (the one retry), and each half given up after it
+    assert function.batches == [
+        ["1001", "1002", "1003", "1004"],
+        ["1001", "1002"],
+        ["1003", "1004"],
+    ]
+    assert [m["requestContext"]["condition"] for _, m in sqs.messages] == [
+        "RetryAttemptsExhausted"
+    ] * 2
+    assert poller.stats.discarded == 4
+
+
+def test_a_record_older_than_the_maximum_age_is_never_sent() -> None:
+    old = raw_record(1)
+    old["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(
+        datetime.now(UTC).timestamp() - 120, UTC
+    )
+    function = Function()
+
+    _, sqs = poll([old, raw_record(2)], function, replace(MAPPING, maximum_record_age_seconds=60))
+
+    # Then the old record went to the on-failure queue unsent, the fresh one was sent
+    assert function.batches == [["1002"]]
+    [(_, message)] = sqs.messages
+    assert message["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert message["DDBStreamBatchInfo"]["startSequenceNumber"] == "1001"
+
+
+def test_the_mappings_starting_position_is_taken_then_reads_go_on_after_the_last_record() -> None:
+    class Recording(FakeStreams):
+        def __init__(self, records: list[dict[str, Any]]) -> None:
+            super().__init__(records)
+            self.asked: list[dict[str, Any]] = []
+
+        def get_shard_iterator(self, **kwargs: Any) -> dict[str, str]:
+            self.asked.append(kwargs)
+            return {"ShardIterator": "0"}
+
+    streams = Recording([raw_record(1)])
+    poller = StreamPoller(
+        replace(MAPPING, starting_position="LATEST"),
+        Function(),
+        streams=streams,
+        sqs=None,
+        stream_arn=STREAM_ARN,
+        shard_id="shardId-1",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
+        region="us-east-1",
+    )
+    poller._iterator = poller._new_iterator()
+    poller.poll_once()
+    poller._new_iterator()  # as after a broken iterator
+
+    assert streams.asked[0]["ShardIteratorType"] == "LATEST"
+    assert streams.asked[1] == {
+        "StreamArn": STREAM_ARN,
+        "ShardId": "shardId-1",
+        "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+        "SequenceNumber": "1001",
+    }

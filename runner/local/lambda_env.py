@@ -1,0 +1,361 @@
+"""A local Lambda execution environment: one worker process, living as Lambda's do.
+
+Shaped after LocalStack's `execution_environment.py` (without Docker): an environment is
+a small state machine (`RuntimeStatus`) behind one lock, whose process is started on the
+first invocation it serves (a cold start, timed and reported), reused while warm, and:
+
+- **frozen between invocations**: SIGSTOP once the reply is read, SIGCONT before the next
+  request, so a thread the handler left behind runs only while an invocation does;
+- **killed at the function's timeout**: the invocation answers what Lambda's Invoke
+  answers (`FunctionError: Unhandled`, `{"errorType": "Sandbox.Timedout", "errorMessage":
+  "RequestId: ... Error: Task timed out after 3.00 seconds"}`) and the environment is
+  discarded;
+- **discarded after a crash** (the process died: `Runtime.ExitError`); a function error
+  (the handler raised) keeps it, as on Lambda.
+
+Each environment has its own dummy access key id, so the endpoint can tell which
+environment made a call (runner.local.chaos uses it to crash "the worker that claimed").
+The variables it runs with are built by runner.local.lambda_config: the template's, then
+the stack's overlay, then Lambda's reserved ones, which nothing may override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runner.local.lambda_config import FunctionConfig, environment_variables
+
+log = logging.getLogger(__name__)
+
+# Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
+INIT_TIMEOUT_SECONDS = 10.0
+# How often a wait for a reply checks that the worker is still alive (a process it started
+# may hold the reply pipe open after it died).
+LIVENESS_CHECK_SECONDS = 0.5
+# How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
+FREEZE_WAIT_SECONDS = 0.5
+
+
+class RuntimeStatus(enum.Enum):
+    INACTIVE = "inactive"  # no process yet
+    READY = "ready"  # warm and frozen, free to serve
+    INVOKING = "invoking"  # reserved for, or running, one invocation
+    STOPPED = "stopped"  # discarded; never used again
+
+
+class InvalidStatus(Exception):
+    """The environment is not in a state that allows this."""
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """What Invoke answers: the payload, and `Unhandled` if the invocation failed."""
+
+    payload: bytes
+    function_error: str | None = None
+    error_type: str | None = None
+    environment_id: str = ""
+    duration_s: float = 0.0
+    init_s: float | None = None  # set on a cold start
+    discarded: bool = False  # the environment was reset (timeout, crash)
+
+
+def _error(request_id: str, error_type: str, message: str) -> bytes:
+    body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"}
+    return json.dumps(body).encode()
+
+
+class _Lines:
+    """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
+
+    def __init__(self, fd: int, alive: Callable[[], bool]) -> None:
+        self.fd = fd
+        self.alive = alive  # a process that died answers nothing more, whoever holds its pipe
+        self._buffer = b""
+
+    def next(self, deadline: float) -> dict[str, Any] | None:
+        """The next message; None at end of file or once the writer died. Raises
+        TimeoutError past `deadline`."""
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.fd], [], [], min(left, LIVENESS_CHECK_SECONDS))
+            if not ready:
+                if not self.alive():
+                    return None
+                continue
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+
+class ExecutionEnvironment:
+    """One worker process of one function; see the module docstring for its life."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        *,
+        number: int,
+        overlay: Mapping[str, str],
+        spawn: Callable[[Callable[[], subprocess.Popen[bytes]]], subprocess.Popen[bytes]],
+        python: str = sys.executable,
+    ) -> None:
+        self.config = config
+        self.number = number
+        self.id = f"{config.name}-{number}-{uuid.uuid4().hex[:8]}"
+        # 20 characters, as AWS's are (moto reads the key id from the signature).
+        self.access_key_id = f"ASIALOCALENV{number:08d}"
+        self.status = RuntimeStatus.INACTIVE
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self.init_s: float | None = None
+        self._overlay = dict(overlay)
+        self._spawn = spawn
+        self._python = python
+        self._lock = threading.RLock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._invoke_fd = -1
+        self._replies: _Lines | None = None
+        self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
+        self._request_id = ""
+
+    # --- status --------------------------------------------------------------------
+
+    def reserve(self) -> None:
+        with self._lock:
+            if self.status not in (RuntimeStatus.INACTIVE, RuntimeStatus.READY):
+                raise InvalidStatus(f"{self.id} is {self.status.value}")
+            self.status = RuntimeStatus.INVOKING
+
+    def release(self) -> None:
+        with self._lock:
+            if self.status is RuntimeStatus.INVOKING:
+                self.status = RuntimeStatus.READY
+            self.last_used = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # --- life ----------------------------------------------------------------------
+
+    def _start(self) -> float:
+        """Spawn the worker and wait for its Init; returns the init duration."""
+        invoke_read, invoke_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        variables = environment_variables(
+            self.config,
+            overlay=self._overlay,
+            access_key_id=self.access_key_id,
+            environment_id=self.id,
+        )
+        spawned_at = time.time()
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [
+                    self._python,
+                    "-m",
+                    "runner.local.lambda_worker",
+                    f"--invoke-fd={invoke_read}",
+                    f"--reply-fd={reply_write}",
+                    f"--parent={os.getpid()}",
+                    f"--spawned-at={spawned_at}",
+                ],
+                cwd=variables["LAMBDA_TASK_ROOT"],
+                env=variables,
+                pass_fds=(invoke_read, reply_write),
+                stdin=subprocess.DEVNULL,
+                # Its own process group: Ctrl-C in a terminal is for the stack, and the
+                # environment's signals reach what its handler starts.
+                start_new_session=True,
+            )
+
+        try:
+            self._process = self._spawn(popen)
+        finally:
+            os.close(invoke_read)
+            os.close(reply_write)
+        self._invoke_fd = invoke_write
+        process = self._process
+        self._replies = _Lines(reply_read, lambda: process.poll() is None)
+        deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
+        try:
+            ready = self._replies.next(deadline)
+        except TimeoutError:
+            ready = {"init_error": {"errorType": "Sandbox.Timedout", "errorMessage": "init"}}
+        if ready is None or "init_error" in ready:
+            problem = (ready or {}).get("init_error") or {
+                "errorType": "Runtime.ExitError",
+                "errorMessage": f"Runtime exited during init ({self._exit_reason()})",
+            }
+            self.stop()
+            raise EnvironmentInitError(problem)
+        self.init_s = float(ready["ready"])
+        log.info("cold start: %s ready in %.2f s (pid %s)", self.id, self.init_s, self.pid)
+        return self.init_s
+
+    def invoke(self, payload: bytes) -> InvocationResult:
+        """Run one invocation; the environment must be reserved (`reserve`)."""
+        with self._lock:
+            if self.status is not RuntimeStatus.INVOKING:
+                raise InvalidStatus(f"{self.id} is {self.status.value}, not reserved")
+            self._forced = None
+            self._request_id = request_id = str(uuid.uuid4())
+        started = time.monotonic()
+        init_s = None
+        if self._process is not None and self._process.poll() is not None:
+            # Killed while frozen (a fault that came after its last reply): start afresh.
+            self._close()
+        if self._process is None:
+            try:
+                init_s = self._start()
+            except EnvironmentInitError as exc:
+                return InvocationResult(
+                    json.dumps(exc.error).encode(),
+                    "Unhandled",
+                    exc.error.get("errorType"),
+                    self.id,
+                    discarded=True,
+                )
+        assert self._process is not None and self._replies is not None
+        self.invocations += 1
+        deadline = time.monotonic() + self.config.timeout
+        message = {
+            "request_id": request_id,
+            "payload": json.loads(payload) if payload else {},
+            "deadline": time.time() + self.config.timeout,
+        }
+        self._signal(signal.SIGCONT)
+        try:
+            os.write(self._invoke_fd, (json.dumps(message) + "\n").encode())
+            reply = self._replies.next(deadline)
+        except TimeoutError:
+            self._forced = self._forced or "timeout"
+            reply = None
+        except OSError:  # the pipe broke: the process is gone
+            reply = None
+        duration = time.monotonic() - started
+        if reply is None:
+            return self._discard(request_id, duration, init_s)
+        self._freeze()
+        if "error" in reply:
+            body = json.dumps(reply["error"]).encode()
+            error_type = reply["error"].get("errorType")
+            return InvocationResult(body, "Unhandled", error_type, self.id, duration, init_s)
+        return InvocationResult(
+            json.dumps(reply.get("result")).encode(), None, None, self.id, duration, init_s
+        )
+
+    def _discard(self, request_id: str, duration: float, init_s: float | None) -> InvocationResult:
+        """A timed-out or crashed invocation: kill the process, report as Lambda does."""
+        forced = self._forced
+        reason = self._exit_reason() if forced != "timeout" else ""
+        self.stop()
+        if forced == "timeout":
+            error_type = "Sandbox.Timedout"
+            payload = _error(
+                request_id, error_type, f"Task timed out after {self.config.timeout:.2f} seconds"
+            )
+        else:
+            error_type = "Runtime.ExitError"
+            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
+        log.warning("%s: %s after %.2f s; environment discarded", self.id, error_type, duration)
+        return InvocationResult(payload, "Unhandled", error_type, self.id, duration, init_s, True)
+
+    def _exit_reason(self) -> str:
+        process = self._process
+        if process is None:
+            return "not started"
+        try:
+            code = process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "unknown"
+        if code < 0:
+            name = signal.Signals(-code).name.removeprefix("SIG").lower()
+            return f"signal: {'killed' if name == 'kill' else name}"
+        return f"exit status {code}"
+
+    def force(self, how: str) -> bool:
+        """End the running invocation now, as a crash or as a timeout (the chaos layer's
+        faults); True if there was one to end."""
+        with self._lock:
+            if self.status is not RuntimeStatus.INVOKING or self._process is None:
+                return False
+            self._forced = how
+            self._signal(signal.SIGKILL)
+            return True
+
+    def _freeze(self) -> None:
+        """SIGSTOP, and wait (briefly) until the process is stopped: frozen until the next
+        invocation, as Lambda freezes an environment once its invocation has returned."""
+        self._signal(signal.SIGSTOP)
+        pid = self.pid
+        if pid is None:
+            return
+        deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return  # gone, or no /proc: nothing to wait for
+            if state in ("T", "t", "Z", "X"):
+                return
+            time.sleep(0.0005)
+
+    def _signal(self, signum: int) -> None:
+        """Signal the environment's whole process group (the worker leads its own), as
+        Lambda freezes or ends everything in the sandbox, processes a handler started too."""
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+
+    def stop(self) -> None:
+        """Discard the environment: kill its process (frozen or not) and close its pipes."""
+        with self._lock:
+            self.status = RuntimeStatus.STOPPED
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            if self._invoke_fd >= 0:
+                os.close(self._invoke_fd)
+                self._invoke_fd = -1
+            if self._replies is not None:
+                os.close(self._replies.fd)
+                self._replies = None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # its children too
+            process.wait()
+
+
+class EnvironmentInitError(Exception):
+    """The worker failed its Init phase (its handler would not import, or it died)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("errorMessage", "init failed"))
+        self.error = error
