@@ -38,6 +38,7 @@ from runner.registry import TaskDefinition, TaskRegistry
 
 if TYPE_CHECKING:
     from runner.client import TaskRunnerClient
+    from runner.model import Task
 
 
 def _status(value: str) -> str:
@@ -158,8 +159,30 @@ class Cli(_Commands):
 
     def sweep(self) -> dict[str, Any]:
         """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run
-        (this Scans the whole table; the scheduled sweep reads one segment a run)."""
-        return self._get_client().app.sweeper.sweep(full_scan=True).as_dict()
+        (this Scans the whole table; the scheduled sweep reads one segment a run). PENDING
+        tasks of types this shell does not register are left for the deployment's sweep."""
+        from collections import Counter
+
+        from runner.cli_args import TASK_MODULES_HINT
+
+        app = self._get_client().app
+        skipped: Counter[str] = Counter()
+
+        def runnable(task: Task) -> bool:
+            if task.type in app.registry:
+                return True
+            skipped[task.type] += 1
+            return False
+
+        report: dict[str, Any] = {**app.sweeper.sweep(full_scan=True, runnable=runnable).as_dict()}
+        if skipped:
+            count = sum(skipped.values())
+            report["orphans_skipped"] = count
+            report["note"] = (
+                f"left {count} PENDING task(s) of types not registered here"
+                f" ({', '.join(sorted(skipped))}) for the deployment to run; {TASK_MODULES_HINT}"
+            )
+        return report
 
 
 def default_client(registry: TaskRegistry) -> TaskRunnerClient:
