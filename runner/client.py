@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from runner.app import App
-from runner.errors import TaskConflict, UnknownTaskType
+from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
 from runner.executor import Outcome
 from runner.items import iso
 from runner.model import ClaimSource, Task, TaskStatus
@@ -28,12 +28,19 @@ class TaskRunnerClient:
         """Validate data against the type's model, then insert the task as PENDING."""
         definition = self.app.registry.get(task_type)
         model = definition.parse_input(data)
+        # By alias: the stored data is validated again when the task runs. Validated here
+        # too, so what cannot come back from its JSON form is refused now, not then.
+        stored = model.model_dump(mode="json", by_alias=True)
+        try:
+            definition.parse_input(stored)
+        except InvalidTaskInput as exc:
+            raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
         now = iso(self.app.store.clock())
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=definition.type,
             status=TaskStatus.PENDING,
-            data=model.model_dump(mode="json"),
+            data=stored,
             created_at=now,
             updated_at=now,
         )
