@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from runner.local.endpoint import EndpointError
+from runner.local.parent_watch import watch_parent
 from runner.local.server import DEFAULT_STAGE, LocalStack
 from runner.local.template import ROOT
 
@@ -44,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=None, help="POWERTOOLS_LOG_LEVEL for the handlers (INFO, ...)"
     )
+    serve.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the parent process exits, even killed outright (make dev)",
+    )
     return parser
 
 
@@ -53,13 +60,18 @@ def serve(
     sweep_interval: float | None,
     log_level: str | None,
     service_dir: Path = ROOT,
+    exit_with_parent: bool = False,
 ) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal stops the stack (and its endpoint process) cleanly.
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in stopping}
+    if exit_with_parent:
+        watch_parent(stop.set)
     try:
         with LocalStack.start(
             port=port,
@@ -69,6 +81,7 @@ def serve(
             service_dir=service_dir,
         ) as stack:
             sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
+            python, aws = _typed(sys.executable, "python"), _typed(sys.executable, "aws")
             lines = [
                 f"Local stack ready in {stack.started_in:.1f} s: {stack.endpoint_url}",
                 f"  table {stack.table_name}, state machine {stack.state_machine_arn}",
@@ -76,8 +89,8 @@ def serve(
                 "In another terminal:",
                 *[f"  {line}" for line in stack.exports()],
                 "Then e.g.:",
-                "  python -m runner.cli create-task example-task --message hello",
-                f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
+                f"  {python} -m runner.cli create-task example-task --message hello",
+                f"  {aws} --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
                 f"--state-machine-arn {stack.state_machine_arn}",
                 "Ctrl-C stops it. The data is in memory: a restart begins with an empty table.",
             ]
@@ -91,6 +104,16 @@ def serve(
     return 0
 
 
+def _typed(executable: str, tool: str) -> str:
+    """How to type this environment's `tool` (`.venv/bin/aws`), so the printed lines work
+    in a shell whose PATH lacks the virtualenv."""
+    path = Path(executable) if tool == "python" else Path(executable).parent / tool
+    if not path.exists():
+        return tool
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute) if absolute.startswith(os.getcwd() + os.sep) else absolute
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -98,7 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(
-                args.port, args.stage, args.sweep_interval, args.log_level, args.service_dir
+                args.port,
+                args.stage,
+                args.sweep_interval,
+                args.log_level,
+                args.service_dir,
+                args.exit_with_parent,
             )
         from runner.local.demo import run_demo
 
