@@ -1,5 +1,6 @@
-"""`make dev` as a user runs it: on its fixed (overridable) port, and stopped by a signal to
-make's own process, the whole stack with it."""
+"""`make dev` as a user runs it: on its fixed (overridable) port, its suggested lines working
+as printed, and stopped, the whole stack with it, by a SIGTERM to make's own process or
+by make's death."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, START_TIMEOUT_SECONDS, base_env
+from tests.e2e.conftest import ROOT, START_TIMEOUT_SECONDS, base_env, user_path
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +59,8 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> None:
-    # Given `make dev` on a chosen port
-    port = free_port()
+def start_make_dev(port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`make dev` on `port`, and what it printed up to its last line before serving."""
     make = subprocess.Popen(
         ["make", "--no-print-directory", "dev", f"DEV_PORT={port}"],
         cwd=ROOT,
@@ -73,10 +73,17 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
     lines = []
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     for line in make.stdout:
-        lines.append(line)
+        lines.append(line.rstrip("\n"))
         if line.startswith("Ctrl-C stops it") or time.monotonic() > deadline:
             break
-    output = "".join(lines)
+    return make, lines
+
+
+def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> None:
+    # Given `make dev` on a chosen port
+    port = free_port()
+    make, lines = start_make_dev(port)
+    output = "\n".join(lines)
     stack: set[int] = set()
     try:
         # Then it serves that port, and its export lines say so
@@ -86,6 +93,21 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         assert listening(port)
         stack = descendants(make.pid)
         assert stack, "no stack processes under make"
+
+        # And the lines it suggests work as printed, in a shell of a user's PATH
+        exports = [line.strip() for line in lines if line.strip().startswith("export ")]
+        examples = lines[lines.index("Then e.g.:") + 1 : -1]
+        tried = subprocess.run(
+            ["bash", "-e", "-c", "\n".join(exports + [line.strip() for line in examples])],
+            cwd=ROOT,
+            env={**base_env(), "PATH": user_path()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert tried.returncode == 0, f"{examples}\n{tried.stderr}"
+        assert '"type": "EXAMPLE_TASK"' in tried.stdout and '"executions"' in tried.stdout
 
         # When make itself is sent SIGTERM, as `kill <pid of make dev>` does
         make.send_signal(signal.SIGTERM)
@@ -99,6 +121,30 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         assert not listening(port)
     finally:  # what outlived make is an orphan now: kill what was found under it
         for pid in stack | descendants(make.pid) | {make.pid}:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_make_dev_killed_outright_takes_the_stack_with_it() -> None:
+    # Given `make dev` serving
+    port = free_port()
+    make, lines = start_make_dev(port)
+    stack = descendants(make.pid)
+    try:
+        assert listening(port) and stack, "\n".join(lines)
+
+        # When make is killed outright, which lets it pass nothing on
+        make.kill()
+        make.wait(timeout=30)
+
+        # Then the stack notices its parent is gone and stops, endpoint process and all
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in stack) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in stack if alive(pid)], "the stack outlived make"
+        assert not listening(port)
+    finally:
+        for pid in stack:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
