@@ -43,13 +43,15 @@ class TasksTable:
         try:
             response: dict[str, Any] = self.retry_policy.call(method, sleep=self._sleep, **kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") == "ConditionalCheckFailedException":
-                raise TaskConflict(error.get("Message", "condition failed")) from exc
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ConditionalCheckFailedException":
+                raise TaskConflict("condition failed") from exc
+            # Only the code: AWS's message may quote the request's values (task data).
             raise StoreError(
-                f"DynamoDB {operation} failed: {error.get('Code')}: {exc}",
-                transient=is_transient(exc),
+                f"DynamoDB {operation} failed: {code}", transient=is_transient(exc), code=code
             ) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"DynamoDB {operation} failed: {exc}", transient=True) from exc
+            raise StoreError(
+                f"DynamoDB {operation} failed: {type(exc).__name__}", transient=True
+            ) from exc
         return response
