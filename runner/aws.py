@@ -164,3 +164,11 @@ class AwsClients:
     @property
     def stepfunctions(self) -> Any:
         return self.client("stepfunctions")
+
+    @property
+    def sqs(self) -> Any:
+        return self.client("sqs")
+
+    @property
+    def dynamodbstreams(self) -> Any:
+        return self.client("dynamodbstreams")

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed
-from runner.executor import Outcome, TaskRunner, describe_error
+from runner.dispatch import Dispatcher
+from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed, WorkflowError
+from runner.executor import Outcome, describe_error
 from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskStatus
@@ -52,9 +53,10 @@ def _sequence_number(record: Any) -> str | None:
 class StreamProcessor:
     """Runs the PENDING INSERTs of a stream batch, all at once up to a concurrency bound."""
 
-    def __init__(self, runner: TaskRunner, *, max_concurrency: int | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, *, max_concurrency: int | None = None) -> None:
         # None: as many workers as records, so a batch of one-second tasks takes ~1 s.
-        self.runner = runner
+        self.dispatcher = dispatcher
+        self.runner = dispatcher.runner
         self.max_concurrency = max_concurrency
         self.log = get_logger()
 
@@ -109,10 +111,18 @@ class StreamProcessor:
             if sequence is None:
                 return _RecordResult(malformed=True)
             return _RecordResult(failed_sequence=sequence)
-        except Exception:
+        except WorkflowError as exc:
+            self.log.error(
+                "task not handed to the workflow; reporting the record as failed",
+                extra={"sequence_number": sequence, "error": str(exc)},
+            )
+            return _RecordResult(failed_sequence=sequence) if sequence else _RecordResult()
+        except Exception as exc:
             # Never let one record break the batch; the sweeper recovers what this leaves.
-            self.log.exception(
-                "unexpected error processing record", extra={"sequence_number": sequence}
+            # Only the type: an unexpected exception's text may quote the record's data.
+            self.log.error(
+                "unexpected error processing record",
+                extra={"sequence_number": sequence, "error_type": type(exc).__name__},
             )
             return _RecordResult(failed_sequence=sequence) if sequence else _RecordResult()
 
@@ -149,7 +159,7 @@ class StreamProcessor:
             task = task_from_item(values)
         except MalformedTask as exc:
             return self._fail_unreadable(values, exc)
-        outcome = self.runner.run_claimable(
+        outcome = self.dispatcher.dispatch(
             task, source=ClaimSource.STREAM, remaining_seconds=remaining
         )
         return _RecordResult(outcome=outcome)
