@@ -136,16 +136,21 @@ class AwsClients:
             if service not in self._clients:
                 if self._session is None:
                     self._session = botocore.session.get_session()
+                config = Config(
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=MAX_POOL_CONNECTIONS,
+                    connect_timeout=5,
+                    read_timeout=30,
+                )
+                if service == "s3":
+                    # Presigned links by SigV4 (X-Amz-Expires, at most 7 days): botocore
+                    # would sign them with SigV2 in us-east-1, which S3 is retiring.
+                    config = config.merge(Config(signature_version="s3v4"))
                 self._clients[service] = self._session.create_client(
                     service,
                     region_name=self.settings.region,
                     endpoint_url=self.settings.endpoint_url,
-                    config=Config(
-                        retries={"total_max_attempts": 1, "mode": "standard"},
-                        max_pool_connections=MAX_POOL_CONNECTIONS,
-                        connect_timeout=5,
-                        read_timeout=30,
-                    ),
+                    config=config,
                 )
             return self._clients[service]
 

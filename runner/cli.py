@@ -131,6 +131,25 @@ class Cli(_Commands):
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
         _emit(self._get_client().retry_task(task_id))
 
+    def export_link(self, task_id: str, hours: int = 1) -> None:
+        """Sign a fresh download link for a finished EXPORT_DB task, with your own
+        credentials (valid for up to --hours, at most 168; sooner if they expire)."""
+        if isinstance(hours, bool) or not isinstance(hours, int):
+            raise ValueError(f"--hours must be a whole number, not {hours!r}")
+        from tasks.export_db import MAX_LINK_SECONDS, presigned_link
+
+        if not 1 <= hours <= MAX_LINK_SECONDS // 3600:
+            raise ValueError(f"--hours must be 1 to {MAX_LINK_SECONDS // 3600}")
+        client = self._get_client()
+        task = client.get_task(task_id)
+        result = task.result if isinstance(task.result, dict) else {}
+        if task.type != "EXPORT_DB" or task.status.value != "DONE" or "key" not in result:
+            raise ValueError(f"task {task_id} is not a finished EXPORT_DB task")
+        url = presigned_link(
+            client.app.clients.s3, str(result["bucket"]), str(result["key"]), hours * 3600
+        )
+        _emit({"task_id": task.id, "url": url, "valid_for_up_to_hours": hours})
+
     def history(self, task_id: str) -> None:
         """A task's attempts and its workflow executions with their events."""
         task = self._get_client().get_task(task_id)

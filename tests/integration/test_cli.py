@@ -110,3 +110,30 @@ def test_help_works_on_every_command(server_env: dict[str, str], args: tuple[str
     done = cli(server_env, *args, "--help")
     assert done.returncode == 0, done.stderr
     assert "NAME" in done.stdout or "Usage" in done.stdout or "SYNOPSIS" in done.stdout
+
+
+def test_export_link_signs_a_fresh_link_for_a_finished_export(server_env: dict[str, str]) -> None:
+    import boto3
+
+    from runner.items import serialize
+
+    endpoint = server_env["AWS_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="exports-cli")
+    s3.put_object(Bucket="exports-cli", Key="exports/task-x.jsonl.gz", Body=b"{}")
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    done = {
+        "id": "x",
+        "type": "EXPORT_DB",
+        "status": "DONE",
+        "data": {"email": "ops@example.com"},
+        "result": {"bucket": "exports-cli", "key": "exports/task-x.jsonl.gz", "rows": 1},
+    }
+    dynamodb.put_item(TableName=server_env["AWS_DYNAMO_DB_TABLE_NAME"], Item=serialize(done))
+
+    link = ok(server_env, "export-link", "--task-id", "x", "--hours", "2")
+
+    assert link["valid_for_up_to_hours"] == 2
+    assert "X-Amz-Expires=7200" in link["url"] and "exports/task-x.jsonl.gz" in link["url"]
+    refused = cli(server_env, "export-link", "--task-id", "x", "--hours", "200")
+    assert refused.returncode == 1 and "--hours" in refused.stderr
