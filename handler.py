@@ -41,22 +41,24 @@ def process_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "stream event without Records", extra={"event_type": type(event).__name__}
         )
         return {"batchItemFailures": []}
-    with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
-        result = get_app().stream.process(
-            records, remaining_seconds=lambda: _remaining(context) - DEADLINE_MARGIN_SECONDS
+    try:
+        with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
+            result = get_app().stream.process(
+                records, remaining_seconds=lambda: _remaining(context) - DEADLINE_MARGIN_SECONDS
+            )
+        get_logger().info(
+            "batch processed",
+            extra={
+                "records": len(records),
+                "tasks": len(result.outcomes),
+                "ignored": result.ignored,
+                "malformed": result.malformed,
+                "failures": len(result.failed_sequence_numbers),
+            },
         )
-    get_logger().info(
-        "batch processed",
-        extra={
-            "records": len(records),
-            "tasks": len(result.outcomes),
-            "ignored": result.ignored,
-            "malformed": result.malformed,
-            "failures": len(result.failed_sequence_numbers),
-        },
-    )
-    # Every outcome is recorded; a handler still running must not outlive the runtime.
-    runtime.end_if_abandoned()
+    finally:
+        # Every outcome is recorded; a handler still running must not outlive the runtime.
+        runtime.end_if_abandoned()
     return result.response()
 
 
@@ -166,10 +168,12 @@ def sweep(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     _log_context(context)
     remaining = _remaining(context) - DEADLINE_MARGIN_SECONDS
-    with aws_deadline(remaining):
-        report = get_app().sweeper.sweep(
-            remaining_seconds=remaining, scheduled_at=_scheduled_time(event)
-        )
-    get_logger().info("sweep finished", extra=report.as_dict())
-    runtime.end_if_abandoned()
+    try:
+        with aws_deadline(remaining):
+            report = get_app().sweeper.sweep(
+                remaining_seconds=remaining, scheduled_at=_scheduled_time(event)
+            )
+        get_logger().info("sweep finished", extra=report.as_dict())
+    finally:
+        runtime.end_if_abandoned()
     return report.as_dict()
