@@ -27,6 +27,7 @@ from runner.errors import (
     ItemTooLarge,
     MalformedTask,
     RetryableTaskError,
+    StoreError,
     TaskAlreadyClaimed,
     TaskConflict,
     TaskFailure,
@@ -244,9 +245,22 @@ class TaskRunner:
                     )
             except Exception as exc:
                 error = describe_error(exc)
-            outcome = self.record(
-                task, source, result=result, error=error, started=started, lease_until=lease_until
-            )
+            try:
+                outcome = self.record(
+                    task,
+                    source,
+                    result=result,
+                    error=error,
+                    started=started,
+                    lease_until=lease_until,
+                )
+            except StoreError:
+                if lease_until is not None:
+                    # The lease that should hold off a retry was not written, and the
+                    # claim's own lease may end before this invocation does: end the
+                    # runtime now, so the handler cannot outlive it.
+                    runtime.end_if_abandoned()
+                raise
             span.annotate("outcome", outcome.status.value if outcome.status else "LOST_CLAIM")
             return outcome
 
