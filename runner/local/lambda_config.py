@@ -19,6 +19,8 @@ from runner.local.template import ROOT
 
 # The Python runtime the template names, reported in AWS_EXECUTION_ENV.
 RUNTIME = "python3.12"
+# The Runtime API's address in every Lambda environment (AWS_LAMBDA_RUNTIME_API).
+RUNTIME_API = "127.0.0.1:9001"
 # Variables Lambda sets itself; a function configuration that sets one is refused.
 RESERVED_VARIABLES = (
     "_HANDLER",
@@ -122,6 +124,10 @@ def environment_variables(
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            # Where Lambda's runtime finds the Runtime API (the worker speaks over pipes
+            # instead). Set as Lambda sets it: code that ends the runtime when it cannot
+            # stop a handler (runner.runtime) knows by it that it runs in Lambda.
+            "AWS_LAMBDA_RUNTIME_API": RUNTIME_API,
             "AWS_ACCESS_KEY_ID": access_key_id,
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing",

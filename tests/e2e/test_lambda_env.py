@@ -79,6 +79,7 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
         "AWS_LAMBDA_FUNCTION_VERSION",
         "AWS_LAMBDA_LOG_GROUP_NAME",
         "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_RUNTIME_API",
         "_HANDLER",
         "LAMBDA_TASK_ROOT",
         "AWS_ACCESS_KEY_ID",
@@ -102,6 +103,8 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
     assert one["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
     assert one["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/one"
     assert one["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.12"
+    # Set as Lambda sets it (runner.runtime ends a runtime it finds it in)
+    assert one["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
     assert one["_HANDLER"] == f"{HANDLERS}.echo"
     assert one["LAMBDA_TASK_ROOT"] and one["TZ"] == ":UTC"
     # Each environment signs with a key id of its own, so the endpoint can tell them apart
