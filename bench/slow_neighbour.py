@@ -6,12 +6,11 @@ later batch of the shard waits for it too. With ParallelizationFactor N, Lambda 
 N batches of a shard at once, records spread over them by partition key (records with
 the same key stay in order; tasks all have distinct ids). This section drives the real
 `handler.process_stream` against a moto server, shaping the batches as Lambda documents
-it does for each setting (the local stack's poller does not model the factor).
+it does for each setting (as the local stack's poller does: runner/local/stream_lanes.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 from bench.common import FakeLambdaContext, Figure, clients_for, insert_tasks, pending_item
 from runner.local.motoserver import StreamReader, moto_server
 from runner.local.motoserver import create_tasks_table as create_table
+from runner.local.stream_lanes import lane_of
 
 SECTION = "7. slow neighbours"
 BATCH_SIZE = 100  # processStream's mapping
@@ -31,12 +31,11 @@ FACTOR = 10
 
 
 def _lanes(records: list[dict[str, Any]], factor: int) -> list[list[dict[str, Any]]]:
-    """Records split over `factor` concurrent batches by partition key, in order."""
+    """Records split over `factor` concurrent batches by partition key, in order (as the
+    local stack's poller splits them)."""
     lanes: list[list[dict[str, Any]]] = [[] for _ in range(factor)]
     for record in records:
-        key = record["dynamodb"]["Keys"]["id"]["S"]
-        lane = int(hashlib.md5(key.encode(), usedforsecurity=False).hexdigest(), 16) % factor
-        lanes[lane].append(record)
+        lanes[lane_of(record, factor)].append(record)
     return [lane for lane in lanes if lane]
 
 

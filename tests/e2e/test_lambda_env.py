@@ -160,6 +160,34 @@ def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
     blocker.join()
 
 
+def test_a_function_its_stream_mappings_keep_busy_gets_as_many_environments(
+    service: LambdaService,
+) -> None:
+    # Given functions without a reserved concurrency, one fed by mappings that can have
+    # three batches in flight (ParallelizationFactor x shards), and one with a reserve
+    service.register(
+        [
+            config("lanes", "sleep", timeout=10, unreserved_concurrency=3),
+            config(
+                "reserved", "sleep", timeout=10, reserved_concurrency=1, unreserved_concurrency=3
+            ),
+            config("plain", "sleep", timeout=10),
+        ]
+    )
+
+    # Then each may have that many environments at once (a reserve always wins)
+    assert [service.concurrency(n) for n in ("lanes", "reserved", "plain")] == [3, 1, 2]
+    calls = [
+        threading.Thread(target=invoke, args=(service, "lanes", {"seconds": 0.5})) for _ in range(3)
+    ]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+    assert service.stats()["lanes"]["throttles"] == 0
+    assert service.stats()["lanes"]["peak_concurrency"] == 3
+
+
 def test_the_functions_timeout_kills_the_invocation_with_lambdas_error_and_resets(
     service: LambdaService,
 ) -> None:
