@@ -129,7 +129,9 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
             attempts = get_app().attempts
             if mode == "exhaust":
                 error = event.get("error")
-                return attempts.exhaust(given, error if isinstance(error, str) else None)
+                return attempts.exhaust(
+                    given, error if isinstance(error, str) else None, remaining_seconds=remaining
+                )
             if mode != "run":
                 raise PermanentTaskError(f"run_task: unknown mode {str(mode)[:20]!r}")
             return attempts.run(given, remaining_seconds=remaining).as_dict()

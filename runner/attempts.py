@@ -8,6 +8,8 @@ Every answer is a signal the state machine matches by name (statemachine/retry.a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,12 @@ S = TaskStatus
 EXHAUSTED, DONE, SUPERSEDED = "exhausted", "done", "superseded"
 # Re-reads when the task changes between the exhaust's read and its write.
 EXHAUST_TRIES = 3
+# A live lease that ends this soon is waited out here, in the invocation, rather than by
+# the state machine's TaskLeaseHeld retry, whose waits grow with each one (a lease cut to
+# a few seconds at a runtime's end, runner.runtime, is the common case).
+SHORT_LEASE_WAIT_SECONDS = 10.0
+# Kept back from the invocation's time when waiting for a lease here.
+LEASE_WAIT_MARGIN_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,17 @@ class AttemptInput:
 class WorkflowAttempts:
     """What run_task does for one execution of the retry state machine."""
 
-    def __init__(self, runner: TaskRunner) -> None:
+    def __init__(
+        self,
+        runner: TaskRunner,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.runner = runner
         self.store = runner.store
+        self._sleep = sleep
+        self._monotonic = monotonic
         self.log = get_logger()
 
     def run(self, given: AttemptInput, *, remaining_seconds: float | None = None) -> Outcome:
@@ -60,19 +76,30 @@ class WorkflowAttempts:
         """
         definition = self.runner.definition_or_none(given.task_type)
         allowed = definition.max_attempts if definition else None
-        lease = self.runner.lease_seconds(definition, remaining_seconds)
-        try:
-            task = self.store.claim_for_retry(
-                given.task_id,
-                episode=given.episode,
-                lease_seconds=lease,
-                allowed_attempts=allowed,
-                created_at=given.created_at,
+        started = self._monotonic()
+        while True:
+            left = (
+                None
+                if remaining_seconds is None
+                else remaining_seconds - (self._monotonic() - started)
             )
-        except ItemTooLarge as exc:
-            raise TaskFailedPermanently(f"task item too large: {exc}") from exc
-        except TaskConflict as exc:
-            return self._not_claimed(given, exc.old if isinstance(exc.old, Task) else None, allowed)
+            lease = self.runner.lease_seconds(definition, left)
+            try:
+                task = self.store.claim_for_retry(
+                    given.task_id,
+                    episode=given.episode,
+                    lease_seconds=lease,
+                    allowed_attempts=allowed,
+                    created_at=given.created_at,
+                )
+                break
+            except ItemTooLarge as exc:
+                raise TaskFailedPermanently(f"task item too large: {exc}") from exc
+            except TaskConflict as exc:
+                old = exc.old if isinstance(exc.old, Task) else None
+                if not self._waited_for_lease(old, left):
+                    return self._not_claimed(given, old, allowed)
+        remaining_seconds = left
         outcome = self.runner.run_claimed(task, ClaimSource.WORKFLOW, remaining_seconds)
         if outcome.status is S.RETRYING:
             if allowed is None:
@@ -88,6 +115,24 @@ class WorkflowAttempts:
             kind = outcome.error.type if outcome.error else "error"
             raise TaskFailedPermanently(f"the task failed for good ({kind})")
         return outcome
+
+    def _waited_for_lease(self, task: Task | None, remaining_seconds: float | None) -> bool:
+        """If a live lease holds the task and ends within `SHORT_LEASE_WAIT_SECONDS` (and
+        this invocation has the time), sleep until it has passed; True if it slept."""
+        if task is None or task.lease_expires_at is None:
+            return False
+        # Leases are whole epoch seconds, compared as `lease < now`: one more second.
+        wait = task.lease_expires_at + 1 - self.store.clock().timestamp()
+        if wait <= 0 or wait > SHORT_LEASE_WAIT_SECONDS:
+            return False
+        if remaining_seconds is not None and remaining_seconds - wait < LEASE_WAIT_MARGIN_SECONDS:
+            return False
+        self.log.info(
+            "waiting for a lease that ends soon",
+            extra={"task_id": task.id, "seconds": round(wait, 1)},
+        )
+        self._sleep(wait)
+        return True
 
     def _not_claimed(self, given: AttemptInput, old: Task | None, allowed: int | None) -> Outcome:
         """Why the claim was refused, as the state machine must hear it."""
@@ -128,7 +173,9 @@ class WorkflowAttempts:
 
     # --- the Catch: retries exhausted ------------------------------------------------
 
-    def exhaust(self, given: AttemptInput, reason: str | None) -> dict[str, Any]:
+    def exhaust(
+        self, given: AttemptInput, reason: str | None, *, remaining_seconds: float | None = None
+    ) -> dict[str, Any]:
         """The state machine gave up (`reason`: the error its Catch caught): FAILED with
         retries exhausted, unless a live claim holds the task (TaskLeaseHeld: wait) or
         it is done or another episode's. Returns {"outcome": exhausted|done|superseded}."""
@@ -147,6 +194,8 @@ class WorkflowAttempts:
                 task.lease_expires_at is not None
                 and task.lease_expires_at >= self.store.now_epoch()
             ):
+                if self._waited_for_lease(task, remaining_seconds):
+                    continue
                 raise TaskLeaseHeld(f"task {given.task_id} is held by a live lease")
             try:
                 self.store.exhaust(task, self._final_error(task, reason))

@@ -18,6 +18,7 @@ import pytest
 import handler
 from runner import runtime
 from runner.app import App
+from runner.attempts import AttemptInput, WorkflowAttempts
 from runner.errors import RegistryError, RetryableTaskError, StoreError, TaskLeaseHeld
 from runner.items import utcnow
 from runner.model import TaskStatus
@@ -114,8 +115,10 @@ def test_a_timed_out_sync_handler_is_never_overlapped_by_its_retry(
     assert events[0][1] >= int(utcnow().timestamp()) + 290  # the lease it cut
     assert task.lease_expires_at is not None
     assert task.lease_expires_at <= int(utcnow().timestamp()) + runtime.EXIT_LEASE_SECONDS + 1
+    # (an attempt with the time would wait those seconds out: here the thread lives on,
+    # since os._exit was not run, so the attempt is given too little time to wait)
     with pytest.raises(TaskLeaseHeld):
-        handler.run_task({"task_id": "t", "episode": 1}, FakeLambdaContext())
+        handler.run_task({"task_id": "t", "episode": 1}, FakeLambdaContext(seconds=12))
     assert work.runs == 1
 
     # And once the lease is over (the first run is long gone), the retry runs alone
@@ -186,6 +189,38 @@ def test_outside_lambda_a_lease_holds_while_its_work_runs_and_goes_once_it_ends(
     handler.run_task({"task_id": "o", "episode": 1}, FakeLambdaContext())
     assert lambda_app.store.get("o").status is TaskStatus.DONE
     assert work.most == 1 and work.runs == 2
+
+
+def test_an_attempt_waits_out_a_lease_that_ends_in_seconds_in_its_own_invocation(
+    lambda_app: App,
+) -> None:
+    # Given a task whose last attempt's lease was cut to a few seconds (its runtime ended)
+    put_raw(
+        lambda_app.clients.dynamodb,
+        lambda_app.settings.table_name,
+        {
+            **pending("w", "NOOP_TASK", {}),
+            "status": "FAILED",
+            "retryable": True,
+            "episode": 1,
+            "lease_expires_at": int(utcnow().timestamp()) + runtime.EXIT_LEASE_SECONDS,
+        },
+    )
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # time passes for the store too
+        slept.append(seconds)
+        passed = sum(slept)
+        lambda_app.store.clock = lambda: utcnow() + timedelta(seconds=passed)
+
+    attempts = WorkflowAttempts(lambda_app.runner, sleep=sleep)
+
+    # When the workflow's attempt comes, with the time to wait
+    outcome = attempts.run(AttemptInput("w", 1, "NOOP_TASK"), remaining_seconds=800)
+
+    # Then it waited those seconds here (no TaskLeaseHeld round trip) and ran the task
+    assert outcome.status is TaskStatus.DONE
+    assert len(slept) == 1 and 0 < slept[0] <= runtime.EXIT_LEASE_SECONDS + 1
 
 
 def test_an_async_handler_with_hung_thread_work_does_not_hold_its_record(
