@@ -117,7 +117,14 @@ def test_always_failing_task_ends_failed_with_its_retries_exhausted(
 
     assert task["status"] == "FAILED"
     sfn = local_stack.client("stepfunctions")
-    execution = sfn.describe_execution(executionArn=task["executions"][0])
+    # the exhaust step writes the task before the execution reaches its Fail state,
+    # on AWS as here: wait for the execution to close, then check how it closed
+    deadline = time.monotonic() + 10
+    while (execution := sfn.describe_execution(executionArn=task["executions"][0]))[
+        "status"
+    ] == "RUNNING":
+        assert time.monotonic() < deadline, execution
+        time.sleep(0.1)
     assert execution["status"] == "FAILED"
 
 
