@@ -203,7 +203,8 @@ class FaultyClient:
         world.refuse_if_killed()
         site = site_of(operation)
         task = task_of(self._service, operation, kwargs, world)
-        kind = world.fault_for(site, task)
+        # Called outside every fiber, the caller is AWS itself (Step Functions' own calls).
+        kind = world.fault_for(site, task, process=world.scheduler.current() is not None)
         if kind is FaultKind.CRASH_BEFORE:
             world.crash(f"crash before {site}")
         elif kind is FaultKind.TIMEOUT:

@@ -140,7 +140,8 @@ class Checker:
             self._holders[str(token_new)] = write.actor
         if write.new is None or write.old is None:
             return
-        if new_status != "PROCESSING" and "lease_expires_at" in new:
+        # A write that changes the status answers for what it leaves on the item.
+        if new_status not in (old_status, "PROCESSING") and "lease_expires_at" in new:
             self._add(
                 "I4",
                 write.task,
@@ -148,7 +149,7 @@ class Checker:
                 site=write.site,
                 actor=write.actor,
             )
-        if new.get("retries_exhausted") and token_new:
+        if new.get("retries_exhausted") and not old.get("retries_exhausted") and token_new:
             self._add(
                 "I4",
                 write.task,
@@ -237,14 +238,33 @@ class Checker:
 
     # --- once settled --------------------------------------------------------------------
 
+    def _count_doubles(self) -> None:
+        """Effects of two overlapping attempts (both made one): double effects."""
+        effects = {
+            (e.task, e.nonce, e.attempt) for e in self.world.ledger.events if e.kind == "effect"
+        }
+        for task, nonce, _attempt, later in self.overlaps:
+            if (task, nonce, later) in effects:
+                self.doubles.append((task, nonce))
+
     def final(self) -> list[Violation]:
         before = len(self.violations)
         world = self.world
+        self._count_doubles()
         attribute = world.topology.table.ttl_attribute
         for info in world.tasks.values():
             if info.deleted:
                 if not info.final_when_deleted:
-                    self._add("I3", info.id, "TTL deleted the task before it was final")
+                    deleted = [
+                        w for w in world.ledger.writes if w.task == info.id and w.new is None
+                    ]
+                    old = deleted[-1].old if deleted and deleted[-1].old else {}
+                    self._add(
+                        "I3",
+                        info.id,
+                        f"TTL deleted the task while {_status(old)}",
+                        **_state(world, old),
+                    )
                 continue
             item = world.snapshot(info.id)
             if item is None:

@@ -51,7 +51,8 @@ def _writes(world: World, task: str | None) -> list[Any]:
 
 
 def _last_site(world: World, violation: Violation) -> str:
-    writes = _writes(world, violation.task)
+    """The site of the last write the runner made to the task (not TTL's delete)."""
+    writes = [w for w in _writes(world, violation.task) if not w.site.startswith("TTL:")]
     return writes[-1].site if writes else ""
 
 

@@ -112,6 +112,20 @@ def _git(*args: str) -> str:
     return done.stdout.strip() or "unknown"
 
 
+def summary(result: RunResult, matrix: Matrix) -> list[str]:
+    """A few lines for pytest's summary: what ran, and what it found."""
+    cells = [c for (site, _), c in matrix.cells.items() if site != NO_FAULT]
+    found: Counter[str] = Counter()
+    for (_, defect, _), count in matrix.violations.items():
+        found[f"known defect {defect}" if defect else "NEW"] += count
+    return [
+        f"  {len(result.reports)} examples (seed {result.seed}, up to {result.steps} steps) in "
+        f"{result.seconds:.0f} s; {sum(c.runs for c in cells)} faulted task runs at "
+        f"{len({site for site, _ in matrix.cells if site != NO_FAULT})} call sites",
+        "  violations: " + (", ".join(f"{k}: {v}" for k, v in sorted(found.items())) or "none"),
+    ]
+
+
 def render(result: RunResult, matrix: Matrix) -> str:
     lines = [
         f"Protocol simulation ({result.mode}): seed {result.seed}, {len(result.reports)} examples "

@@ -154,7 +154,10 @@ class World:
             return invocation.id
         return self.sfn_actor or "harness"
 
-    def fault_for(self, site: str, task: str) -> FaultKind | None:
+    def fault_for(self, site: str, task: str, *, process: bool = True) -> FaultKind | None:
+        """The fault this call meets, if any. `process`: the caller is a process that can
+        crash or hang (a Lambda, the CLI); a call Step Functions itself makes cannot, so
+        there a crash or a hang is the error or the lost reply it would look like."""
         budget = self.budget
         if site.startswith("ASL:"):
             budget = self._asl_budget(site)
@@ -162,7 +165,7 @@ class World:
         if kind is None:
             return None
         invocation = self.lambdas.current()
-        if self.scheduler.current() is None:  # a call AWS makes (Step Functions): no process
+        if not process:
             kind = {
                 FaultKind.CRASH_BEFORE: FaultKind.TRANSIENT,
                 FaultKind.TIMEOUT: FaultKind.TRANSIENT,
@@ -283,7 +286,7 @@ class World:
         done: Callable[[Any, asl.StatesError | None], None],
     ) -> None:
         site = f"ASL:{state}:Invoke"
-        kind = self.fault_for(site, task)
+        kind = self.fault_for(site, task, process=True)
         if kind is FaultKind.TRANSIENT:
             done(None, asl.StatesError("Lambda.TooManyRequestsException", "Rate Exceeded."))
             return
