@@ -43,6 +43,7 @@ class RunResult:
     seconds: float
     reports: list[dict[str, Any]] = field(default_factory=list)
     failure: BaseException | None = None
+    unsimulated: tuple[str, ...] = ()
 
     @property
     def falsifying(self) -> str:
@@ -146,6 +147,7 @@ def run(
         version, _, data = blob.partition(":")
         seeded = hypothesis.reproduce_failure(version, data.encode())(seeded)
     with aws_sandbox() as raw:
+        result.unsimulated = load_topology().unsimulated
         campaign = Campaign(
             topology=load_topology(),
             raw=raw,

@@ -156,6 +156,12 @@ def task_of(service: str, operation: str, kwargs: dict[str, Any], world: World) 
         key = kwargs.get("Key") or kwargs.get("Item") or {}
         value = key.get("id", {}).get("S") if isinstance(key, dict) else None
         return value if isinstance(value, str) else TABLE_WIDE
+    if service == "lambda":
+        try:
+            found = json.loads(kwargs.get("Payload") or "{}").get("task_id")
+        except (ValueError, AttributeError):
+            found = None
+        return found if isinstance(found, str) else TABLE_WIDE
     if service == "stepfunctions":
         if "input" in kwargs:
             try:

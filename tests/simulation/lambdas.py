@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import importlib
+import io
 import itertools
+import json
 import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from runner import app as app_module
 from runner.app import App
@@ -222,7 +224,8 @@ class LambdaService:
                 on_done(invocation)
 
         self.scheduler.start(env, body, deadline=deadline, on_done=finished)
-        self.scheduler.run_now()
+        if self.scheduler.current() is None:  # the driver: run it until it first waits
+            self.scheduler.run_now()
         return invocation
 
     def invoke(
@@ -243,3 +246,37 @@ class LambdaService:
 
 def _killer(outcome: str) -> type[SimTimeout] | type[SimCrash] | type[SimExit]:
     return {"timeout": SimTimeout, "exit": SimExit}.get(outcome, SimCrash)
+
+
+class LambdaClient:
+    """What `AwsClients.client("lambda")` hands the runner: Invoke on simulated Lambda
+    (RequestResponse waits, on virtual time, for the invocation; Event does not)."""
+
+    class _Meta:
+        method_to_api_mapping: ClassVar[dict[str, str]] = {"invoke": "Invoke"}
+
+    def __init__(self, lambdas: LambdaService, topology: Any) -> None:
+        self._lambdas = lambdas
+        self._topology = topology
+        self.meta = self._Meta()
+
+    def invoke(
+        self,
+        *,
+        FunctionName: str,
+        Payload: bytes | str = b"{}",
+        InvocationType: str = "RequestResponse",
+        **_: Any,
+    ) -> dict[str, Any]:
+        function = self._topology.function_by_name(FunctionName)
+        event = json.loads(Payload or "{}")
+        invocation = self._lambdas.start(function, event, choice=None)
+        if InvocationType == "Event":
+            return {"StatusCode": 202, "Payload": io.BytesIO(b"")}
+        self._lambdas.scheduler.park(ready=lambda: invocation.done)
+        if invocation.outcome == "ok":
+            body = json.dumps(invocation.result, default=str).encode()
+            return {"StatusCode": 200, "Payload": io.BytesIO(body)}
+        error = invocation.error
+        body = json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}).encode()
+        return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": io.BytesIO(body)}

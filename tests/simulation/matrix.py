@@ -135,6 +135,10 @@ def render(result: RunResult, matrix: Matrix) -> str:
         f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
         f"{matrix.tasks} tasks, {matrix.invocations} Lambda invocations, "
         f"{matrix.sim_seconds / 3600:.0f} h of virtual time",
+    ]
+    if result.unsimulated:
+        lines.append(f"  NOT SIMULATED: event sources {', '.join(result.unsimulated)}")
+    lines += [
         "",
         "Fault matrix (runs: tasks a fault hit at that site; recovered: ended final with no "
         "violation)",

@@ -296,3 +296,23 @@ def test_a_fault_is_named_after_the_runners_method_that_made_the_call() -> None:
         assert sim.item(task.id)["status"] == "DONE"  # the lost reply was recognised
         sites = [(f.site, f.kind) for f in sim.world.faults.firings]
     assert sites == [("TaskStore.record_outcome:UpdateItem", FaultKind.LOST_REPLY)]
+
+
+def test_a_direct_invoke_runs_the_function_in_its_own_environment_and_waits_for_it() -> None:
+    from tests.simulation.world import CLI
+
+    with simulated() as sim:
+        run_task = sim.world.topology.functions["RunTaskLambdaFunction"]
+
+        def call(app: Any) -> Any:
+            answer = app.clients.client("lambda").invoke(
+                FunctionName=run_task.arn, Payload=json.dumps({"task_id": "nope", "episode": 1})
+            )
+            return json.loads(answer["Payload"].read())
+
+        invocation = sim.world.lambdas.invoke(CLI, None, choice=0, call=call)
+        assert invocation.result["note"].startswith("superseded")
+        assert [i.function.logical_id for i in sim.world.lambdas.finished] == [
+            "RunTaskLambdaFunction",
+            "Cli",
+        ]

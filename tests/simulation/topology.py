@@ -69,7 +69,9 @@ class TableSpec:
 @dataclass(frozen=True)
 class Topology:
     functions: Mapping[str, Function]  # by logical id
-    mappings: tuple[StreamMapping, ...]
+    mappings: tuple[StreamMapping, ...]  # of the tasks table's stream
+    # Event sources the simulation does not drive (an SQS queue, say): listed in its output.
+    unsimulated: tuple[str, ...]
     schedules: tuple[Schedule, ...]
     state_machines: Mapping[str, StateMachineSpec]
     table: TableSpec
@@ -179,9 +181,15 @@ def parse_topology(template: Mapping[str, Any], asl_dir: Path = ASL_PATH.parent)
         raise ValueError(f"expected one DynamoDB table in the template, found {len(tables)}")
     table_id, table = tables[0]
     ttl = table["Properties"].get("TimeToLiveSpecification", {})
+    mappings = stream_mappings(dict(template))
     return Topology(
         functions=functions,
-        mappings=stream_mappings(dict(template)),
+        mappings=tuple(m for m in mappings if m.source_logical_id == table_id),
+        unsimulated=tuple(
+            f"{m.logical_id} ({m.source_logical_id} → {m.function_logical_id})"
+            for m in mappings
+            if m.source_logical_id != table_id
+        ),
         schedules=schedules(dict(template)),
         state_machines=machines,
         table=TableSpec(

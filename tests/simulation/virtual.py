@@ -250,7 +250,8 @@ def simulated_modules() -> list[types.ModuleType]:
 
     importlib.import_module("handler")
     for package in (runner, tasks):
-        for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+        prefix = f"{package.__name__}."
+        for info in pkgutil.walk_packages(package.__path__, prefix, onerror=lambda _: None):
             if not info.name.startswith("runner.local"):
                 importlib.import_module(info.name)
     found = []

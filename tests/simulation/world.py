@@ -35,7 +35,7 @@ from tests.simulation.faults import (
     retry_budget,
 )
 from tests.simulation.fibers import Scheduler, SimClock, SimCrash
-from tests.simulation.lambdas import SIM_TASK_MODULE, Invocation, LambdaService
+from tests.simulation.lambdas import SIM_TASK_MODULE, Invocation, LambdaClient, LambdaService
 from tests.simulation.ledger import Ledger
 from tests.simulation.stepfunctions import Execution, StepFunctionsClient, StepFunctionsService
 from tests.simulation.streams import MappingQueue
@@ -139,6 +139,8 @@ class World:
     def raw_client(self, service: str) -> Any:
         if service == "stepfunctions":
             return StepFunctionsClient(self.sfn)
+        if service == "lambda":
+            return LambdaClient(self.lambdas, self.topology)
         return self.raw.get(service)
 
     # --- hooks for the fault client ------------------------------------------------------
