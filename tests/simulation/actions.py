@@ -329,8 +329,9 @@ def quiesce(world: World, schedules: Schedules, *, max_steps: int = 4000) -> Non
             return True
         if world.sfn.running() or world.lambdas.running():
             return False
-        last_write = world.ledger.writes[-1].at if world.ledger.writes else world.fault_stop_at
-        quiet_for = world.clock.t - max(last_write, world.fault_stop_at or world.clock.t)
+        stopped = world.fault_stop_at or world.clock.t
+        last_write = world.ledger.writes[-1].at if world.ledger.writes else stopped
+        quiet_for = world.clock.t - max(last_write, stopped)
         # Nothing moves and nothing will: what is left is stranded. That is certain once
         # the README's bound has passed quietly; sooner when no lease is still to expire
         # and no PENDING task waits for the orphan scan's rotation.

@@ -160,7 +160,7 @@ def run(
         if shrink_seconds is not None:
             engine.MAX_SHRINKING_SECONDS = int(shrink_seconds)
         try:
-            run_state_machine_as_test(seeded, settings=config)
+            run_state_machine_as_test(seeded, settings=config)  # type: ignore[no-untyped-call]
         except Exception as exc:  # a violation raised (check/hunt), shrunk and printed
             result.failure = exc
         finally:

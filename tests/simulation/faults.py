@@ -20,6 +20,7 @@ import contextvars
 import functools
 import json
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -137,7 +138,7 @@ def site_of(operation: str) -> str:
     override = SITE_OVERRIDE.get()
     if override:
         return f"{override}:{operation}"
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         own = module == "handler" or (module.startswith("runner.") and module != "runner.aws")
@@ -179,13 +180,11 @@ def task_of(service: str, operation: str, kwargs: dict[str, Any], world: World) 
 
 def throttled(service: str, operation: str) -> ClientError:
     code = THROTTLE_CODES.get(service, "ThrottlingException")
-    return ClientError(
-        {
-            "Error": {"Code": code, "Message": "injected by the simulation"},
-            "ResponseMetadata": {"HTTPStatusCode": 400},
-        },
-        operation,
-    )
+    response: Any = {
+        "Error": {"Code": code, "Message": "injected by the simulation"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(response, operation)
 
 
 class FaultyClient:

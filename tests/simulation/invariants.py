@@ -71,7 +71,9 @@ class Checker:
     def step(self) -> list[Violation]:
         before = len(self.violations)
         events, writes = self.world.ledger.events, self.world.ledger.writes
-        merged = sorted([*events[self._events :], *writes[self._writes :]], key=lambda r: r.seq)
+        merged: list[Event | Write] = sorted(
+            [*events[self._events :], *writes[self._writes :]], key=lambda r: r.seq
+        )
         self._events, self._writes = len(events), len(writes)
         for record in merged:
             if isinstance(record, Event):
@@ -166,7 +168,7 @@ class Checker:
                 actor=write.actor,
             )
         moved = old_status != new_status and _known(old_status) and _known(new_status)
-        if moved and not can_transition(TaskStatus(old_status), TaskStatus(new_status)):
+        if moved and not can_transition(TaskStatus(str(old_status)), TaskStatus(str(new_status))):
             self._add(
                 "I4",
                 write.task,

@@ -64,26 +64,44 @@ def _starts(world: World, task: str | None, attempt: int) -> int:
     )
 
 
+_NUMBER_REFUSALS = ("NaN", "infinity", "magnitude", "significant digits")
+
+
+def _sweep_error(v: Violation) -> str:
+    """The text of a sweep's exception, for an I6 raised by the sweep function."""
+    if v.invariant != "I6" or not str(v.details.get("invocation", "")).startswith("Sweep"):
+        return ""
+    return str(v.details.get("text", "")) or "?"
+
+
+def _poisoner(world: World) -> int | None:
+    """The defect that made sweeps raise in this run (they then recover nothing)."""
+    for invocation in world.lambdas.finished:
+        if invocation.function.logical_id.startswith("Sweep") and invocation.outcome == "error":
+            text = str(invocation.error)
+            return 9 if any(r in text for r in _NUMBER_REFUSALS) else 1
+    return None
+
+
 def _d1(v: Violation, world: World) -> bool:
-    if v.invariant == "I6" and "Item size" in str(v.details.get("text", "")):
+    text = _sweep_error(v)
+    if text and not any(r in text for r in _NUMBER_REFUSALS):
+        # Too large to write, or throttled past the budget: either way the sweeper stops
+        # at that task (only TaskConflict is caught) and recovers nothing after it.
         return True
-    # The sweeper stops at the first task it cannot write (only TaskConflict is caught).
-    if v.invariant == "I6" and str(v.details.get("invocation", "")).startswith("Sweep"):
-        return any(task != "*" for task in v.details.get("faulted", []))
     if v.invariant in ("I3", "I6") and _large(world, v):
         return True
-    # A poisoned sweeper recovers no expired lease at all, whosever it is.
-    return (
-        v.invariant == "I3"
-        and v.details.get("status") == "PROCESSING"
-        and v.details.get("claimed_by") != "workflow"
-        and _sweeper_poisoned(world)
+    return _stuck_behind_a_poisoned_sweeper(v, world) and _poisoner(world) == 1
+
+
+def _stuck_behind_a_poisoned_sweeper(v: Violation, world: World) -> bool:
+    """A task only the sweeper could bring back (an expired lease, a lost PENDING)."""
+    if v.invariant != "I3" or v.details.get("malformed"):
+        return False
+    status = v.details.get("status")
+    return status == "PENDING" or (
+        status == "PROCESSING" and v.details.get("claimed_by") != "workflow"
     )
-
-
-def _sweeper_poisoned(world: World) -> bool:
-    sweeps = [i for i in world.lambdas.finished if i.function.logical_id.startswith("Sweep")]
-    return any(i.outcome == "error" and "Item size" in str(i.error) for i in sweeps)
 
 
 def _d2(v: Violation, world: World) -> bool:
@@ -140,10 +158,9 @@ def _d8(v: Violation, world: World) -> bool:
     )
 
 
-_NUMBER_REFUSALS = ("NaN", "infinity", "magnitude", "significant digits")
-
-
 def _d9(v: Violation, world: World) -> bool:
+    if _stuck_behind_a_poisoned_sweeper(v, world) and _poisoner(world) == 9:
+        return True
     if v.invariant != "I6":
         return False
     text = str(v.details.get("text", ""))

@@ -34,6 +34,7 @@ from tests.simulation.fibers import (
     SimClock,
     SimCrash,
     SimExit,
+    SimKilled,
     SimStall,
     SimTimeout,
 )
@@ -132,7 +133,7 @@ class LambdaService:
         app_module.get_app = self.current_app  # type: ignore[assignment]
 
     def close(self) -> None:
-        app_module.get_app = self._real_get_app  # type: ignore[assignment]
+        app_module.get_app = self._real_get_app
 
     def current_app(self) -> App:
         fiber = self.scheduler.current()
@@ -244,8 +245,9 @@ class LambdaService:
         self.scheduler.discard(env)
 
 
-def _killer(outcome: str) -> type[SimTimeout] | type[SimCrash] | type[SimExit]:
-    return {"timeout": SimTimeout, "exit": SimExit}.get(outcome, SimCrash)
+def _killer(outcome: str) -> type[SimKilled]:
+    killers: dict[str, type[SimKilled]] = {"timeout": SimTimeout, "exit": SimExit}
+    return killers.get(outcome, SimCrash)
 
 
 class LambdaClient:

@@ -4,6 +4,7 @@ timeouts and frozen threads, the stream mapping's retries, the fault plan."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from typing import Any
@@ -13,10 +14,11 @@ from botocore.exceptions import ClientError
 
 from runner.local.poller import sequence_number
 from tests.simulation import asl
+from tests.simulation.executions import Execution
 from tests.simulation.faults import FaultKind, FaultPlan
-from tests.simulation.fibers import EPOCH, Scheduler, SimClock, SimTimeout
+from tests.simulation.fibers import EPOCH, Running, Scheduler, SimClock, SimTimeout
 from tests.simulation.scenario import simulated
-from tests.simulation.stepfunctions import NAME_RESERVED_SECONDS, Execution, StepFunctionsService
+from tests.simulation.stepfunctions import NAME_RESERVED_SECONDS, StepFunctionsService
 from tests.simulation.streams import MappingQueue
 from tests.simulation.topology import load_topology
 from tests.simulation.virtual import SimThread, virtualized
@@ -174,8 +176,12 @@ def test_a_thread_past_its_join_timeout_acts_only_in_the_next_invocation_of_its_
     acted: list[float] = []
     with virtualized(sched, random.Random(1)):
 
+        def late() -> None:
+            sched.sleep(50)
+            acted.append(sched.clock.t)
+
         def handler() -> None:
-            thread = SimThread(target=lambda: (sched.sleep(50), acted.append(sched.clock.t)))
+            thread = SimThread(target=late)
             thread.start()
             thread.join(10)  # abandoned, as the executor abandons a sync handler
 
@@ -193,8 +199,12 @@ def test_a_timeout_kills_the_invocation_and_its_threads_never_act_again() -> Non
     acted: list[float] = []
     with virtualized(sched, random.Random(1)):
 
+        def thread() -> None:
+            sched.sleep(30)
+            acted.append(1)
+
         def handler() -> None:
-            SimThread(target=lambda: (sched.sleep(30), acted.append(1))).start()
+            SimThread(target=thread).start()
             sched.sleep(100)
             acted.append(2)
 
@@ -212,13 +222,12 @@ def test_invocations_run_concurrently_on_virtual_time() -> None:
     sched = _scheduler()
     ends: dict[str, float] = {}
     with virtualized(sched, random.Random(1)):
+
+        def done(running: Running) -> None:
+            ends[str(running.env)] = sched.clock.t - EPOCH
+
         for env, seconds in (("a", 30.0), ("b", 10.0)):
-            sched.start(
-                env,
-                lambda seconds=seconds: sched.sleep(seconds),
-                deadline=None,
-                on_done=lambda r: ends.__setitem__(str(r.env), sched.clock.t - EPOCH),
-            )
+            sched.start(env, functools.partial(sched.sleep, seconds), deadline=None, on_done=done)
         sched.run_until(EPOCH + 100)
     assert ends == {"b": 10.0, "a": 30.0}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -352,8 +353,8 @@ def _patch_defaults(func: Any, replacements: dict[int, Any], patches: _Patches) 
         for key, value in list(kw.items()):
             if id(value) in replacements:
                 kw[key] = replacements[id(value)]
-                patches.add(lambda kw=kw, key=key, value=value: kw.__setitem__(key, value))
+                patches.add(functools.partial(kw.__setitem__, key, value))
     defaults = func.__defaults__
     if defaults and any(id(v) in replacements for v in defaults):
         func.__defaults__ = tuple(replacements.get(id(v), v) for v in defaults)
-        patches.add(lambda func=func, defaults=defaults: setattr(func, "__defaults__", defaults))
+        patches.add(functools.partial(setattr, func, "__defaults__", defaults))

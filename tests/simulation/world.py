@@ -10,14 +10,10 @@ methods; Step Functions calls `run` (its Task resources).
 from __future__ import annotations
 
 import copy
-import json
 import random
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError
 
 from runner.config import Settings
 from runner.context import TaskContext
@@ -26,25 +22,20 @@ from runner.local.motoserver import create_tasks_table
 from runner.local.poller import lambda_record
 from tests.simulation import asl, sim_tasks
 from tests.simulation.faults import (
-    SITE_OVERRIDE,
     FaultKind,
     FaultPlan,
-    FaultyClient,
     Firing,
     SimAwsClients,
     retry_budget,
 )
 from tests.simulation.fibers import Scheduler, SimClock, SimCrash
-from tests.simulation.lambdas import SIM_TASK_MODULE, Invocation, LambdaClient, LambdaService
+from tests.simulation.integrations import SfnIntegrations
+from tests.simulation.lambdas import SIM_TASK_MODULE, LambdaClient, LambdaService
 from tests.simulation.ledger import Ledger
-from tests.simulation.stepfunctions import Execution, StepFunctionsClient, StepFunctionsService
+from tests.simulation.stepfunctions import StepFunctionsClient, StepFunctionsService
 from tests.simulation.streams import MappingQueue
 from tests.simulation.topology import ACCOUNT, REGION, Function, Topology
 
-# What Step Functions reports for an invocation that timed out or whose runtime died
-# ("Unhandled errors in Lambda are reported as Lambda.Unknown ... These include
-# out-of-memory errors and function timeouts": Step Functions Developer Guide).
-LAMBDA_DIED = "Lambda.Unknown"
 # The people and programs outside Lambda that run the runner's code.
 PRODUCER = Function("Producer", "producer", "", 0, {})
 CLI = Function("Cli", "cli", "", 0, {})
@@ -98,7 +89,7 @@ class World:
             topology.table.logical_id: self.table,
             f"{topology.table.logical_id}.StreamArn": self.stream_arn,
         }
-        self.sfn = StepFunctionsService(self.clock, random.Random(seed + 1), self)
+        self.sfn = StepFunctionsService(self.clock, random.Random(seed + 1), SfnIntegrations(self))
         for spec in topology.state_machines.values():
             values = {k: topology.resolve(v, self.physical) for k, v in spec.substitutions.items()}
             self.sfn.create_state_machine(
@@ -240,115 +231,6 @@ class World:
 
     def sleep(self, seconds: float) -> None:
         self.scheduler.sleep(seconds)
-
-    # --- hooks for Step Functions (its Task resources) --------------------------------------
-
-    def start(
-        self,
-        resource: str,
-        params: Any,
-        state: str,
-        execution: Execution,
-        done: Callable[[Any, asl.StatesError | None], None],
-    ) -> None:
-        """Run a Task state's resource; `done(result, error)` when it has finished."""
-        task = execution.task_id or "*"
-        if resource.startswith("arn:aws:states:::lambda:invoke"):
-            function = self.topology.function_by_name(str(params["FunctionName"]))
-
-            def optimized(result: Any, error: asl.StatesError | None) -> None:
-                wrapped = {"ExecutedVersion": "$LATEST", "Payload": result, "StatusCode": 200}
-                done(None if error else wrapped, error)
-
-            self._invoke_from_sfn(function, params.get("Payload", {}), state, task, optimized)
-            return
-        if resource.startswith("arn:aws:lambda:"):
-            function = self.topology.function_by_name(resource)
-            self._invoke_from_sfn(function, params, state, task, done)
-            return
-        match = re.fullmatch(r"arn:aws:states:::(aws-sdk:)?dynamodb:(\w+)", resource)
-        if not match:
-            raise asl.AslUnsupported(f"Task resource {resource}")
-        self.sfn_actor = f"sfn:{execution.name}"
-        try:
-            result = self._dynamodb_from_sfn(match.group(2), params, state, bool(match.group(1)))
-        except asl.StatesError as error:
-            done(None, error)
-        else:
-            done(result, None)
-        finally:
-            self.sfn_actor = None
-
-    def _invoke_from_sfn(
-        self,
-        function: Function,
-        payload: Any,
-        state: str,
-        task: str,
-        done: Callable[[Any, asl.StatesError | None], None],
-    ) -> None:
-        site = f"ASL:{state}:Invoke"
-        kind = self.fault_for(site, task, process=True)
-        if kind is FaultKind.TRANSIENT:
-            done(None, asl.StatesError("Lambda.TooManyRequestsException", "Rate Exceeded."))
-            return
-        if kind is FaultKind.CRASH_BEFORE:
-            done(None, asl.StatesError(LAMBDA_DIED, "the runtime exited before the handler ran"))
-            return
-        firing = self.faults.firings[-1] if kind is not None else None
-
-        def after() -> None:  # a fault that strikes once the handler has returned
-            if kind is FaultKind.CRASH_AFTER:
-                self.scheduler.kill_current(SimCrash, "crashed after the handler returned")
-            elif kind is FaultKind.TIMEOUT:
-                self.scheduler.hang_current()
-
-        def finished(invocation: Invocation) -> None:
-            if kind is FaultKind.LOST_REPLY and invocation.outcome == "ok":
-                done(None, asl.StatesError("Lambda.ServiceException", "the reply was lost"))
-                return
-            try:
-                done(self._lambda_answer(invocation), None)
-            except asl.StatesError as error:
-                done(None, error)
-
-        invocation = self.lambdas.start(
-            function,
-            json.loads(json.dumps(payload)),
-            choice=self.sfn_choice,
-            after=after,
-            on_done=finished,
-        )
-        if firing is not None:
-            invocation.faults.append(firing)
-
-    def _lambda_answer(self, invocation: Invocation) -> Any:
-        if invocation.outcome == "ok":
-            return json.loads(json.dumps(invocation.result, default=str))
-        if invocation.outcome == "error" and invocation.error is not None:
-            error = invocation.error
-            cause = {"errorMessage": str(error)[:2000], "errorType": type(error).__name__}
-            raise asl.StatesError(type(error).__name__, json.dumps(cause))
-        raise asl.StatesError(LAMBDA_DIED, f"the invocation ended: {invocation.outcome}")
-
-    def _dynamodb_from_sfn(self, operation: str, params: Any, state: str, sdk: bool) -> Any:
-        client = FaultyClient(self.raw.dynamodb, "dynamodb", self)
-        method = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-        prefix = "DynamoDb." if sdk else "DynamoDB."
-        token = SITE_OVERRIDE.set(f"ASL:{state}")
-        try:
-            response: dict[str, Any] = getattr(client, method)(**params)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise asl.StatesError(
-                prefix + str(error.get("Code")), str(error.get("Message"))
-            ) from exc
-        except BotoCoreError as exc:
-            raise asl.StatesError(prefix + "InternalServerErrorException", str(exc)) from exc
-        finally:
-            SITE_OVERRIDE.reset(token)
-        response.pop("ResponseMetadata", None)
-        return response
 
     # --- the stream ----------------------------------------------------------------------
 
