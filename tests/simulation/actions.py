@@ -24,7 +24,11 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "SIM_SLOW_ASYNC": [{"seconds": 10}, {"seconds": 45}, {"seconds": 150}],
     "SIM_LONG": [{"seconds": 200}, {"seconds": 400}],
     "SIM_FLAKY": [{"fail_times": 1}, {"fail_times": 2}, {"fail_times": 6}],
-    "SIM_LOCAL_RETRY": [{"seconds": 50, "fail_times": 2}, {"seconds": 50, "fail_times": 9}],
+    "SIM_LOCAL_RETRY": [
+        {"seconds": 50, "fail_times": 2},
+        {"seconds": 50, "fail_times": 9},
+        {"seconds": 70},  # past its 60 s timeout: the timed-out try is retried in-process
+    ],
     "SIM_PERMANENT": [{}],
     # Near DynamoDB's 400 KB: the failure (error + attempt record) may not fit.
     "SIM_LARGE": [

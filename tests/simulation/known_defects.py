@@ -129,6 +129,8 @@ def _d3(v: Violation, world: World) -> bool:
 
 
 def _d4(v: Violation, world: World) -> bool:
+    if v.invariant == "I2":  # a timed-out try, still running, retried in-process
+        return True
     if v.invariant == "I1":
         return _starts(world, v.task, int(v.details.get("attempt", 0))) <= 1
     if v.invariant == "T":

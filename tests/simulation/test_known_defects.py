@@ -67,6 +67,15 @@ def test_a_handler_past_its_timeout_makes_no_effect_after_its_retry_started() ->
         assert broken(sim, "I1") == []
 
 
+@known(4, "a timeout does not stop the handler (and local_retries run it again meanwhile)")
+def test_one_claim_never_runs_its_handler_twice_at_once() -> None:
+    with simulated() as sim:
+        sim.create("SIM_LOCAL_RETRY", variant=2)  # a 70 s try against a 60 s timeout
+        sim.deliver_all()
+        sim.settle()
+        assert broken(sim, "I2") == []
+
+
 @known(6, "retry-task can leave a task RETRYING with no execution")
 def test_retry_task_whose_start_execution_fails_can_be_repeated_or_is_repaired() -> None:
     with simulated() as sim:
