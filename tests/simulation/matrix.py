@@ -115,14 +115,18 @@ def _git(*args: str) -> str:
 def summary(result: RunResult, matrix: Matrix) -> list[str]:
     """A few lines for pytest's summary: what ran, and what it found."""
     cells = [c for (site, _), c in matrix.cells.items() if site != NO_FAULT]
-    found: Counter[str] = Counter()
+    found: Counter[int] = Counter()
     for (_, defect, _), count in matrix.violations.items():
-        found[f"known defect {defect}" if defect else "NEW"] += count
+        found[defect or 0] += count
+    listed = [
+        f"{'NEW' if defect == 0 else f'known defect {defect}'}: {count}"
+        for defect, count in sorted(found.items())
+    ]
     return [
         f"  {len(result.reports)} examples (seed {result.seed}, up to {result.steps} steps) in "
         f"{result.seconds:.0f} s; {sum(c.runs for c in cells)} faulted task runs at "
         f"{len({site for site, _ in matrix.cells if site != NO_FAULT})} call sites",
-        "  violations: " + (", ".join(f"{k}: {v}" for k, v in sorted(found.items())) or "none"),
+        "  violations: " + (", ".join(listed) or "none"),
     ]
 
 
