@@ -249,7 +249,8 @@ class SimAwsClients(AwsClients):
         super().__init__(settings)
         self._world = world
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, *, timeout: float | None = None) -> Any:
+        # A short-timeout client (runtime's lease cut) meets the same faults.
         found = self._clients.get(service)
         if found is None:
             found = self._clients[service] = FaultyClient(

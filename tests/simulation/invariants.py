@@ -10,7 +10,8 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
 - I4  A dead or superseded claim never overwrites a newer state: no write changes a
       PROCESSING item under a live lease unless its claimer makes it; DONE never changes;
       no status moves the model forbids; no lease (or, after exhausted retries, claim
-      token) is left on an item that is not PROCESSING.
+      token) is left on an item that is not PROCESSING, but the lease of an attempt
+      whose handler still runs (abandoned past its timeout: it holds the retry off).
 - I5  Every final task carries its TTL attribute.
 - I6  One bad task never stops a batch, a routing batch or a sweep: the functions fed by
       a mapping or a schedule raise only for a table-wide fault, and report a record as
@@ -142,8 +143,14 @@ class Checker:
             self._holders[str(token_new)] = write.actor
         if write.new is None or write.old is None:
             return
-        # A write that changes the status answers for what it leaves on the item.
-        if new_status not in (old_status, "PROCESSING") and "lease_expires_at" in new:
+        # A write that changes the status answers for what it leaves on the item. A lease
+        # may stay only while the attempt it records still runs (its handler outlived the
+        # timeout and could not be stopped: the lease holds its retry off, I1).
+        if (
+            new_status not in (old_status, "PROCESSING")
+            and "lease_expires_at" in new
+            and _claim_of(write.task, new) not in self._running
+        ):
             self._add(
                 "I4",
                 write.task,
@@ -282,6 +289,13 @@ class Checker:
                     **_state(world, item),
                 )
         return self.violations[before:]
+
+
+def _claim_of(task: str, item: Mapping[str, Any]) -> tuple[str, str, int]:
+    """The run (task, nonce, attempt) whose outcome an item records."""
+    data = item.get("data")
+    nonce = str(data.get("nonce", "")) if isinstance(data, dict) else ""
+    return (task, nonce, int(item.get("attempts", 0) or 0))
 
 
 def _known(status: Any) -> bool:

@@ -38,6 +38,7 @@ from tests.simulation.fibers import (
     SimStall,
     SimTimeout,
 )
+from tests.simulation.processes import Processes
 from tests.simulation.topology import Function
 
 SIM_TASK_MODULE = "tests.simulation.sim_tasks"
@@ -131,9 +132,14 @@ class LambdaService:
         self._real_get_app = app_module.get_app
         # handler.py builds its App with runner.app.get_app(): the calling environment's.
         app_module.get_app = self.current_app  # type: ignore[assignment]
+        # runner.runtime's state per environment; a function's is a Lambda runtime.
+        self._processes = Processes(
+            scheduler, lambda env: isinstance(env, Environment) and bool(env.function.handler)
+        )
 
     def close(self) -> None:
         app_module.get_app = self._real_get_app
+        self._processes.close()
 
     def current_app(self) -> App:
         fiber = self.scheduler.current()

@@ -1,22 +1,23 @@
 """The table's stream as each event source mapping of the template delivers it.
 
 Settings come from the template's mapping (runner.local.stack.StreamMapping): the filter
-patterns (runner.local.poller.RecordFilter), batch size, ReportBatchItemFailures (retry
-from the lowest reported record, runner.local.poller.first_failed_index), bisection on
+patterns (runner.local.stream_records.RecordFilter), batch size, ReportBatchItemFailures (retry
+from the lowest reported record, runner.local.stream_records.first_failed_index), bisection on
 a function error, MaximumRetryAttempts and MaximumRecordAgeInSeconds (the batch is then
-skipped and only its metadata goes to the on-failure destination), and the stream's 24 h
-retention. What AWS allows and the harness chooses: which records of different items a
+skipped and only its metadata goes to the on-failure destination, `on_failure`), and the
+stream's 24 h retention. What AWS allows and the harness chooses: which records of different items a
 batch takes first (reordering, bounded by `skip`; one item's records stay in order), how
 many, and which delivered records come again (at-least-once).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.local.poller import RecordFilter, first_failed_index
 from runner.local.stack import StreamMapping
+from runner.local.stream_records import RecordFilter, first_failed_index
 from tests.simulation.topology import Function
 
 Record = dict[str, Any]
@@ -71,6 +72,9 @@ class MappingQueue:
     discarded: list[Discard] = field(default_factory=list)
     filtered_out: int = 0
     running: bool = False  # one invocation at a time per shard
+    # Told of each batch given up on (records, condition, invocations): the mapping's
+    # OnFailure destination (tests.simulation.destinations). Not for trimmed records.
+    on_failure: Callable[[list[Record], str, int], None] | None = None
 
     def __post_init__(self) -> None:
         self._filter = RecordFilter(self.mapping.filter_patterns)
@@ -143,7 +147,7 @@ class MappingQueue:
             return
         limit = self.mapping.maximum_retry_attempts
         if limit is not None and retries > limit:
-            self._give_up(rest, "RetryAttemptsExhausted", now)
+            self._give_up(rest, "RetryAttemptsExhausted", now, retries)
             return
         self.inflight.insert(0, Batch(rest, retries))
 
@@ -160,7 +164,7 @@ class MappingQueue:
             oldest = created(batch.records[0])
             if age is not None and now - oldest > age:
                 self.inflight.remove(batch)
-                self._give_up(batch.records, "RecordAgeExceeded", now)
+                self._give_up(batch.records, "RecordAgeExceeded", now, batch.retries + 1)
         keep = []
         for record in self.pending:
             if now - created(record) > RETENTION_SECONDS:
@@ -175,12 +179,14 @@ class MappingQueue:
                     )
                 )
             elif age is not None and now - created(record) > age:
-                self._give_up([record], "RecordAgeExceeded", now)
+                self._give_up([record], "RecordAgeExceeded", now, 0)
             else:
                 keep.append(record)
         self.pending = keep
 
-    def _give_up(self, records: list[Record], condition: str, now: float) -> None:
+    def _give_up(self, records: list[Record], condition: str, now: float, tries: int) -> None:
+        if self.on_failure is not None:
+            self.on_failure(records, condition, tries)
         self.discarded.append(
             Discard(
                 condition,

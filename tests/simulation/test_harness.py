@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from runner.local.poller import sequence_number
+from runner.local.stream_records import sequence_number
 from tests.simulation import asl
 from tests.simulation.executions import Execution
 from tests.simulation.faults import FaultKind, FaultPlan
@@ -325,3 +325,33 @@ def test_a_direct_invoke_runs_the_function_in_its_own_environment_and_waits_for_
             "RunTaskLambdaFunction",
             "Cli",
         ]
+
+
+def test_a_batch_the_mapping_gave_up_on_goes_to_its_queue_and_the_sweep_replays_it() -> None:
+    with simulated() as sim:
+        task = sim.create("SIM_SYNC", shape="raw")  # no status_shard: no orphan scan finds it
+        sim.stall("hour")  # the record outlives the mapping's MaximumRecordAgeInSeconds
+        sim.deliver_all()
+        queues = list(sim.world.sqs.queues.values())
+        assert [len(q.messages) for q in queues] == [1]
+        body = json.loads(queues[0].messages[0].body)
+        assert body["requestContext"]["condition"] == "RecordAgeExceeded"
+        assert body["DDBStreamBatchInfo"]["batchSize"] == 1
+        sim.settle()
+        assert sim.item(task.id)["status"] == "DONE"
+        assert queues[0].deleted == 1 and not queues[0].messages
+        assert [v.describe() for v in sim.violations()] == []
+
+
+def test_an_async_handlers_abandoned_thread_ends_its_environment_and_nothing_else() -> None:
+    with simulated() as sim:
+        task = sim.create("SIM_SLOW_ASYNC", variant=2)  # 150 s of to_thread work, 30 s timeout
+        other = sim.create("SIM_SYNC")
+        sim.deliver_all()
+        sim.settle()
+        outcomes = {i.id: i.outcome for i in sim.world.lambdas.finished}
+        assert outcomes["ProcessStream#2/1"] == "exit"  # runner.runtime ended the runtime
+        starts = [e for e in sim.world.ledger.events if e.task == task.id and e.kind == "start"]
+        assert {e.env for e in starts} == {e.env for e in starts if e.env != "?"}  # on fibers
+        assert sim.item(other.id)["status"] == "DONE"
+        assert [v.describe() for v in sim.violations()] == []

@@ -6,6 +6,7 @@ simulation. Nothing about the protocol is written here; it all comes from
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ ACCOUNT = "123456789012"  # moto's default account: every ARN the simulation mak
 _FUNCTION = "AWS::Lambda::Function"
 _TABLE = "AWS::DynamoDB::Table"
 _STATE_MACHINE = "AWS::StepFunctions::StateMachine"
+_QUEUE = "AWS::SQS::Queue"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Topology:
     table: TableSpec
     resource_types: Mapping[str, str]  # logical id -> CloudFormation type
     resource_names: Mapping[str, str]  # logical id -> its name property, where it has one
+    # SQS queues (a mapping's on-failure destination): logical id -> properties.
+    queues: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def function_by_name(self, name_or_arn: str) -> Function:
         from runner.local.lambdas import function_name_of
@@ -199,6 +203,11 @@ def parse_topology(template: Mapping[str, Any], asl_dir: Path = ASL_PATH.parent)
         ),
         resource_types={k: str(r.get("Type")) for k, r in resources.items()},
         resource_names={k: n for k, r in resources.items() if (n := _name_property(r))},
+        queues={
+            k: dict(r.get("Properties", {}))
+            for k, r in resources.items()
+            if r.get("Type") == _QUEUE
+        },
     )
 
 

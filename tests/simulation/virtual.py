@@ -6,9 +6,11 @@ than at names written here:
 
 - a module that imported `time` gets a proxy whose `monotonic`, `time`, `perf_counter`
   and `sleep` are the virtual clock's; `threading` a proxy whose `Thread` is a fiber;
-  `ThreadPoolExecutor` a pool of fibers;
-- every default argument that is `time.sleep` or `runner.items.utcnow` (the store's
-  `clock=`, `AwsRetryPolicy.call`'s `sleep=`) becomes the virtual one;
+  `ThreadPoolExecutor` a pool of fibers, and so does a pool class a module defines on it
+  (runner.invoke's tracking executor);
+- every default argument that is `time.sleep`, `time.monotonic`, `time.perf_counter`,
+  `time.time` or `runner.items.utcnow` (the store's `clock=`, `AwsRetryPolicy.call`'s
+  `sleep=`, `TaskRunner`'s `monotonic=`) becomes the virtual one;
 - tenacity reads the virtual clock (its `stop_after_delay`) and a seeded random source
   (its jitter); `asyncio.run` gets an event loop on virtual time whose default executor
   is a pool of fibers; `os._exit` ends the simulated process, not this one.
@@ -91,6 +93,17 @@ class SimThread:
         return self._fiber.id if self._fiber else None
 
 
+class _WorkerThread:
+    """What a pool's `_threads` holds for a fiber worker: a name and `is_alive`."""
+
+    def __init__(self, fiber: Fiber) -> None:
+        self._fiber = fiber
+        self.name = fiber.name
+
+    def is_alive(self) -> bool:
+        return not self._fiber.done
+
+
 class SimFuture(concurrent.futures.Future[Any]):
     """A future whose waits are virtual (the baton passes while it is not done)."""
 
@@ -133,7 +146,9 @@ class SimExecutor(concurrent.futures.ThreadPoolExecutor):
         self._queue.append((lambda: fn(*args, **kwargs), future))
         if self._workers < self._limit:
             self._workers += 1
-            scheduler().spawn(self._work, f"{self._prefix}-{self._workers}")
+            fiber = scheduler().spawn(self._work, f"{self._prefix}-{self._workers}")
+            # As ThreadPoolExecutor keeps its workers (runner.invoke reads them).
+            self._threads.add(_WorkerThread(fiber))  # type: ignore[attr-defined]
         return future
 
     def _work(self) -> None:
@@ -177,6 +192,10 @@ class SimExecutor(concurrent.futures.ThreadPoolExecutor):
                 scheduler().park(ready=lambda: all(f.done() for f in pending))
 
 
+# The shortest wait a selector parks for (see `_VirtualSelector.select`).
+MIN_SELECT_SECONDS = 1e-6
+
+
 class _VirtualSelector(selectors.BaseSelector):
     """A selector that waits on virtual time, letting other fibers run meanwhile."""
 
@@ -203,7 +222,9 @@ class _VirtualSelector(selectors.BaseSelector):
         if events or (timeout is not None and timeout <= 0):
             return events
         sched = scheduler()
-        wake = None if timeout is None else sched.clock.t + timeout
+        # At least a microsecond: a timer due in less would round to now on the clock's
+        # epoch seconds, and the loop would spin without time passing.
+        wake = None if timeout is None else sched.clock.t + max(timeout, MIN_SELECT_SECONDS)
         sched.park(wake_at=wake, ready=lambda: bool(self._real.select(0)))
         return self._real.select(0)
 
@@ -321,7 +342,13 @@ def virtualized(sched: Scheduler, rng: random.Random) -> Iterator[None]:
         id(concurrent.futures.ThreadPoolExecutor): SimExecutor,
         id(real_utcnow): clock.now,
     }
-    default_replacements = {id(real_sleep): sched.sleep, id(real_utcnow): clock.now}
+    default_replacements = {
+        id(real_sleep): sched.sleep,
+        id(real_utcnow): clock.now,
+        id(time.monotonic): clock.monotonic,
+        id(time.perf_counter): clock.monotonic,
+        id(time.time): clock.time,
+    }
     patches = _Patches()
     _ACTIVE.append(sched)
     try:
@@ -331,6 +358,10 @@ def virtualized(sched: Scheduler, rng: random.Random) -> Iterator[None]:
                     patches.setattr(module, name, replacements[id(value)])
             for func in _callables_of(module):
                 _patch_defaults(func, default_replacements, patches)
+            for cls in _pool_subclasses(module):
+                # A pool class of the runner's own (runner.invoke's tracking executor):
+                # its workers become fibers too.
+                patches.setattr(cls, "__bases__", (SimExecutor,))
         patches.setattr(tenacity, "time", time_proxy)
         patches.setattr(tenacity.wait, "random", rng)
 
@@ -345,6 +376,18 @@ def virtualized(sched: Scheduler, rng: random.Random) -> Iterator[None]:
     finally:
         patches.undo()
         _ACTIVE.remove(sched)
+
+
+def _pool_subclasses(module: types.ModuleType) -> list[type]:
+    """Classes the module defines directly on `concurrent.futures.ThreadPoolExecutor`."""
+    real = concurrent.futures.ThreadPoolExecutor
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and value.__module__ == module.__name__
+        and value.__bases__ == (real,)
+    ]
 
 
 def _patch_defaults(func: Any, replacements: dict[int, Any], patches: _Patches) -> None:

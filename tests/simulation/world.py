@@ -10,6 +10,7 @@ methods; Step Functions calls `run` (its Task resources).
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from runner.config import Settings
 from runner.context import TaskContext
 from runner.items import deserialize_image
 from runner.local.motoserver import create_tasks_table
-from runner.local.poller import lambda_record
+from runner.local.stream_records import lambda_record
 from tests.simulation import asl, sim_tasks
+from tests.simulation.destinations import SqsService, StreamsClient, failure_message
 from tests.simulation.faults import (
     FaultKind,
     FaultPlan,
@@ -89,6 +91,21 @@ class World:
             topology.table.logical_id: self.table,
             f"{topology.table.logical_id}.StreamArn": self.stream_arn,
         }
+        # When each stream record was written, by sequence number (virtual time).
+        self.stream_times: dict[str, float] = {}
+        self.sqs = SqsService(self.clock)
+        for logical, properties in topology.queues.items():
+            name = topology.resource_names.get(logical, f"sim-{logical.lower()}")
+            queue = self.sqs.create_queue(name, dict(properties))
+            self.physical[logical] = queue.url  # Ref: the queue's URL
+            self.physical[f"{logical}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+            self.physical[f"{logical}.QueueName"] = name
+        self.streams = StreamsClient(
+            self.clock,
+            self.stream_arn,
+            lambda: self._moto_table().stream_shard,
+            lambda seq: self.stream_times.get(seq, self.clock.t),
+        )
         self.sfn = StepFunctionsService(self.clock, random.Random(seed + 1), SfnIntegrations(self))
         for spec in topology.state_machines.values():
             values = {k: topology.resolve(v, self.physical) for k, v in spec.substitutions.items()}
@@ -97,6 +114,8 @@ class World:
             )
         self.lambdas = LambdaService(self.scheduler, self._settings_for, self._clients_for)
         self.queues = [MappingQueue(m, topology.mapped_function(m)) for m in topology.mappings]
+        for mapping_queue in self.queues:
+            mapping_queue.on_failure = self._on_failure_for(mapping_queue)
         self.tasks: dict[str, TaskInfo] = {}
         self.items: dict[str, dict[str, Any] | None] = {}
         self.ttl_deleted: set[str] = set()
@@ -132,7 +151,34 @@ class World:
             return StepFunctionsClient(self.sfn)
         if service == "lambda":
             return LambdaClient(self.lambdas, self.topology)
+        if service == "sqs":
+            return self.sqs
+        if service == "dynamodbstreams":
+            return self.streams
         return self.raw.get(service)
+
+    def _on_failure_for(self, queue: MappingQueue) -> Any:
+        """What the mapping does with a batch it gave up on: its OnFailure destination
+        (an SQS queue) is sent the batch's metadata, as Lambda sends it."""
+        logical = queue.mapping.on_failure_logical_id
+        if not logical or logical not in self.physical:
+            return None
+        url = self.physical[logical]
+        function = queue.function
+
+        def send(records: list[dict[str, Any]], condition: str, tries: int) -> None:
+            message = failure_message(
+                function_arn=function.arn,
+                stream_arn=self.stream_arn,
+                shard_id=self.streams.shard_id(),
+                records=records,
+                condition=condition,
+                retries=tries,
+                now=self.clock.t,
+            )
+            self.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(message))
+
+        return send
 
     # --- hooks for the fault client ------------------------------------------------------
 
@@ -242,6 +288,7 @@ class World:
         for raw in self._new_stream_records():
             record = lambda_record(raw, stream_arn=self.stream_arn, region=REGION)
             record["dynamodb"]["ApproximateCreationDateTime"] = int(self.clock.t)
+            self.stream_times[str(record["dynamodb"]["SequenceNumber"])] = self.clock.t
             key = record["dynamodb"].get("Keys", {}).get("id", {}).get("S")
             if record.get("eventName") == "REMOVE" and key in self.ttl_deleted:
                 # What DynamoDB's TTL deletions carry (DynamoDB Developer Guide).
