@@ -120,7 +120,8 @@ def create_task(
 def deliver(
     world: World, index: int, skip: int, take: int, choice: int | None
 ) -> Invocation | None:
-    """The next batch of a mapping that has none in flight, to its function."""
+    """The next batch of a mapping with a lane free (ParallelizationFactor), to its
+    function."""
     ready = [q for q in world.queues if q.deliverable()]
     if not ready:
         return None
@@ -128,10 +129,8 @@ def deliver(
     batch = queue.next_batch(world.clock.t, skip=skip, take=take)
     if batch is None:
         return None
-    queue.running = True
 
     def settle(invocation: Invocation) -> None:
-        queue.running = False
         queue.settle(
             batch,
             world.clock.t,

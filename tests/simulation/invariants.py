@@ -9,9 +9,10 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
       exhausted) once the faults stop and time runs on.
 - I4  A dead or superseded claim never overwrites a newer state: no write changes a
       PROCESSING item under a live lease unless its claimer makes it; DONE never changes;
-      no status moves the model forbids; no lease (or, after exhausted retries, claim
-      token) is left on an item that is not PROCESSING, but the lease of an attempt
-      whose handler still runs (abandoned past its timeout: it holds the retry off).
+      no status moves the model forbids; a write that moves an item out of PROCESSING
+      sets no lease on it, but the lease of an attempt whose handler still runs
+      (abandoned past its timeout: it holds the retry off); exhausted retries (the
+      Catch path) leave neither claim token nor lease.
 - I5  Every final task carries its TTL attribute.
 - I6  One bad task never stops a batch, a routing batch or a sweep: the functions fed by
       a mapping or a schedule raise only for a table-wide fault, and report a record as
@@ -143,12 +144,18 @@ class Checker:
             self._holders[str(token_new)] = write.actor
         if write.new is None or write.old is None:
             return
-        # A write that changes the status answers for what it leaves on the item. A lease
-        # may stay only while the attempt it records still runs (its handler outlived the
-        # timeout and could not be stopped: the lease holds its retry off, I1).
+        # A write that changes the status answers for the lease it leaves on the item:
+        # only while the attempt it records still runs (its handler outlived the timeout
+        # and could not be stopped: the lease holds the retry off, I1). A lease already on
+        # an item out of PROCESSING that a redrive carries over unchanged is not its own
+        # (it cannot know whether that work still runs).
+        carried = old_status != "PROCESSING" and new.get("lease_expires_at") == old.get(
+            "lease_expires_at"
+        )
+        lease_set = "lease_expires_at" in new and not carried
         if (
             new_status not in (old_status, "PROCESSING")
-            and "lease_expires_at" in new
+            and lease_set
             and _claim_of(write.task, new) not in self._running
         ):
             self._add(
@@ -158,14 +165,17 @@ class Checker:
                 site=write.site,
                 actor=write.actor,
             )
-        if new.get("retries_exhausted") and not old.get("retries_exhausted") and token_new:
-            self._add(
-                "I4",
-                write.task,
-                "exhausted retries left the claim token behind",
-                site=write.site,
-                actor=write.actor,
-            )
+        if new.get("retries_exhausted") and not old.get("retries_exhausted"):
+            # The Catch path (issue 11's I4): no claim token, no lease left behind.
+            for attribute, name in (("claim_token", "claim token"), ("lease_expires_at", "lease")):
+                if attribute in new:
+                    self._add(
+                        "I4",
+                        write.task,
+                        f"exhausted retries left the {name} behind",
+                        site=write.site,
+                        actor=write.actor,
+                    )
         if old_status == "DONE" and new_status != "DONE":
             self._add(
                 "I4",

@@ -246,6 +246,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             raise Unexpected("; ".join(v.describe() for v in raising))
 
     def _report(self, world: World) -> None:
+        # A violation raised in a step reports before teardown has timed the steps.
+        steps_done = getattr(self, "steps_done", time.perf_counter())
         _campaign().examples.append(
             {
                 "seed": world.seed,
@@ -258,7 +260,7 @@ class ProtocolMachine(RuleBasedStateMachine):
                 "invocations": len(world.lambdas.finished),
                 "writes": len(world.ledger.writes),
                 "sim_seconds": world.clock.t - EPOCH,
-                "wall": (self.steps_done - self.started, time.perf_counter() - self.steps_done),
+                "wall": (steps_done - self.started, time.perf_counter() - steps_done),
                 "settled": world.fault_stop_at is not None,
             }
         )

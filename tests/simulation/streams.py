@@ -42,10 +42,11 @@ def created(record: Record) -> float:
     return float(record["dynamodb"].get("ApproximateCreationDateTime", 0))
 
 
-@dataclass
+@dataclass(eq=False)
 class Batch:
     records: list[Record]
     retries: int = 0
+    running: bool = False  # an invocation has it now
 
 
 @dataclass
@@ -71,7 +72,6 @@ class MappingQueue:
     delivered: list[Record] = field(default_factory=list)
     discarded: list[Discard] = field(default_factory=list)
     filtered_out: int = 0
-    running: bool = False  # one invocation at a time per shard
     # Told of each batch given up on (records, condition, invocations): the mapping's
     # OnFailure destination (tests.simulation.destinations). Not for trimmed records.
     on_failure: Callable[[list[Record], str, int], None] | None = None
@@ -92,24 +92,60 @@ class MappingQueue:
     def busy(self) -> bool:
         return bool(self.pending or self.inflight)
 
+    @property
+    def lanes(self) -> int:
+        """Batches of the shard in flight at once (ParallelizationFactor)."""
+        return max(1, self.mapping.parallelization_factor)
+
+    def running(self) -> int:
+        return sum(1 for b in self.inflight if b.running)
+
+    def _busy_keys(self, *, running_only: bool = False) -> set[str]:
+        """Items with a record in a batch in flight: their later records wait (Lambda
+        keeps one partition key's records in order across the shard's batches)."""
+        return {
+            record_key(r) for b in self.inflight if b.running or not running_only for r in b.records
+        }
+
+    def _startable(self) -> Batch | None:
+        """A batch waiting for its retry whose items no running batch holds."""
+        running = self._busy_keys(running_only=True)
+        for waiting in self.inflight:
+            if not waiting.running and not {record_key(r) for r in waiting.records} & running:
+                return waiting
+        return None
+
     def deliverable(self) -> bool:
-        return self.busy() and not self.running
+        if not self.busy() or self.running() >= self.lanes:
+            return False
+        if self._startable() is not None:
+            return True
+        busy = self._busy_keys()
+        return any(record_key(r) not in busy for r in self.pending)
 
     def next_batch(self, now: float, *, skip: int, take: int) -> Batch | None:
-        """The batch to invoke with: a retried one first, else new records.
+        """The batch to invoke with: a retried one first, else new records of items
+        that have none in flight; at most `lanes` at once.
 
         Records older than the mapping's maximum age (or the stream's retention) are
         skipped first, as the mapping does.
         """
         self._expire(now)
-        if self.inflight:
-            return self.inflight[0]
-        if not self.pending:
+        if self.running() >= self.lanes:
+            return None
+        waiting = self._startable()
+        if waiting is not None:
+            waiting.running = True
+            return waiting
+        busy = self._busy_keys()
+        candidates = [i for i, r in enumerate(self.pending) if record_key(r) not in busy]
+        if not candidates:
             return None
         size = max(1, min(take, self.mapping.batch_size))
         skipped_keys: set[str] = set()
         chosen: list[int] = []
-        for index, record in enumerate(self.pending):
+        for index in candidates:
+            record = self.pending[index]
             key = record_key(record)
             if len(skipped_keys) < skip and key not in skipped_keys and not chosen:
                 skipped_keys.add(key)
@@ -120,8 +156,8 @@ class MappingQueue:
             if len(chosen) == size:
                 break
         if not chosen:  # everything belonged to skipped items: take the head after all
-            chosen = list(range(min(size, len(self.pending))))
-        batch = Batch([self.pending[i] for i in chosen])
+            chosen = candidates[:size]
+        batch = Batch([self.pending[i] for i in chosen], running=True)
         self.pending = [r for i, r in enumerate(self.pending) if i not in set(chosen)]
         self.inflight.insert(0, batch)
         return batch
@@ -161,6 +197,8 @@ class MappingQueue:
     def _expire(self, now: float) -> None:
         age = self.mapping.maximum_record_age_seconds
         for batch in list(self.inflight):
+            if batch.running:
+                continue  # given up on, if at all, once its invocation has ended
             oldest = created(batch.records[0])
             if age is not None and now - oldest > age:
                 self.inflight.remove(batch)

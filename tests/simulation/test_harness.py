@@ -4,6 +4,7 @@ timeouts and frozen threads, the stream mapping's retries, the fault plan."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -281,6 +282,31 @@ def test_reordering_keeps_each_items_records_in_order() -> None:
         queue.offer(record)
     batch = queue.next_batch(EPOCH, skip=1, take=10)  # a's records wait behind b and c
     assert batch is not None and [sequence_number(r) for r in batch.records] == ["101", "103"]
+
+
+def test_parallel_batches_of_a_shard_never_hold_one_items_records_at_once() -> None:
+    topology = load_topology()
+    mapping = next(m for m in topology.mappings if m.batch_size == 100)
+    assert mapping.parallelization_factor == 10
+    queue = MappingQueue(mapping, topology.mapped_function(mapping))
+    for record in _records(["a", "b"]):
+        queue.offer(record)
+    first = queue.next_batch(EPOCH, skip=0, take=1)
+    second = queue.next_batch(EPOCH, skip=0, take=1)  # a second lane, while the first runs
+    assert first is not None and second is not None
+    assert [sequence_number(r) for r in first.records + second.records] == ["100", "101"]
+    for record in _records(["a", "c"])[:1]:  # a's next record waits for a's batch
+        queue.offer({**record, "dynamodb": {**record["dynamodb"], "SequenceNumber": "200"}})
+    assert queue.next_batch(EPOCH, skip=0, take=10) is None
+    queue.settle(first, EPOCH, function_error=False, response={"batchItemFailures": []})
+    third = queue.next_batch(EPOCH, skip=0, take=10)
+    assert third is not None and [sequence_number(r) for r in third.records] == ["200"]
+    lone = dataclasses.replace(mapping, parallelization_factor=1)  # AWS's default
+    single = MappingQueue(lone, topology.mapped_function(lone))
+    for record in _records(["x", "y"]):
+        single.offer(record)
+    assert single.next_batch(EPOCH, skip=0, take=1) is not None
+    assert not single.deliverable()  # one lane: the shard waits for its batch
 
 
 def test_a_transient_fault_lasts_the_callers_whole_retry_budget_and_no_longer() -> None:
