@@ -48,6 +48,20 @@ TRANSIENT_ERROR_CODES = frozenset(
         "InternalFailure",
         "ServiceUnavailable",
         "TransactionConflictException",
+        # botocore's standard retry mode counts these as throttling too
+        # (botocore/retries/standard.py); DynamoDB Streams' GetRecords answers
+        # LimitExceededException when a shard has too many readers.
+        "LimitExceededException",
+        "RequestThrottled",
+        "ThrottledException",
+        "RequestThrottledException",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+        "EC2ThrottledException",
+        "TransactionInProgressException",
     }
 )
 # Pool size: one connection per concurrently running task in a full batch.
