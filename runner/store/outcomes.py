@@ -10,7 +10,7 @@ from runner.errors import ItemTooLarge, MalformedTask, StoreError, TaskAlreadyCl
 from runner.items import iso, task_to_item
 from runner.limits import claim_problem, fits, storable_json
 from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
-from runner.store.base import StoreBase, attempt_log_value, bounded_error
+from runner.store.base import StoreBase, as_read, attempt_log_value, bounded_error
 
 S = TaskStatus
 # The error recorded when a result cannot be stored beside its task.
@@ -216,11 +216,14 @@ class OutcomeWrites(StoreBase):
                 condition += " AND lease_expires_at < :now_epoch"
                 condition_values[":now_epoch"] = int(now.timestamp())
         else:
-            condition = "#status IN (:pending, :failed, :retrying)"
+            # `values` must still be the item: `sets`/`removes` were projected from them.
+            unchanged, seen = as_read(values)
+            condition = f"#status IN (:pending, :failed, :retrying) AND {unchanged}"
             condition_values = {
                 ":pending": S.PENDING.value,
                 ":failed": S.FAILED.value,
                 ":retrying": S.RETRYING.value,
+                **seen,
             }
         self._update_values(
             task_id, sets, removes=tuple(removes), condition=condition, values=condition_values
