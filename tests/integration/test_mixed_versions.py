@@ -198,3 +198,33 @@ def test_the_current_definition_runs_an_execution_started_with_the_previous_inpu
     # Then RunTask's paths resolve (no States.Runtime) and the task runs
     assert found["status"] == "SUCCEEDED", found
     assert app.store.get("o").status is TaskStatus.DONE
+
+
+def test_an_execution_of_the_previous_definition_marks_exhausted_retries_with_an_expiry(
+    previous: Machine,
+) -> None:
+    # Given an in-flight execution of a task that fails every attempt (2 allowed)
+    app = previous.app
+    put_raw(
+        app.clients.dynamodb,
+        TABLE,
+        {
+            **pending("x", "ALWAYS_FAILING_TASK", {}),
+            "status": "RETRYING",
+            "episode": 1,
+            "created_at": "2026-12-01T00:00:00.000Z",
+        },
+    )
+
+    # When it runs out of attempts
+    found = previous.run(
+        "x-1", {"task_id": "x", "episode": 1, "failed_shard": status_shard("x", TaskStatus.FAILED)}
+    )
+
+    # Then runTask's exhaust write marked it (not the old native update): retries
+    # exhausted, no claim token or lease left, and an expiry (I5)
+    task = app.store.get("x")
+    assert task.status is TaskStatus.FAILED and task.retries_exhausted
+    assert task.claim_token is None and task.lease_expires_at is None
+    assert task.expires_at is not None
+    assert found["status"] == "SUCCEEDED"
