@@ -6,11 +6,14 @@ Everything heavy is built on the first call (runner.app.get_app), not at import.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import runtime, tracing
 from runner.aws import aws_deadline
 from runner.logs import get_logger
+
+if TYPE_CHECKING:
+    from runner.attempts import AttemptInput
 
 # Kept back from the Lambda's remaining time so outcomes are recorded before it ends.
 DEADLINE_MARGIN_SECONDS = runtime.DEADLINE_MARGIN_SECONDS
@@ -134,7 +137,12 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 )
             if mode != "run":
                 raise PermanentTaskError(f"run_task: unknown mode {str(mode)[:20]!r}")
-            return attempts.run(given, remaining_seconds=remaining).as_dict()
+            try:
+                return attempts.run(given, remaining_seconds=remaining).as_dict()
+            except Exception as exc:
+                if "mode" in event:
+                    raise
+                return _for_the_previous_definition(exc, given, remaining)
     except Exception as exc:
         if isinstance(exc, signals):
             raise
@@ -146,6 +154,46 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # An attempt whose handler could not be stopped: end the runtime (Step Functions
         # sees the invocation fail and retries; the next attempt waits for the lease).
         runtime.end_if_abandoned()
+
+
+def _for_the_previous_definition(
+    exc: Exception, given: AttemptInput, remaining: float
+) -> dict[str, Any]:
+    """An attempt of an execution started before the deploy (its payload has no "mode"):
+    it keeps the previous definition (UpdateStateMachine: running executions continue to
+    use it), whose Retry knows only TaskRetryableError, TaskLeaseHeld and Lambda's errors,
+    and whose Catch is a native update that checks only the episode, so it would mark a
+    live claim exhausted. So what reached that Catch is answered here: a permanent failure
+    ends the execution as it did (its outcome returned), exhausted retries are marked by
+    the exhaust mode's own conditional write, and anything else is TaskLeaseHeld, which
+    that definition retries (20 times, 60 s apart) until the claim's lease has passed."""
+    from runner.app import get_app
+    from runner.errors import (
+        PermanentTaskError,
+        RetriesExhausted,
+        TaskFailedPermanently,
+        TaskLeaseHeld,
+        TaskRetryableError,
+    )
+
+    if isinstance(exc, TaskRetryableError | TaskLeaseHeld | PermanentTaskError):
+        raise exc
+    if isinstance(exc, TaskFailedPermanently):
+        return {"task_id": given.task_id, "status": "FAILED", "note": str(exc)}
+    try:
+        if isinstance(exc, RetriesExhausted):
+            return get_app().attempts.exhaust(
+                given, RetriesExhausted.__name__, remaining_seconds=remaining
+            )
+    except TaskLeaseHeld:
+        raise
+    except Exception as inner:
+        exc = inner
+    get_logger().error(
+        "run_task failed (an execution of the previous definition: retried as a held lease)",
+        extra={"task_id": given.task_id, "error_type": type(exc).__name__},
+    )
+    raise TaskLeaseHeld(f"{type(exc).__name__} in run_task") from exc
 
 
 # The export function (its own, least-privileged role) runs the same code: the state

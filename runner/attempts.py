@@ -189,6 +189,10 @@ class WorkflowAttempts:
             if task.status is S.DONE:
                 return {"outcome": DONE}
             if task.status is S.FAILED and task.retries_exhausted:
+                # Marked by this call's write whose reply was lost, or by an invocation
+                # that crashed after its write: counted again rather than never (a
+                # duplicate count is better than a silent alarm).
+                metrics.retries_exhausted(task.type, reason, task.episode)
                 return {"outcome": EXHAUSTED}
             if (
                 task.lease_expires_at is not None

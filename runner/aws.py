@@ -48,6 +48,20 @@ TRANSIENT_ERROR_CODES = frozenset(
         "InternalFailure",
         "ServiceUnavailable",
         "TransactionConflictException",
+        # botocore's standard retry mode counts these as throttling too
+        # (botocore/retries/standard.py); DynamoDB Streams' GetRecords answers
+        # LimitExceededException when a shard has too many readers.
+        "LimitExceededException",
+        "RequestThrottled",
+        "ThrottledException",
+        "RequestThrottledException",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+        "EC2ThrottledException",
+        "TransactionInProgressException",
     }
 )
 # Pool size: one connection per concurrently running task in a full batch.
@@ -106,8 +120,11 @@ class AwsRetryPolicy:
 
 @contextlib.contextmanager
 def aws_deadline(seconds_from_now: float) -> Iterator[None]:
-    """Bound every retried AWS call made inside the block (and its threads' copies)."""
-    token = _deadline.set(time.monotonic() + max(0.0, seconds_from_now))
+    """Bound every retried AWS call made inside the block (and its threads' copies); a
+    block inside another keeps the nearer deadline."""
+    ends = time.monotonic() + max(0.0, seconds_from_now)
+    outer = _deadline.get()
+    token = _deadline.set(ends if outer is None else min(outer, ends))
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from runner import abandoned as abandoned_work
 from runner import runtime
 from runner.aws import AwsClients
 from runner.config import Settings
@@ -28,7 +29,6 @@ from runner.errors import (
     ItemTooLarge,
     MalformedTask,
     RetryableTaskError,
-    StoreError,
     TaskAlreadyClaimed,
     TaskConflict,
     TaskFailure,
@@ -236,21 +236,22 @@ class TaskRunner:
             result: Any = None
             error: TaskErrorInfo | None = None
             lease_until: int | None = None
-            abandoned: tuple[threading.Thread, ...] = ()
+            left_running: list[threading.Thread] = []
             try:
-                result = self._execute(task, remaining_seconds)
-            except TaskTimedOut as exc:
-                error = describe_error(exc)
-                abandoned = exc.abandoned
-                if abandoned:
-                    left = None if ends_at is None else ends_at - self._monotonic()
-                    lease_until = runtime.abandoned_lease(
-                        self.store.now_epoch(), left, self.lease_seconds(None, None)
-                    )
+                result = self._execute(task, remaining_seconds, left_running=left_running)
             except Exception as exc:
                 error = describe_error(exc)
-            try:
-                outcome = self.record(
+            # Work left running, whatever the outcome (a timeout, or an async handler's
+            # to_thread work that outlived it): no retry may claim while it can act.
+            abandoned = tuple(left_running)
+            if abandoned:
+                left = None if ends_at is None else ends_at - self._monotonic()
+                lease_until = runtime.abandoned_lease(
+                    self.store.now_epoch(), left, self.lease_seconds(None, None)
+                )
+
+            def write() -> Outcome:
+                return self.record(
                     task,
                     source,
                     result=result,
@@ -258,30 +259,13 @@ class TaskRunner:
                     started=started,
                     lease_until=lease_until,
                 )
-            except StoreError:
-                if lease_until is not None:
-                    # The lease that should hold off a retry was not written, and the
-                    # claim's own lease may end before this invocation does: end the
-                    # runtime now, so the handler cannot outlive it.
-                    runtime.end_if_abandoned()
-                raise
-            if lease_until is not None and outcome.status is not None:
-                self._hold(task, lease_until, abandoned)
+
+            if lease_until is None:
+                outcome = write()
+            else:
+                outcome = abandoned_work.record(self.store, task, abandoned, lease_until, write)
             span.annotate("outcome", outcome.status.value if outcome.status else "LOST_CLAIM")
             return outcome
-
-    def _hold(self, task: Task, lease_until: int, threads: tuple[threading.Thread, ...]) -> None:
-        """Have the runtime release this outcome's lease once its work can no longer act."""
-        token = task.claim_token or ""
-
-        def release(exiting: bool) -> None:
-            until = self.store.now_epoch() + runtime.EXIT_LEASE_SECONDS if exiting else None
-            timeout = runtime.CUT_CALL_SECONDS
-            self.store.release_lease(
-                task.id, token=token, held=lease_until, until=until, timeout=timeout
-            )
-
-        runtime.hold(threads, release)
 
     def record(
         self,
@@ -343,7 +327,13 @@ class TaskRunner:
             return S.RETRYING  # the workflow owns the task; the stream filter ignores this
         return S.FAILED
 
-    def _execute(self, task: Task, remaining_seconds: float | None) -> Any:
+    def _execute(
+        self,
+        task: Task,
+        remaining_seconds: float | None,
+        *,
+        left_running: list[threading.Thread],
+    ) -> Any:
         definition = self.registry.get(task.type)
         data = definition.parse_input(task.data)
         timeout = definition.timeout_seconds
@@ -368,13 +358,13 @@ class TaskRunner:
             if left <= 0:
                 raise TaskTimedOut(f"{definition.type} exceeded its {timeout:.1f} s timeout")
             try:
-                result = invoke_handler(definition, data, context, left)
+                result = invoke_handler(definition, data, context, left, left_running=left_running)
                 break
             except TaskTimedOut:
                 raise
             except RetryableTaskError:
-                if number == tries:
-                    raise
+                if number == tries or left_running:
+                    raise  # the last try, or one whose work still runs: no other beside it
                 delay = definition.local_retry_delay_seconds * 2 ** (number - 1)
                 self._sleep(max(0.0, min(delay, deadline - self._monotonic())))
         if isinstance(result, BaseModel):

@@ -1,10 +1,11 @@
 """Calling a task's handler, sync or async, bounded by a timeout.
 
-A handler that outlives its timeout raises `TaskTimedOut` here. Async handlers are
-cancelled; work they handed to a thread (`asyncio.to_thread`, `run_in_executor`) and a
-sync handler itself cannot be, so that thread is left running, reported to
-`runner.runtime` (which ends the Lambda runtime before it can act again), and marked on
-the error so its outcome is recorded under a lease that outlasts it.
+A handler that outlives its timeout raises `TaskTimedOut` here (a `TimeoutError` of the
+handler's own is its own error). Async handlers are cancelled; work they handed to a
+thread (`asyncio.to_thread`, `run_in_executor`), an event loop they block, and a sync
+handler itself cannot be, so that thread is left running, reported to `runner.runtime`
+(which ends the Lambda runtime before it can act again), and handed back to the caller
+(whatever the outcome) so its outcome is recorded under a lease that outlasts it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from runner import runtime
 from runner.context import TaskContext
 from runner.errors import TaskTimedOut
 from runner.registry import TaskDefinition
+
+# Time a cancelled async handler is given to unwind (its `finally`, an `except
+# CancelledError`) before its loop's thread is abandoned like a sync handler past its
+# timeout.
+CANCEL_GRACE_SECONDS = 1.0
 
 
 class _TrackingExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -61,35 +67,91 @@ def _timed_out(
 
 
 def invoke_handler(
-    definition: TaskDefinition, data: BaseModel, context: TaskContext, timeout: float
+    definition: TaskDefinition,
+    data: BaseModel,
+    context: TaskContext,
+    timeout: float,
+    *,
+    left_running: list[threading.Thread] | None = None,
 ) -> Any:
-    """Run the handler once; TaskTimedOut past `timeout` seconds."""
+    """Run the handler once; TaskTimedOut past `timeout` seconds.
+
+    Work the call left running, whatever its outcome (a sync handler past its timeout,
+    an async handler's `to_thread` work that outlived it), is handed to
+    `runtime.abandon` and appended to `left_running`: it may still act, so the caller
+    must neither run the handler again nor let a retry claim the task while it lives.
+    """
+    left = left_running if left_running is not None else []
     if definition.is_async:
-        return _invoke_async(definition, data, context, timeout)
-    return _invoke_sync(definition, data, context, timeout)
+        return _invoke_async(definition, data, context, timeout, left)
+    return _invoke_sync(definition, data, context, timeout, left)
+
+
+class _DeadlinePassed(Exception):
+    """The runner's own timeout fired (not a TimeoutError the handler raised)."""
+
+
+async def _within(awaitable: Any, timeout: float) -> Any:
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise _DeadlinePassed from None
+        raise  # the handler's own (an upstream call's socket or asyncio timeout)
 
 
 def _invoke_async(
-    definition: TaskDefinition, data: BaseModel, context: TaskContext, timeout: float
+    definition: TaskDefinition,
+    data: BaseModel,
+    context: TaskContext,
+    timeout: float,
+    left_running: list[threading.Thread],
 ) -> Any:
     # Not asyncio.run(): at its end it waits for the default executor's threads, so a
     # handler whose to_thread work hangs would hold the task far past its timeout.
+    # The loop runs in a thread of its own, joined like a sync handler's: a handler that
+    # blocks its loop (a sync call in async code), or does not unwind when cancelled,
+    # cannot hold the runner past its timeout; it is abandoned instead.
     executor = _TrackingExecutor(f"task-{context.task_id}")
-    loop = asyncio.new_event_loop()
-    loop.set_default_executor(executor)
-    timed_out = False
-    result: Any = None
-    try:
-        result = loop.run_until_complete(
-            asyncio.wait_for(definition.handler(data, context), timeout)
-        )
-    except TimeoutError:
-        timed_out = True
-    finally:
-        busy = _close(loop, executor)
-    if timed_out:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(executor)
+        try:
+            box["result"] = loop.run_until_complete(
+                _within(definition.handler(data, context), timeout)
+            )
+        except _DeadlinePassed:
+            box["timed_out"] = True
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            box["busy"] = _close(loop, executor)
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(target,),
+        daemon=True,
+        name=f"task-{context.task_id}",
+    )
+    thread.start()
+    thread.join(timeout + CANCEL_GRACE_SECONDS)
+    if thread.is_alive():
+        busy = executor.busy_threads()
+        for worker in (thread, *busy):
+            runtime.abandon(worker)
+        left_running.extend((thread, *busy))
+        raise _timed_out(definition, timeout, abandoned=[thread, *busy])
+    busy = box.get("busy", [])
+    left_running.extend(busy)
+    if box.get("timed_out"):
         raise _timed_out(definition, timeout, abandoned=busy)
-    return result
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 def _close(loop: asyncio.AbstractEventLoop, executor: _TrackingExecutor) -> list[threading.Thread]:
@@ -112,7 +174,11 @@ def _close(loop: asyncio.AbstractEventLoop, executor: _TrackingExecutor) -> list
 
 
 def _invoke_sync(
-    definition: TaskDefinition, data: BaseModel, context: TaskContext, timeout: float
+    definition: TaskDefinition,
+    data: BaseModel,
+    context: TaskContext,
+    timeout: float,
+    left_running: list[threading.Thread],
 ) -> Any:
     box: dict[str, Any] = {}
 
@@ -132,6 +198,7 @@ def _invoke_sync(
     thread.join(timeout)
     if thread.is_alive():
         runtime.abandon(thread)
+        left_running.append(thread)
         raise _timed_out(definition, timeout, abandoned=[thread])
     if "error" in box:
         raise box["error"]

@@ -56,6 +56,7 @@ class ReplayReport:
     records: int = 0  # stream records read again
     lost: int = 0  # messages whose records the stream no longer holds
     kept: int = 0  # messages left for the next sweep (something failed again)
+    failed: int = 0  # of those, messages whose replay raised (counted in `kept` too)
 
 
 class FailedBatchReplay:
@@ -120,13 +121,29 @@ class FailedBatchReplay:
             for message in messages:
                 if remaining_seconds() <= REPLAY_MARGIN_SECONDS:
                     break
-                if self._replay_message(message, remaining_seconds, report, runnable):
-                    self._aws(
-                        self.clients.sqs,
-                        "delete_message",
-                        QueueUrl=queue,
-                        ReceiptHandle=message["ReceiptHandle"],
+                try:
+                    done = self._replay_message(message, remaining_seconds, report, runnable)
+                    if done:
+                        self._aws(
+                            self.clients.sqs,
+                            "delete_message",
+                            QueueUrl=queue,
+                            ReceiptHandle=message["ReceiptHandle"],
+                        )
+                except Exception as exc:
+                    # One message never stops the others (I6): it stays in the queue and
+                    # comes back after its visibility timeout; the queue's redrive
+                    # policy moves it to the dead-letter queue once it keeps failing.
+                    done = False
+                    report.failed += 1
+                    self.log.error(
+                        "failed stream batch not replayed; left in the queue",
+                        extra={
+                            "error_type": type(exc).__name__,
+                            "error": str(exc) if isinstance(exc, ReplayError) else "",
+                        },
                     )
+                if done:
                     report.messages += 1
                 else:
                     report.kept += 1

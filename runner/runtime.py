@@ -23,11 +23,13 @@ exit, and a lease of work still running stays whole; set an ender with `set_ende
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 # Kept back from a Lambda's remaining time so outcomes are recorded before it ends.
@@ -44,6 +46,15 @@ EXIT_STATUS = 86
 EXIT_LEASE_SECONDS = 5
 # The cut's one DynamoDB call: connect and read timeouts each (runner.store).
 CUT_CALL_SECONDS = 1.0
+# All cuts are made at once and waited for this long at most (connect + read, and the
+# client's creation): the runtime ends well within every cut lease's
+# `EXIT_LEASE_SECONDS`, however many there are. A cut unanswered by then keeps its
+# long lease, or the short one if it applied: either outlasts the exit.
+CUT_PHASE_SECONDS = 2 * CUT_CALL_SECONDS + 0.5
+# An abandoned attempt's outcome write is given up, and the runtime ended, this long
+# before the claim's own lease ends (`ending_if_late`): the cut phase of other held
+# leases, and clock skew between the Lambdas that compare the lease.
+LATE_WRITE_MARGIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -132,21 +143,54 @@ def end_if_abandoned() -> bool:
 
 def _release_held(ending: bool) -> None:
     """Release each held lease whose work has ended, and, if the runtime ends next, cut
-    those of work still running; keep the others whole."""
+    those of work still running; keep the others whole. The releases run at once, and
+    are waited for `CUT_PHASE_SECONDS` at most (one after another, each cut's lease
+    would start its own `EXIT_LEASE_SECONDS` and the first would end before the exit)."""
     with _lock:
         due = [h for h in _held if ending or not any(t.is_alive() for t in h.threads)]
         _held[:] = [h for h in _held if all(h is not d for d in due)]
-    for held in due:
-        running = any(t.is_alive() for t in held.threads)
-        try:
-            held.release(running)
-        except Exception as exc:  # the long lease stays: the retry only waits longer
-            from runner.logs import get_logger
+    if not due:
+        return
+    releasers = [
+        threading.Thread(
+            target=_release_one,
+            args=(held, any(t.is_alive() for t in held.threads)),
+            daemon=True,
+            name="lease-cut",
+        )
+        for held in due
+    ]
+    for releaser in releasers:
+        releaser.start()
+    ends_at = time.monotonic() + CUT_PHASE_SECONDS
+    for releaser in releasers:
+        releaser.join(max(0.0, ends_at - time.monotonic()))
 
-            get_logger().warning(
-                "could not release an abandoned attempt's lease; it runs its course",
-                extra={"error_type": type(exc).__name__},
-            )
+
+def _release_one(held: HeldLease, running: bool) -> None:
+    try:
+        held.release(running)
+    except Exception as exc:  # the long lease stays: the retry only waits longer
+        from runner.logs import get_logger
+
+        get_logger().warning(
+            "could not release an abandoned attempt's lease; it runs its course",
+            extra={"error_type": type(exc).__name__},
+        )
+
+
+@contextlib.contextmanager
+def ending_if_late(seconds: float) -> Iterator[None]:
+    """End the runtime (`end_if_abandoned`) if the block still runs after `seconds`: an
+    abandoned attempt's outcome write that would outlast the claim's own lease must not
+    let the work outlive that lease (a throttled or slow DynamoDB)."""
+    timer = threading.Timer(max(0.0, seconds), end_if_abandoned)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def abandoned_lease(now_epoch: float, remaining_seconds: float | None, fallback: float) -> int:

@@ -20,6 +20,13 @@ from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskStatus
 
+# DynamoDB's refusals of the record's own item (its size, its attributes, left after the
+# store's own size handling): redelivery cannot help, so the record is dropped. Any other
+# refusal (AccessDenied while an IAM change propagates, a KMS key unavailable, a table
+# being replaced) is about the moment, not the record: it is reported as failed, so the
+# mapping retries it, then sends it to the on-failure queue, which the sweeper replays.
+RECORD_REFUSALS = frozenset({"ValidationException"})
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -120,7 +127,7 @@ class StreamProcessor:
         try:
             return self._process_record(record, remaining_seconds)
         except StoreError as exc:
-            if not exc.transient:
+            if exc.code in RECORD_REFUSALS:
                 # Redelivery cannot help: a poison record must not block its shard.
                 self.log.error(
                     "record refused by DynamoDB; dropped",

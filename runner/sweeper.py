@@ -143,7 +143,7 @@ class Sweeper:
             return ends - self._monotonic()
 
         tally = _Tally()
-        replayed = self._phase("replay", tally, lambda: self._replay(left, runnable))
+        replayed = self._phase("replay", tally, lambda: self._replay(left, runnable, tally))
         self._phase("leases", tally, lambda: self.expire_leases(tally))
         self._phase(
             "pending", tally, lambda: self._run_pending(self._due_pending(), left, tally, runnable)
@@ -196,11 +196,13 @@ class Sweeper:
     # --- 1. failed stream batches --------------------------------------------------
 
     def _replay(
-        self, left: Callable[[], float], runnable: Callable[[Task], bool] | None
+        self, left: Callable[[], float], runnable: Callable[[Task], bool] | None, tally: _Tally
     ) -> tuple[int, int, int]:
         if self.replay is None:
             return 0, 0, 0
         report = self.replay.run(left, runnable)
+        for _ in range(report.failed):  # one error per message left unreplayed
+            tally.bump("errors")
         return report.messages, report.records, report.lost
 
     # --- 2. expired leases ---------------------------------------------------------

@@ -156,7 +156,18 @@ class RetryWorkflow:
             return None
         try:
             return ExecutionRef.of(self.store.redrive(task, statuses=(task.status,)))
-        except TaskConflict:
+        except TaskConflict as exc:
+            # Our write applied and its reply was lost (the retry's condition then
+            # fails), or another redrive won: either way the task waits in the next
+            # episode, whose execution is started by name (idempotent).
+            found = exc.old if isinstance(exc.old, Task) else self.store.find(ref.task_id)
+            if (
+                found is not None
+                and found.episode == ref.episode + 1
+                and (found.created_at or "") == ref.created_at
+                and found.status is TaskStatus.RETRYING
+            ):
+                return ExecutionRef.of(found)
             return None
 
     def status(self, ref: ExecutionRef) -> str | None:

@@ -71,6 +71,26 @@ def episode_condition(episode: int, placeholder: str = ":episode") -> str:
     return f"episode = {placeholder}"
 
 
+# What every write that matters to a read-modify-write changes: a claim (token,
+# attempts), an outcome (status), any status change (updated_at), a re-put (created_at).
+_AS_READ = ("status", "attempts", "claim_token", "updated_at", "created_at")
+
+
+def as_read(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A condition (and its values) that holds only while the item is still as `values`
+    were read: for a write computed from that read (a compaction, a projection)."""
+    clauses: list[str] = []
+    bound: dict[str, Any] = {}
+    for name in _AS_READ:
+        ref = "#status" if name == "status" else name
+        if name in values:
+            clauses.append(f"{ref} = :seen_{name}")
+            bound[f":seen_{name}"] = values[name]
+        else:
+            clauses.append(f"attribute_not_exists({ref})")
+    return " AND ".join(clauses), bound
+
+
 class StoreBase(TaskListing):
     """Reads and the conditional-update helper every write goes through."""
 

@@ -20,7 +20,13 @@ from runner.errors import (
 from runner.items import iso, task_from_item
 from runner.limits import claim_problem
 from runner.model import ClaimSource, Task, TaskStatus, status_shard
-from runner.store.base import StoreBase, attempt_log_value, bounded_error, episode_condition
+from runner.store.base import (
+    StoreBase,
+    as_read,
+    attempt_log_value,
+    bounded_error,
+    episode_condition,
+)
 from runner.store.outcomes import OutcomeWrites
 
 S = TaskStatus
@@ -100,7 +106,10 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             return
         status = values.get("status")
         if status in (S.PENDING.value, S.FAILED.value, S.RETRYING.value):
-            self.fail_oversized(task_id, problem, values)
+            try:
+                self.fail_oversized(task_id, problem, values)
+            except TaskConflict:
+                return  # changed since the read (put again): not the item found too large
             raise ItemTooLarge(problem) from cause
 
     def compact(self, task_id: str) -> None:
@@ -115,8 +124,9 @@ class ClaimWrites(OutcomeWrites, StoreBase):
         sets: dict[str, Any] = {"attempt_log": attempt_log_value(task)}
         if task.error is not None:
             sets["error"] = bounded_error(task.error).model_dump(mode="json")
-        with contextlib.suppress(TaskConflict):
-            self._update_values(task_id, sets, condition="attribute_exists(id)")
+        condition, seen = as_read(values)
+        with contextlib.suppress(TaskConflict):  # changed since the read: nothing to redo
+            self._update_values(task_id, sets, condition=condition, values=seen)
 
     def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
         """PENDING → PROCESSING, unless a lease is live (`fence_pending`); raises
@@ -209,6 +219,8 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             values=values,
             adds={"attempts": 1, "episode_attempts": 1},
             extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
+            # A running task is never TTL's to delete (its outcome sets a new expiry).
+            removes=("expires_at",),
         )
 
     def prepare_handoff(self, task_id: str) -> Task:

@@ -10,7 +10,7 @@ from runner.errors import ItemTooLarge, MalformedTask, StoreError, TaskAlreadyCl
 from runner.items import iso, task_to_item
 from runner.limits import claim_problem, fits, storable_json
 from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
-from runner.store.base import StoreBase, attempt_log_value, bounded_error
+from runner.store.base import StoreBase, as_read, attempt_log_value, bounded_error
 
 S = TaskStatus
 # The error recorded when a result cannot be stored beside its task.
@@ -68,7 +68,10 @@ class OutcomeWrites(StoreBase):
             removes.append("lease_expires_at")
         else:
             sets["lease_expires_at"] = lease_until
-        if status in (S.DONE, S.FAILED):
+        if status in (S.DONE, S.FAILED, S.RETRYING):
+            # Every state but a running claim's expires (TTL at least a day: far past a
+            # retry's hours), so a task whose retry was lost with its repair is not kept
+            # for ever; the claim removes it, its outcome sets it again.
             sets["expires_at"] = self._expiry(now)
         if result is not None:
             sets["result"] = result
@@ -213,11 +216,14 @@ class OutcomeWrites(StoreBase):
                 condition += " AND lease_expires_at < :now_epoch"
                 condition_values[":now_epoch"] = int(now.timestamp())
         else:
-            condition = "#status IN (:pending, :failed, :retrying)"
+            # `values` must still be the item: `sets`/`removes` were projected from them.
+            unchanged, seen = as_read(values)
+            condition = f"#status IN (:pending, :failed, :retrying) AND {unchanged}"
             condition_values = {
                 ":pending": S.PENDING.value,
                 ":failed": S.FAILED.value,
                 ":retrying": S.RETRYING.value,
+                **seen,
             }
         self._update_values(
             task_id, sets, removes=tuple(removes), condition=condition, values=condition_values

@@ -302,3 +302,24 @@ def test_test_and_bench_table_matches_the_template(packaged: Packaged) -> None:
     for name, index in ours.items():
         assert index["KeySchema"] == theirs[name]["KeySchema"]
         assert index["Projection"] == theirs[name]["Projection"]
+
+
+def test_a_message_the_sweeper_cannot_replay_moves_to_an_alarmed_dead_letter_queue(
+    packaged: Packaged,
+) -> None:
+    # A message that keeps failing comes back once per sweep: after a day's sweeps (the
+    # stream no longer holds its records) it leaves for the dead-letter queue
+    props = packaged.resource("StreamOnFailureQueue")["Properties"]
+    redrive = props["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["StreamOnFailureDeadLetterQueue", "Arn"]
+    }
+    assert redrive["maxReceiveCount"] * 5 * 60 >= 24 * 3600
+    dlq = packaged.resource("StreamOnFailureDeadLetterQueue")["Properties"]
+    assert dlq["SqsManagedSseEnabled"] is True
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    alarm = packaged.resource("StreamOnFailureDeadLetterAlarm")["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["StreamOnFailureDeadLetterQueue", "QueueName"]
+    }
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]

@@ -212,3 +212,58 @@ def test_local_retries_absorb_quick_transient_errors(
     )
     task = lambda_app.store.get("lr")
     assert task.status is TaskStatus.DONE and task.attempts == 1 and len(calls) == 3
+
+
+def _refuse_updates(
+    app: App, monkeypatch: pytest.MonkeyPatch, code: str, *, times: int = 1
+) -> None:
+    from botocore.exceptions import ClientError
+
+    real = app.clients.dynamodb.update_item
+    calls = {"n": 0}
+
+    def refused_once(**kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            error = {"Code": code, "Message": "refused"}
+            raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}, "x")
+        return real(**kwargs)
+
+    monkeypatch.setattr(app.clients.dynamodb, "update_item", refused_once)
+
+
+@pytest.mark.parametrize(
+    "code", ["AccessDeniedException", "KMSAccessDeniedException", "ResourceNotFoundException"]
+)
+def test_a_claim_refused_for_a_reason_not_about_the_record_is_retried_not_dropped(
+    app: App, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    # Given a task inserted by hand (no status_shard: no index finds it), and DynamoDB
+    # refusing its claim for a reason of the moment (IAM propagating, a KMS key, a
+    # table being replaced), not about the item
+    record = _insert(app, "r", "NOOP_TASK", {})
+    _refuse_updates(app, monkeypatch, code)
+
+    # When the stream processes it
+    result = app.stream.process([record])
+
+    # Then the record is reported failed (the mapping retries it, then sends it to the
+    # on-failure queue the sweeper replays), not dropped as poison
+    assert result.failed_sequence_numbers == [record["dynamodb"]["SequenceNumber"]]
+    assert result.malformed == 0
+    # And the redelivery runs it
+    assert [o.status for o in app.stream.process([record]).outcomes] == [TaskStatus.DONE]
+
+
+def test_a_claim_refused_for_the_record_itself_is_dropped_not_retried(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given DynamoDB refusing the claim's write with a ValidationException left after
+    # the store's own size handling (redelivery cannot help)
+    record = _insert(app, "v", "NOOP_TASK", {})
+    _refuse_updates(app, monkeypatch, "ValidationException", times=100)
+
+    result = app.stream.process([record])
+
+    # Then it does not block its shard
+    assert result.failed_sequence_numbers == [] and result.malformed == 1

@@ -361,3 +361,72 @@ def test_a_task_id_reused_after_its_task_expired_gets_new_executions(flow: Workf
     # Then it has an execution of its own (Step Functions keeps the old name 90 days)
     assert len(runs) == 2
     assert flow.app.store.get("reused").status is TaskStatus.DONE
+
+
+# --- review-11 findings 10, 12: a write applied whose reply was lost -----------------------
+
+
+def _lose_the_reply_once(flow: Workflow, operation: str) -> list[int]:
+    """The next `operation` to DynamoDB that applies has its reply lost (a read
+    timeout): tenacity tries it again, and its condition no longer holds."""
+    from botocore.exceptions import ReadTimeoutError
+
+    lost: list[int] = []
+
+    def after(parsed: dict[str, Any], **kwargs: Any) -> None:
+        if not lost and "Error" not in parsed:
+            lost.append(1)
+            raise ReadTimeoutError(endpoint_url="https://dynamodb")
+
+    flow.app.clients.dynamodb.meta.events.register(f"after-call.dynamodb.{operation}", after)
+    return lost
+
+
+def test_a_redrive_whose_reply_was_lost_still_starts_the_new_episode(flow: Workflow) -> None:
+    # Given a task the workflow owns (RETRYING) whose execution has ended without it
+    flow.insert("lost-reply", "FLAKY_TASK", {"fail_times": 1})
+    flow.pump()
+    flow.wait()
+    flow.app.clients.dynamodb.update_item(
+        TableName=flow.app.settings.table_name,
+        Key={"id": {"S": "lost-reply"}},
+        UpdateExpression="SET #s = :r, status_shard = :shard",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={
+            ":r": {"S": "RETRYING"},
+            ":shard": {"S": status_shard("lost-reply", TaskStatus.RETRYING)},
+        },
+    )
+    # ... and the reply of the repair's redrive (episode 1 → 2) lost
+    lost = _lose_the_reply_once(flow, "UpdateItem")
+
+    # When the sweeper repairs it
+    flow.app.store.clock = lambda: utcnow() + timedelta(minutes=30)
+    assert handler.sweep({}, FakeLambdaContext())["repaired"] == 1
+
+    # Then the new episode's execution was started in that same sweep
+    assert lost == [1]
+    assert flow.app.store.get("lost-reply").episode == 2
+    assert flow.name("lost-reply", 2) in [e["name"] for e in flow.executions()]
+
+
+def test_exhausted_retries_are_counted_when_the_exhaust_writes_reply_was_lost(
+    flow: Workflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task whose workflow gives up, and the reply of its final write lost
+    counted: list[str] = []
+    monkeypatch.setattr(
+        "runner.metrics.retries_exhausted",
+        lambda task_type, reason, episode: counted.append(reason),
+    )
+    flow.insert("uncounted", "NOOP_TASK", {})
+    lost = _lose_the_reply_once(flow, "UpdateItem")
+    event = {"mode": "exhaust", "task_id": "uncounted", "episode": 0, "error": "States.Timeout"}
+
+    # When the exhaust mode marks it
+    assert handler.run_task(event, FakeLambdaContext()) == {"outcome": "exhausted"}
+
+    # Then the task is marked and the metric counted once
+    assert lost == [1]
+    assert flow.app.store.get("uncounted").retries_exhausted
+    assert counted == ["States.Timeout"]

@@ -7,6 +7,7 @@ size rules): bare moto would half-apply the refused writes and mask these.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from datetime import timedelta
 from typing import Any
@@ -194,3 +195,89 @@ def test_results_too_large_for_their_item_fail_with_a_short_error(
     assert task.status is TaskStatus.FAILED and task.retryable is False
     assert task.error is not None and task.error.type == "ResultNotStorable"
     assert "too large" in task.error.message
+
+
+def _write_after_the_read(app: App, monkeypatch: pytest.MonkeyPatch, write: Any) -> list[int]:
+    """The store's next read of an item is followed at once by `write()` (a competing
+    writer between a read-modify-write's read and its write)."""
+    read = app.store.get_values
+    done: list[int] = []
+
+    def get_values(task_id: str) -> Any:
+        values = read(task_id)
+        if not done:
+            done.append(1)
+            write()
+        return values
+
+    monkeypatch.setattr(app.store, "get_values", get_values)
+    return done
+
+
+def test_a_compaction_never_writes_back_what_a_competing_write_changed(
+    lambda_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a FAILED task with an error on record
+    app = lambda_app
+    put_raw(
+        app.clients.dynamodb,
+        app.settings.table_name,
+        {
+            **pending("c", "NOOP_TASK", {}),
+            "status": "FAILED",
+            "retryable": True,
+            "error": {"type": "X", "message": "m" * 3000, "retryable": True},
+        },
+    )
+
+    # ... and another claimer that runs it to DONE (error removed) just after this
+    # compaction read the item
+    def finish() -> None:
+        app.clients.dynamodb.update_item(
+            TableName=app.settings.table_name,
+            Key={"id": {"S": "c"}},
+            UpdateExpression="SET #s = :done, updated_at = :now REMOVE #e",
+            ExpressionAttributeNames={"#s": "status", "#e": "error"},
+            ExpressionAttributeValues={":done": {"S": "DONE"}, ":now": {"S": "2026-12-01T01:00Z"}},
+        )
+
+    raced = _write_after_the_read(app, monkeypatch, finish)
+
+    # When the compaction writes
+    app.store.compact("c")
+
+    # Then the competing write stands: the stale error is not put back on the DONE task
+    task = app.store.get("c")
+    assert raced == [1]
+    assert task.status is TaskStatus.DONE and task.error is None
+
+
+def test_a_small_task_put_over_a_too_large_one_is_not_failed_for_its_size(
+    lambda_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a PENDING item too large to claim, put again (small) by its producer right
+    # after the claim's refusal made the store read it (each put with its own
+    # created_at, as the client writes them)
+    app = lambda_app
+    big = _padded(
+        {**pending("g", "NOOP_TASK", {}), "created_at": "2026-12-01T00:00:00.000Z"},
+        MAX_ITEM_BYTES - 100,
+    )
+    put_raw(app.clients.dynamodb, app.settings.table_name, big)
+    small = {**pending("g", "NOOP_TASK", {"keep": "me"}), "created_at": "2026-12-01T00:00:05.000Z"}
+    raced = _write_after_the_read(
+        app, monkeypatch, lambda: put_raw(app.clients.dynamodb, app.settings.table_name, small)
+    )
+
+    # When a claim comes
+    from runner.errors import ItemTooLarge, TaskAlreadyClaimed
+    from runner.model import ClaimSource
+
+    with contextlib.suppress(ItemTooLarge, TaskAlreadyClaimed):
+        app.store.claim_pending("g", source=ClaimSource.STREAM, lease_seconds=60)
+
+    # Then the small item is not FAILED as too large, and keeps its data
+    task = app.store.get("g")
+    assert raced == [1]
+    assert task.status is not TaskStatus.FAILED, task.error
+    assert task.data == {"keep": "me"}

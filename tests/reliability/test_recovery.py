@@ -197,3 +197,74 @@ def test_the_scheduled_sweep_reads_no_table_segment_by_default(swept_app: App) -
     scans = _count_calls(swept_app, "Scan")
     handler.sweep({"time": "2026-11-29T08:05:00Z"}, FakeLambdaContext())
     assert scans == []
+
+
+def _client_error(code: str, operation: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    error = {"Code": code, "Message": "refused"}
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}, operation)
+
+
+def test_one_on_failure_message_that_cannot_be_replayed_never_stops_the_others(
+    swept_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a given-up batch, and before it in the queue a message the sweep cannot read
+    # for a reason other than trimmed records (a stream ARN from before the stream was
+    # disabled and enabled again, which the role may not read: AccessDenied)
+    app = swept_app
+    replaying, queue_url = _given_up_batch(app, "good", "NOOP_TASK")
+    [message] = app.clients.sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0)["Messages"]
+    good = json.loads(message["Body"])
+    info = good["DDBStreamBatchInfo"]
+    bad = {**good, "DDBStreamBatchInfo": {**info, "streamArn": info["streamArn"] + "-old"}}
+    app.clients.sqs.purge_queue(QueueUrl=queue_url)
+    for body in (bad, good):
+        app.clients.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(body))
+    streams = app.clients.dynamodbstreams
+    real = streams.get_shard_iterator
+
+    def get_shard_iterator(**kwargs: Any) -> Any:
+        if kwargs["StreamArn"].endswith("-old"):
+            raise _client_error("AccessDeniedException", "GetShardIterator")
+        return real(**kwargs)
+
+    monkeypatch.setattr(streams, "get_shard_iterator", get_shard_iterator)
+
+    # When the sweep replays the queue
+    report = replaying.sweeper.sweep(remaining_seconds=60.0)
+
+    # Then the good batch is replayed; the bad message is counted and kept (hidden for
+    # the visibility timeout, then the dead-letter queue once it keeps failing)
+    assert app.store.get("good").status is TaskStatus.DONE
+    assert report.replayed_batches == 1 and report.errors == 1
+    assert report.phase_errors == ()
+    counts = app.clients.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])
+    assert int(counts["Attributes"]["ApproximateNumberOfMessagesNotVisible"]) == 1
+
+
+def test_a_throttled_stream_read_is_retried_within_the_same_sweep(
+    swept_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a given-up batch, and GetRecords throttled twice (LimitExceededException: the
+    # sweeper is a third reader of a shard the two mappings already read)
+    app = swept_app
+    replaying, queue_url = _given_up_batch(app, "busy", "NOOP_TASK")
+    streams = app.clients.dynamodbstreams
+    real = streams.get_records
+    refusals = iter(range(2))
+
+    def get_records(**kwargs: Any) -> Any:
+        if next(refusals, None) is not None:
+            raise _client_error("LimitExceededException", "GetRecords")
+        return real(**kwargs)
+
+    monkeypatch.setattr(streams, "get_records", get_records)
+
+    # When the sweep runs
+    report = replaying.sweeper.sweep(remaining_seconds=60.0)
+
+    # Then the batch is replayed in this sweep, not kept for the next
+    assert app.store.get("busy").status is TaskStatus.DONE
+    assert report.replayed_batches == 1 and report.errors == 0
+    assert app.clients.sqs.receive_message(QueueUrl=queue_url).get("Messages", []) == []
