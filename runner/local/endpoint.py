@@ -15,8 +15,9 @@ Protocol, one JSON object per line:
 - child → parent, on the file descriptor given as --report-fd: `{"endpoint": url}` once
   listening, then one reply per request (`{"error": text}` if it failed);
 - parent → child, on stdin, one request per line:
-  `{"functions": [FunctionConfig dicts], "env": {...}}` registers functions, `env` being
-  the overlay every environment gets (→ `{"registered": n}`);
+  `{"functions": [FunctionConfig dicts], "env": {...}, "code": [[source, path]]}`
+  registers functions, `env` being the overlay every environment gets and `code` the
+  modules copied into their task root (→ `{"registered": n}`);
   `{"stats": true}` → `{"stats": {action: {"calls", "cpu_s"}}}`, the CPU time of each
   moto action since the last such request (where the endpoint's time goes, for bench/);
   `{"faults": SPEC, "seed": N}` makes SPEC the active faults (`"faults": null` only
@@ -109,10 +110,16 @@ class EndpointProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def register(self, functions: Sequence[dict[str, Any]], env: dict[str, str]) -> None:
-        """Give the Lambda service the functions (FunctionConfig dicts) and the overlay
-        every environment runs with; wait until it has them."""
-        self._request({"env": env, "functions": list(functions)})
+    def register(
+        self,
+        functions: Sequence[dict[str, Any]],
+        env: dict[str, str],
+        code: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Give the Lambda service the functions (FunctionConfig dicts), the overlay
+        every environment runs with and the modules to copy into the task root
+        (runner.local.lambda_runtime.module_files); wait until it has them."""
+        self._request({"env": env, "functions": list(functions), "code": list(code)})
 
     def stats(self) -> dict[str, dict[str, float]]:
         """CPU seconds and calls per moto action since the last call (then reset)."""
@@ -248,6 +255,7 @@ def _serve(port: int, report: IO[str]) -> None:
                         send({"ttl": {"lag": ttl.lag_s, "deleted": ttl.deleted}})
                     else:
                         service.overlay.update(message.get("env", {}))
+                        service.load([(src, rel) for src, rel in message.get("code", [])])
                         functions = [FunctionConfig.from_dict(f) for f in message["functions"]]
                         service.register(functions)
                         send({"registered": len(functions)})

@@ -29,7 +29,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -79,6 +78,17 @@ def _error(request_id: str, error_type: str, message: str) -> bytes:
     return json.dumps(body).encode()
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What every environment of a service runs (runner.local.lambda_runtime): the
+    runtime's interpreter, the task root, the runtime directory, PATH."""
+
+    python: str
+    task_root: str
+    runtime_dir: str
+    path: str
+
+
 class _Lines:
     """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
 
@@ -118,7 +128,7 @@ class ExecutionEnvironment:
         number: int,
         overlay: Mapping[str, str],
         spawn: Callable[[Callable[[], subprocess.Popen[bytes]]], subprocess.Popen[bytes]],
-        python: str = sys.executable,
+        runtime: Runtime,
     ) -> None:
         self.config = config
         self.number = number
@@ -131,7 +141,7 @@ class ExecutionEnvironment:
         self.init_s: float | None = None
         self._overlay = dict(overlay)
         self._spawn = spawn
-        self._python = python
+        self._runtime = runtime
         self._lock = threading.RLock()
         self._process: subprocess.Popen[bytes] | None = None
         self._invoke_fd = -1
@@ -168,15 +178,17 @@ class ExecutionEnvironment:
             overlay=self._overlay,
             access_key_id=self.access_key_id,
             environment_id=self.id,
+            task_root=self._runtime.task_root,
+            runtime_dir=self._runtime.runtime_dir,
+            path=self._runtime.path,
         )
         spawned_at = time.time()
 
         def popen() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [
-                    self._python,
-                    "-m",
-                    "runner.local.lambda_worker",
+                    self._runtime.python,
+                    os.path.join(self._runtime.runtime_dir, "lambda_worker.py"),
                     f"--invoke-fd={invoke_read}",
                     f"--reply-fd={reply_write}",
                     f"--parent={os.getpid()}",

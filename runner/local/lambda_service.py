@@ -17,9 +17,7 @@ service, so Step Functions' `lambda:invoke`, the stack's stream pollers and sche
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,9 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.local.lambda_config import FunctionConfig, reserved_in
-from runner.local.lambda_env import ExecutionEnvironment, InvocationResult, RuntimeStatus
+from runner.local.lambda_env import (
+    ExecutionEnvironment,
+    InvocationResult,
+    Runtime,
+    RuntimeStatus,
+)
+from runner.local.lambda_runtime import Code, module_files, runtime_python, system_path
 from runner.local.lambdas import function_name_of
-from runner.local.template import ROOT
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,20 @@ class LambdaService:
         overlay: Mapping[str, str] | None = None,
         default_concurrency: int = DEFAULT_CONCURRENCY,
         keep_alive_s: float = KEEP_ALIVE_SECONDS,
-        python: str = sys.executable,
+        python: str | None = None,
     ) -> None:
         self.overlay = dict(overlay or {})
         self.default_concurrency = default_concurrency
         self.keep_alive_s = keep_alive_s
-        self._python = python
+        # What the zip holds, on the runtime's Python (runner.local.lambda_runtime).
+        self.code = Code()
+        python = python or runtime_python()
+        self._runtime = Runtime(
+            python=python,
+            task_root=str(self.code.task_root),
+            runtime_dir=str(self.code.runtime_dir),
+            path=system_path(python),
+        )
         self._functions: dict[str, FunctionConfig] = {}
         self._pools: dict[str, list[ExecutionEnvironment]] = {}
         self._stats: dict[str, FunctionStats] = {}
@@ -110,8 +121,15 @@ class LambdaService:
 
     # --- functions -----------------------------------------------------------------
 
+    def load(self, files: Sequence[tuple[str, str]]) -> None:
+        """Copy modules the zip does not hold into the task root (the demo's and the
+        user's task modules: `lambda_runtime.module_files`, found by the stack)."""
+        self.code.add(files)
+
     def register(self, configs: Sequence[FunctionConfig]) -> None:
-        """Add (or replace) functions; refuses what Lambda would refuse to deploy."""
+        """Add (or replace) functions; refuses what Lambda would refuse to deploy. A
+        handler's module the zip does not hold (a test's) is copied in, found as this
+        process imports it."""
         for config in configs:
             reserved = reserved_in(config.environment)
             if reserved:
@@ -120,9 +138,10 @@ class LambdaService:
                     + ", ".join(reserved)
                 )
             module = config.handler.rpartition(".")[0]
-            if str(ROOT) not in sys.path:
-                sys.path.insert(0, str(ROOT))
-            if not module or importlib.util.find_spec(module) is None:
+            if module and not self.code.holds(module):
+                with contextlib.suppress(Exception):
+                    self.code.add(module_files([module]))
+            if not module or not self.code.holds(module):
                 raise ModuleNotFoundError(
                     f"function {config.name}: no module named {module!r} for {config.handler}"
                 )
@@ -201,7 +220,7 @@ class LambdaService:
                 number=next(self._numbers),
                 overlay=self.overlay,
                 spawn=self._spawn,
-                python=self._python,
+                runtime=self._runtime,
             )
             environment.reserve()
             pool.append(environment)
@@ -261,6 +280,7 @@ class LambdaService:
         for environment in self.environments():
             environment.stop()
         self._spawner.shutdown(wait=True)
+        self.code.close()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[LambdaService]:

@@ -40,6 +40,7 @@ import boto3
 from runner.local import stack as cfn
 from runner.local.chaos import STACK_SERVICES, FaultPlan, parse_faults
 from runner.local.endpoint import EndpointProcess
+from runner.local.lambda_runtime import module_files
 from runner.local.lambdas import LambdaInvoker
 from runner.local.motoserver import MOTO_CONFIG, moto_api
 from runner.local.poller import DEFAULT_POLL_INTERVAL, StreamPoller
@@ -163,7 +164,8 @@ class LocalStack:
                 info.config(region, ACCOUNT, stream_batches=batches.get(logical_id)).as_dict()
                 for logical_id, info in functions.items()
             ]
-            server.register(configs, overlay)
+            # The demo's and the user's task modules are not in the zip: copied in.
+            server.register(configs, overlay, code=module_files(modules.split(",")))
             env = client_environment(functions, EXPORTED)
             env.update(base_env, AWS_ENDPOINT_URL=endpoint, **{TASK_MODULES_ENV: modules})
             exits.enter_context(patched_environ(env))

@@ -71,3 +71,23 @@ def fork_and_die(event: Any, context: Any) -> None:
         time.sleep(30)
         os._exit(0)
     os._exit(5)
+
+
+def inspect(event: Any, context: Any) -> dict[str, Any]:
+    """The interpreter, sys.path and which of `event["modules"]` would import."""
+    import importlib.util
+    import sys
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is not there
+            return False
+
+    return {
+        "version": list(sys.version_info[:2]),
+        "executable": sys.executable,
+        "path": sys.path,
+        "cwd": os.getcwd(),
+        "importable": {name: importable(name) for name in event.get("modules", [])},
+    }

@@ -9,6 +9,7 @@ invocations, and a crash or timeout discarding the environment.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 from runner.local.lambda_config import FunctionConfig
 from runner.local.lambda_env import InvocationResult
 from runner.local.lambda_service import FunctionThrottled, LambdaService
+from runner.local.template import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +112,43 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
     # Each environment signs with a key id of its own, so the endpoint can tell them apart
     assert one["AWS_ACCESS_KEY_ID"] != two["AWS_ACCESS_KEY_ID"]
     assert len(one["AWS_ACCESS_KEY_ID"]) == 20
+
+
+def test_a_function_runs_on_the_runtimes_python_with_only_what_its_zip_holds(
+    service: LambdaService,
+) -> None:
+    # Given a function (its handler's module is not in the zip: the service copies it in)
+    service.register([config("inspect", "inspect", timeout=10)])
+    modules = {
+        # What the zip holds, and requirements.txt's packages
+        "handler": True,
+        "runner.executor": True,
+        "tasks": True,
+        "pydantic": True,
+        "aws_lambda_powertools": True,
+        "boto3": True,
+        # The local stack, the dev tools, the tests' helpers: not in the zip
+        "runner.local.chaos": False,
+        "runner.local.lambda_worker": False,
+        "moto": False,
+        "pytest": False,
+        "hypothesis": False,
+        "tests.helpers": False,
+        # Gone from Python 3.12's standard library
+        "distutils": False,
+    }
+
+    seen = body(invoke(service, "inspect", {"modules": list(modules)}))
+
+    # Then it runs on Python 3.12 (the runtime the template names), in its task root,
+    # with nothing of the repository or of this process's PYTHONPATH importable
+    if os.environ.get("TASK_RUNNER_LAMBDA_PYTHON"):
+        assert seen["version"] == [3, 12]
+    assert seen["importable"] == modules
+    task_root = service.code.task_root
+    assert seen["cwd"] == str(task_root) and seen["path"][0] == str(task_root)
+    assert not any(str(ROOT) in entry for entry in seen["path"])
+    assert not (task_root / "runner" / "local" / "chaos.py").exists()
 
 
 def test_a_function_that_sets_a_reserved_variable_is_refused(service: LambdaService) -> None:
