@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 # Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
 INIT_TIMEOUT_SECONDS = 10.0
 # How often a wait for a reply checks that the worker is still alive (a process it started
-# may hold the reply pipe open after it died).
-LIVENESS_CHECK_SECONDS = 0.5
+# may hold the reply pipe open after it died) and whether its deadline moved.
+LIVENESS_CHECK_SECONDS = 0.1
 # How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
 FREEZE_WAIT_SECONDS = 0.5
 
@@ -97,11 +97,11 @@ class _Lines:
         self.alive = alive  # a process that died answers nothing more, whoever holds its pipe
         self._buffer = b""
 
-    def next(self, deadline: float) -> dict[str, Any] | None:
+    def next(self, deadline: Callable[[], float]) -> dict[str, Any] | None:
         """The next message; None at end of file or once the writer died. Raises
-        TimeoutError past `deadline`."""
+        TimeoutError past `deadline()` (monotonic; it may move while waiting)."""
         while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
+            left = deadline() - time.monotonic()
             if left <= 0:
                 raise TimeoutError
             ready, _, _ = select.select([self.fd], [], [], min(left, LIVENESS_CHECK_SECONDS))
@@ -147,6 +147,7 @@ class ExecutionEnvironment:
         self._invoke_fd = -1
         self._replies: _Lines | None = None
         self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
+        self._deadline = 0.0  # the running invocation's (monotonic); the chaos layer moves it
         self._request_id = ""
 
     # --- status --------------------------------------------------------------------
@@ -213,7 +214,7 @@ class ExecutionEnvironment:
         self._replies = _Lines(reply_read, lambda: process.poll() is None)
         deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
         try:
-            ready = self._replies.next(deadline)
+            ready = self._replies.next(lambda: deadline)
         except TimeoutError:
             ready = {"init_error": {"errorType": "Sandbox.Timedout", "errorMessage": "init"}}
         if ready is None or "init_error" in ready:
@@ -252,7 +253,8 @@ class ExecutionEnvironment:
                 )
         assert self._process is not None and self._replies is not None
         self.invocations += 1
-        deadline = time.monotonic() + self.config.timeout
+        with self._lock:
+            self._deadline = time.monotonic() + self.config.timeout
         message = {
             "request_id": request_id,
             "payload": json.loads(payload) if payload else {},
@@ -261,7 +263,7 @@ class ExecutionEnvironment:
         self._signal(signal.SIGCONT)
         try:
             os.write(self._invoke_fd, (json.dumps(message) + "\n").encode())
-            reply = self._replies.next(deadline)
+            reply = self._replies.next(lambda: self._deadline)
         except TimeoutError:
             self._forced = self._forced or "timeout"
             reply = None
@@ -308,12 +310,17 @@ class ExecutionEnvironment:
             return f"signal: {'killed' if name == 'kill' else name}"
         return f"exit status {code}"
 
-    def force(self, how: str) -> bool:
+    def force(self, how: str, after: float = 0.0) -> bool:
         """End the running invocation now, as a crash or as a timeout (the chaos layer's
-        faults); True if there was one to end."""
+        faults), or, for a timeout `after` seconds from now, move its deadline there: it
+        runs on until then, and is timed out there unless it answers first. True if there
+        was an invocation to end."""
         with self._lock:
             if self.status is not RuntimeStatus.INVOKING or self._process is None:
                 return False
+            if how == "timeout" and after > 0:
+                self._deadline = min(self._deadline, time.monotonic() + after)
+                return True
             self._forced = how
             self._signal(signal.SIGKILL)
             return True

@@ -31,6 +31,17 @@ def sleep(event: Any, context: Any) -> dict[str, Any]:
     return {"slept": event["seconds"], "pid": os.getpid()}
 
 
+def tick(event: Any, context: Any) -> dict[str, Any]:
+    """Append a line to a file every 50 ms for `seconds`."""
+    path = Path(event["path"])
+    end = time.monotonic() + float(event["seconds"])
+    while time.monotonic() < end:
+        with path.open("a") as f:
+            f.write(f"{time.time()}\n")
+        time.sleep(0.05)
+    return {"pid": os.getpid()}
+
+
 def crash(event: Any, context: Any) -> None:
     os._exit(int(event.get("code", 3)))
 
@@ -48,6 +59,9 @@ def background(event: Any, context: Any) -> dict[str, Any]:
     if not getattr(background, "started", False):
         threading.Thread(target=tick, daemon=True).start()
         background.started = True  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # it has started ticking
     return {"pid": os.getpid()}
 
 

@@ -30,6 +30,13 @@ def test_a_spec_names_service_qualifier_kind_rate_and_limit() -> None:
     assert parse_faults("") == ()
 
 
+def test_a_timeout_after_a_claim_can_come_seconds_later() -> None:
+    (fault,) = parse_faults("lambda.runTask.timeout-after-claim=1x1@2.5")
+    assert fault == Fault("lambda", "runTask", "timeout-after-claim", 1.0, 1, 2.5)
+    assert str(fault) == "lambda.runTask.timeout-after-claim=1x1@2.5s"
+    assert parse_faults(str(fault)) == (fault,)
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
@@ -39,6 +46,8 @@ def test_a_spec_names_service_qualifier_kind_rate_and_limit() -> None:
         ("dynamodb.throttle=1.5", "between 0 and 1"),
         ("lambda.crash-after-claim=1x0", "at least 1"),
         ("dynamodb.a.b.throttle=1", "expected SERVICE"),
+        ("lambda.crash-after-claim=1@2", "only timeout-after-claim takes @SECONDS"),
+        ("lambda.timeout-after-claim=1@", "expected SERVICE"),
     ],
 )
 def test_a_bad_spec_says_which_part_and_why(spec: str, reason: str) -> None:

@@ -353,3 +353,34 @@ def test_an_invocation_ended_from_outside_reports_a_crash_or_a_timeout(
     assert body(results[0])["errorType"] == "Sandbox.Timedout"
     assert results[0].duration_s < 5
     assert service.environments() == []
+
+
+def test_a_timeout_moved_closer_lets_the_handler_run_until_it_then_times_out(
+    service: LambdaService, tmp_path: Path
+) -> None:
+    # Given an invocation ticking into a file for 5 s, its function's timeout 30 s
+    service.register([config("ticker", "tick", timeout=30)])
+    ticks = tmp_path / "ticks"
+    results: list[InvocationResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(invoke(service, "ticker", {"path": str(ticks), "seconds": 5}))
+    )
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not ticks.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (environment,) = service.environments()
+
+    # When the chaos layer moves its deadline to 1 s from now
+    moved_at = time.monotonic()
+    assert environment.force("timeout", after=1.0)
+    at_force = len(ticks.read_text().splitlines())
+    runner.join(10)
+    ended = time.monotonic() - moved_at
+
+    # Then the handler ran on until the new deadline, and was timed out there
+    assert 0.9 <= ended < 2.0, ended
+    assert len(ticks.read_text().splitlines()) - at_force >= 10  # ~20 ticks of 50 ms
+    assert body(results[0])["errorType"] == "Sandbox.Timedout"
+    assert results[0].discarded and service.environments() == []
