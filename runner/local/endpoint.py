@@ -199,7 +199,11 @@ def _serve(port: int, report: IO[str]) -> None:
     from runner.local.chaos_endpoint import EndpointChaos
     from runner.local.dynamodb_fidelity import dynamodb_fidelity
     from runner.local.lambda_config import FunctionConfig
-    from runner.local.lambda_service import LambdaService
+    from runner.local.lambda_service import (
+        ACCOUNT_CONCURRENCY,
+        ACCOUNT_CONCURRENCY_ENV,
+        LambdaService,
+    )
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.sfn_fidelity import lambda_unknown_errors
     from runner.local.ttl import TtlDeleter
@@ -217,7 +221,10 @@ def _serve(port: int, report: IO[str]) -> None:
                 return
     meter = ActionMeter()
     plan = FaultPlan(services=ENDPOINT_SERVICES)
-    service = LambdaService()
+    concurrency = os.environ.get(ACCOUNT_CONCURRENCY_ENV)
+    service = LambdaService(
+        account_concurrency=int(concurrency) if concurrency else ACCOUNT_CONCURRENCY
+    )
     chaos = EndpointChaos(plan, service)
     # The meter first: chaos and serialised_dynamodb wrap whatever call_action is in place.
     with (

@@ -48,10 +48,8 @@ class FunctionConfig:
     handler: str
     timeout: float
     memory_mb: int = 1024
+    # The template's ReservedConcurrentExecutions; None: the account's unreserved pool.
     reserved_concurrency: int | None = None
-    # Without a reserved concurrency: the environments the function may have at once
-    # (None: the service's default), e.g. as many as its stream mappings can keep busy.
-    unreserved_concurrency: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     account: str = "123456789012"
@@ -67,7 +65,6 @@ class FunctionConfig:
             "timeout": self.timeout,
             "memory_mb": self.memory_mb,
             "reserved_concurrency": self.reserved_concurrency,
-            "unreserved_concurrency": self.unreserved_concurrency,
             "environment": dict(self.environment),
             "region": self.region,
             "account": self.account,
@@ -76,14 +73,12 @@ class FunctionConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FunctionConfig:
         concurrency = values.get("reserved_concurrency")
-        unreserved = values.get("unreserved_concurrency")
         return cls(
             name=str(values["name"]),
             handler=str(values["handler"]),
             timeout=float(values["timeout"]),
             memory_mb=int(values.get("memory_mb", 1024)),
             reserved_concurrency=None if concurrency is None else int(concurrency),
-            unreserved_concurrency=None if unreserved is None else int(unreserved),
             environment={str(k): str(v) for k, v in values.get("environment", {}).items()},
             region=str(values.get("region", "us-east-1")),
             account=str(values.get("account", "123456789012")),

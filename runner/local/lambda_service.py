@@ -1,13 +1,22 @@
 """The local Lambda service: which execution environment serves an invocation.
 
 Shaped after LocalStack's `assignment.py`. Each function has a pool of
-`ExecutionEnvironment`s (runner.local.lambda_env), at most its reserved concurrency
-(`ReservedConcurrentExecutions` in the template; locally 2 when the template sets none,
-where AWS would share the account's 1,000): an invocation takes a warm, free environment,
-or starts a new one (a cold start) while the pool has room, or is refused as Lambda
-refuses it (HTTP 429 `TooManyRequestsException`, which Step Functions reports as
-`Lambda.TooManyRequestsException` and an event source mapping retries). Environments
-idle for `keep_alive_s` are retired; timed-out and crashed ones are discarded.
+`ExecutionEnvironment`s (runner.local.lambda_env); an invocation takes a warm, free
+environment or starts a new one (a cold start) while there is room:
+
+- a function with a reserved concurrency (`ReservedConcurrentExecutions` in the template)
+  has at most that many; beyond it the invocation is refused as Lambda refuses it (HTTP
+  429 `TooManyRequestsException`, which Step Functions reports as
+  `Lambda.TooManyRequestsException` and an event source mapping retries);
+- the others share the account's unreserved pool, as on AWS, where it is 1,000 and a
+  burst this stack can make never reaches it. Locally the pool is `account_concurrency`
+  environments (16; `TASK_RUNNER_LOCAL_CONCURRENCY`), so the machine is not flooded with
+  processes: when it is full, a warm idle environment of another function is retired to
+  make room, and otherwise the invocation **waits** for one to be free (back-pressure,
+  counted as `queued`) rather than being refused, since AWS would have run it.
+
+Environments idle for `keep_alive_s` are retired; timed-out and crashed ones are
+discarded.
 
 `installed()` makes moto's Docker-less Lambda backend answer Invoke through this
 service, so Step Functions' `lambda:invoke`, the stack's stream pollers and schedules
@@ -37,8 +46,13 @@ from runner.local.lambdas import function_name_of
 
 log = logging.getLogger(__name__)
 
-# Environments per function when the template reserves none (AWS: the account's pool).
-DEFAULT_CONCURRENCY = 2
+# The local stand-in for the account's unreserved concurrency (AWS: 1,000): environments
+# of the functions without a reserved concurrency, all together.
+ACCOUNT_CONCURRENCY = 16
+ACCOUNT_CONCURRENCY_ENV = "TASK_RUNNER_LOCAL_CONCURRENCY"
+# How long an invocation waits for room in the account's pool before it is refused
+# (Lambda's longest timeout; nothing here waits that long unless the stack is stuck).
+QUEUE_WAIT_SECONDS = 900.0
 # Idle environments are retired after this long (AWS does not say; LocalStack: 10 min).
 KEEP_ALIVE_SECONDS = 600.0
 
@@ -65,6 +79,7 @@ class FunctionStats:
     timeouts: int = 0
     crashes: int = 0
     throttles: int = 0
+    queued: int = 0  # invocations that waited for room in the account's pool
     peak_concurrency: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +93,7 @@ class FunctionStats:
             "timeouts": self.timeouts,
             "crashes": self.crashes,
             "throttles": self.throttles,
+            "queued": self.queued,
             "peak_concurrency": self.peak_concurrency,
         }
 
@@ -89,12 +105,12 @@ class LambdaService:
         self,
         *,
         overlay: Mapping[str, str] | None = None,
-        default_concurrency: int = DEFAULT_CONCURRENCY,
+        account_concurrency: int = ACCOUNT_CONCURRENCY,
         keep_alive_s: float = KEEP_ALIVE_SECONDS,
         python: str | None = None,
     ) -> None:
         self.overlay = dict(overlay or {})
-        self.default_concurrency = default_concurrency
+        self.account_concurrency = account_concurrency
         self.keep_alive_s = keep_alive_s
         # What the zip holds, on the runtime's Python (runner.local.lambda_runtime).
         self.code = Code()
@@ -109,6 +125,7 @@ class LambdaService:
         self._pools: dict[str, list[ExecutionEnvironment]] = {}
         self._stats: dict[str, FunctionStats] = {}
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # an environment freed or discarded
         self._numbers = iter(range(1, 10**8))
         # Workers are spawned from this one long-lived thread: each asks Linux to kill it
         # when the thread that started it ends (a frozen worker cannot see its pipe close).
@@ -152,12 +169,19 @@ class LambdaService:
                 self._stats.setdefault(config.name, FunctionStats())
 
     def concurrency(self, name: str) -> int:
-        """The function's reserved concurrency; without one, the stack's stand-in for the
-        account's unreserved pool: the default, or what its stream mappings can use."""
+        """The function's reserved concurrency; without one, the account's pool."""
         config = self._functions[name]
         if config.reserved_concurrency is not None:
             return config.reserved_concurrency
-        return max(self.default_concurrency, config.unreserved_concurrency or 0)
+        return self.account_concurrency
+
+    def _unreserved(self) -> list[ExecutionEnvironment]:
+        return [
+            e
+            for name, pool in self._pools.items()
+            if self._functions[name].reserved_concurrency is None
+            for e in pool
+        ]
 
     # --- invoking ------------------------------------------------------------------
 
@@ -181,6 +205,7 @@ class LambdaService:
                     self._pools[name].remove(environment)
                 else:
                     environment.release()
+                self._room.notify_all()
         with self._lock:
             stats.invocations += 1
             stats.duration_s += result.duration_s
@@ -204,29 +229,55 @@ class LambdaService:
         return result
 
     def _assign(self, name: str) -> ExecutionEnvironment:
+        deadline = time.monotonic() + QUEUE_WAIT_SECONDS
+        queued = False
         with self._lock:
             if name not in self._functions:
                 raise FunctionNotFound(name)
-            pool = self._pools[name]
-            for environment in pool:
-                if environment.status is RuntimeStatus.READY:
-                    environment.reserve()
-                    return environment
-            if len(pool) >= self.concurrency(name):
-                self._stats[name].throttles += 1
-                raise FunctionThrottled(name)
-            environment = ExecutionEnvironment(
-                self._functions[name],
-                number=next(self._numbers),
-                overlay=self.overlay,
-                spawn=self._spawn,
-                runtime=self._runtime,
-            )
-            environment.reserve()
-            pool.append(environment)
-            stats = self._stats[name]
-            stats.peak_concurrency = max(stats.peak_concurrency, len(pool))
-            return environment
+            while True:
+                pool = self._pools[name]
+                for environment in pool:
+                    if environment.status is RuntimeStatus.READY:
+                        environment.reserve()
+                        return environment
+                if self._functions[name].reserved_concurrency is not None:
+                    if len(pool) < self.concurrency(name):
+                        return self._new_environment(name)
+                    self._stats[name].throttles += 1
+                    raise FunctionThrottled(name)  # as Lambda refuses past a reserve
+                shared = self._unreserved()
+                if len(shared) < self.account_concurrency:
+                    return self._new_environment(name)
+                idle = [e for e in shared if e.status is RuntimeStatus.READY]
+                if idle:  # another function's warm environment makes room
+                    oldest = min(idle, key=lambda e: e.last_used)
+                    self._pools[oldest.config.name].remove(oldest)
+                    oldest.stop()
+                    return self._new_environment(name)
+                if not queued:
+                    queued = True
+                    self._stats[name].queued += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    self._stats[name].throttles += 1
+                    raise FunctionThrottled(name)
+                self._room.wait(left)
+
+    def _new_environment(self, name: str) -> ExecutionEnvironment:
+        """A new (cold) environment of `name`, reserved; the caller holds the lock."""
+        pool = self._pools[name]
+        environment = ExecutionEnvironment(
+            self._functions[name],
+            number=next(self._numbers),
+            overlay=self.overlay,
+            spawn=self._spawn,
+            runtime=self._runtime,
+        )
+        environment.reserve()
+        pool.append(environment)
+        stats = self._stats[name]
+        stats.peak_concurrency = max(stats.peak_concurrency, len(pool))
+        return environment
 
     def _spawn(self, popen: Callable[[], Any]) -> Any:
         return self._spawner.submit(popen).result()
@@ -271,12 +322,15 @@ class LambdaService:
                 ]
                 for environment in idle:
                     self._pools[environment.config.name].remove(environment)
+                self._room.notify_all()
             for environment in idle:
                 log.info("retiring idle environment %s", environment.id)
                 environment.stop()
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._room.notify_all()  # waiting invocations are refused
         for environment in self.environments():
             environment.stop()
         self._spawner.shutdown(wait=True)

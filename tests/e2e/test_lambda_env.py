@@ -157,34 +157,50 @@ def test_a_function_that_sets_a_reserved_variable_is_refused(service: LambdaServ
         service.register([bad])
 
 
-def test_concurrency_stops_at_the_reserved_limit_and_the_rest_is_throttled(
-    service: LambdaService,
-) -> None:
-    # Given a function that may run twice at once (the local default)
-    service.register([config("slow", "sleep", timeout=10)])
-    results: list[Any] = []
+def concurrently(
+    service: LambdaService, calls: list[tuple[str, dict[str, Any]]]
+) -> list[InvocationResult | FunctionThrottled]:
+    """Start the invocations 0.1 s apart; what each answered, in that order."""
+    results: list[InvocationResult | FunctionThrottled | None] = [None] * len(calls)
 
-    def call() -> None:
+    def call(index: int, name: str, event: dict[str, Any]) -> None:
         try:
-            results.append(invoke(service, "slow", {"seconds": 1.0}))
+            results[index] = invoke(service, name, event)
         except FunctionThrottled as exc:
-            results.append(exc)
+            results[index] = exc
 
-    # When three invocations arrive together
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads = [threading.Thread(target=call, args=(i, *c)) for i, c in enumerate(calls)]
     for thread in threads:
         thread.start()
         time.sleep(0.1)
     for thread in threads:
         thread.join()
+    return [r for r in results if r is not None]
 
-    # Then two ran, in two environments, and the third was refused as Lambda refuses it
-    throttled = [r for r in results if isinstance(r, FunctionThrottled)]
-    ran = [r for r in results if isinstance(r, InvocationResult)]
-    assert len(throttled) == 1 and len(ran) == 2
-    assert len({body(r)["pid"] for r in ran}) == 2
-    stats = service.stats()["slow"]
-    assert stats["peak_concurrency"] == 2 and stats["throttles"] == 1
+
+def test_functions_without_a_reserve_share_the_account_pool_and_wait_rather_than_fail() -> None:
+    # Given functions without a reserved concurrency, and a local account pool of two
+    service = LambdaService(account_concurrency=2)
+    try:
+        service.register([config("slow", "sleep", timeout=10), config("other", "echo", timeout=3)])
+        assert service.concurrency("slow") == 2
+
+        # When three invocations arrive together
+        results = concurrently(service, [("slow", {"seconds": 1.0})] * 3)
+
+        # Then all three ran (AWS's pool of 1,000 would have run them): the third waited
+        # for an environment instead of being refused, and no more than two ran at once
+        assert all(isinstance(r, InvocationResult) and not r.function_error for r in results)
+        assert len({body(r)["pid"] for r in results if isinstance(r, InvocationResult)}) == 2
+        stats = service.stats()["slow"]
+        assert (stats["throttles"], stats["queued"], stats["peak_concurrency"]) == (0, 1, 2)
+
+        # And another function gets room by retiring an idle environment of the first
+        assert not invoke(service, "other", {}).function_error
+        assert len(service.environments()) == 2
+        assert service.stats()["other"]["throttles"] == 0
+    finally:
+        service.stop()
 
 
 def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
@@ -197,34 +213,6 @@ def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
     with pytest.raises(FunctionThrottled):
         invoke(service, "one-at-a-time", {"seconds": 0})
     blocker.join()
-
-
-def test_a_function_its_stream_mappings_keep_busy_gets_as_many_environments(
-    service: LambdaService,
-) -> None:
-    # Given functions without a reserved concurrency, one fed by mappings that can have
-    # three batches in flight (ParallelizationFactor x shards), and one with a reserve
-    service.register(
-        [
-            config("lanes", "sleep", timeout=10, unreserved_concurrency=3),
-            config(
-                "reserved", "sleep", timeout=10, reserved_concurrency=1, unreserved_concurrency=3
-            ),
-            config("plain", "sleep", timeout=10),
-        ]
-    )
-
-    # Then each may have that many environments at once (a reserve always wins)
-    assert [service.concurrency(n) for n in ("lanes", "reserved", "plain")] == [3, 1, 2]
-    calls = [
-        threading.Thread(target=invoke, args=(service, "lanes", {"seconds": 0.5})) for _ in range(3)
-    ]
-    for call in calls:
-        call.start()
-    for call in calls:
-        call.join()
-    assert service.stats()["lanes"]["throttles"] == 0
-    assert service.stats()["lanes"]["peak_concurrency"] == 3
 
 
 def test_the_functions_timeout_kills_the_invocation_with_lambdas_error_and_resets(
