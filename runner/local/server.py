@@ -180,9 +180,10 @@ class LocalStack:
             )
             local.control = StackControl(server, local.faults, local.pollers, port=control_port)
             exits.callback(local.control.stop)
-            local.set_faults(",".join(map(str, fault_list)), faults_seed)
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
+            # Last: the stack's own wiring (describe_table above) must not meet them.
+            local.set_faults(",".join(map(str, fault_list)), faults_seed)
             exits.callback(local._stop_workers)
             local.started_in = time.perf_counter() - started
             yield local
