@@ -26,6 +26,8 @@ service, so Step Functions' `lambda:invoke`, the stack's stream pollers and sche
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import threading
 import time
@@ -42,7 +44,7 @@ from runner.local.lambda_env import (
     RuntimeStatus,
 )
 from runner.local.lambda_runtime import Code, module_files, runtime_python, system_path
-from runner.local.lambdas import function_name_of
+from runner.local.lambdas import MAX_PAYLOAD_BYTES, function_name_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,43 @@ class FunctionNotFound(Exception):
 
 class FunctionThrottled(Exception):
     """Every environment the function may have is busy (its concurrency is reached)."""
+
+
+class InvalidRequestContent(Exception):
+    """The payload is not JSON (Invoke's 400 `InvalidRequestContentException`)."""
+
+
+class RequestTooLarge(Exception):
+    """The payload is over Invoke's 6 MB (413 `RequestTooLargeException`)."""
+
+
+def _validate(payload: bytes) -> None:
+    """Refuse what Invoke refuses before it uses an environment."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise RequestTooLarge(
+            f"{len(payload)} byte payload is too large for the RequestResponse invocation "
+            f"type (limit {MAX_PAYLOAD_BYTES} bytes)"
+        )
+    if payload:
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from exc
+
+
+def _response_too_large(result: InvocationResult) -> InvocationResult:
+    """What Invoke answers for a response over 6 MB: a function error, the environment kept."""
+    body = {
+        "errorMessage": "Response payload size exceeded maximum allowed payload size "
+        f"({MAX_PAYLOAD_BYTES} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+    }
+    return dataclasses.replace(
+        result,
+        payload=json.dumps(body).encode(),
+        function_error="Unhandled",
+        error_type="Function.ResponseSizeTooLarge",
+    )
 
 
 @dataclass
@@ -188,6 +227,7 @@ class LambdaService:
     def invoke(self, name_or_arn: str, payload: bytes) -> InvocationResult:
         """A synchronous invocation (RequestResponse), as Lambda's Invoke runs it."""
         name = function_name_of(name_or_arn)
+        _validate(payload)
         if self.before_invoke is not None and name in self._functions:
             try:
                 self.before_invoke(name)
@@ -199,6 +239,9 @@ class LambdaService:
         stats = self._stats[name]
         try:
             result = environment.invoke(payload)
+        except BaseException:
+            environment.stop()  # never left warm but not frozen
+            raise
         finally:
             with self._lock:
                 if environment.status is RuntimeStatus.STOPPED:
@@ -206,6 +249,8 @@ class LambdaService:
                 else:
                     environment.release()
                 self._room.notify_all()
+        if not result.function_error and len(result.payload) > MAX_PAYLOAD_BYTES:
+            result = _response_too_large(result)
         with self._lock:
             stats.invocations += 1
             stats.duration_s += result.duration_s
@@ -350,6 +395,12 @@ class LambdaService:
             def __init__(self) -> None:
                 super().__init__("TooManyRequestsException", "Rate Exceeded.")
 
+        class RequestTooLargeException(LambdaClientError):
+            code = 413
+
+            def __init__(self, message: str) -> None:
+                super().__init__("RequestTooLargeException", message)
+
         def invoke(
             backend: Any,
             function_name: str,
@@ -365,6 +416,10 @@ class LambdaService:
                 raise UnknownFunctionException(function_name) from exc
             except FunctionThrottled as exc:
                 raise TooManyRequestsException() from exc
+            except InvalidRequestContent as exc:
+                raise LambdaClientError("InvalidRequestContentException", str(exc)) from exc
+            except RequestTooLarge as exc:
+                raise RequestTooLargeException(str(exc)) from exc
             response_headers["x-amz-executed-version"] = "$LATEST"
             if result.function_error:
                 response_headers["x-amz-function-error"] = result.function_error

@@ -42,6 +42,11 @@ def tick(event: Any, context: Any) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
+def big(event: Any, context: Any) -> str:
+    """A response of `bytes` characters."""
+    return "x" * int(event["bytes"])
+
+
 def crash(event: Any, context: Any) -> None:
     os._exit(int(event.get("code", 3)))
 

@@ -20,7 +20,12 @@ import pytest
 
 from runner.local.lambda_config import FunctionConfig
 from runner.local.lambda_env import InvocationResult
-from runner.local.lambda_service import FunctionThrottled, LambdaService
+from runner.local.lambda_service import (
+    FunctionThrottled,
+    InvalidRequestContent,
+    LambdaService,
+    RequestTooLarge,
+)
 from runner.local.template import ROOT
 
 pytestmark = pytest.mark.slow
@@ -372,3 +377,23 @@ def test_a_timeout_moved_closer_lets_the_handler_run_until_it_then_times_out(
     assert len(ticks.read_text().splitlines()) - at_force >= 10  # ~20 ticks of 50 ms
     assert body(results[0])["errorType"] == "Sandbox.Timedout"
     assert results[0].discarded and service.environments() == []
+
+
+def test_invoke_refuses_a_payload_that_is_not_json_or_too_large_before_using_an_environment(
+    service: LambdaService,
+) -> None:
+    service.register([config("echo", "echo", timeout=3), config("big", "big", timeout=10)])
+
+    # A body that is not JSON, or over Invoke's 6,291,456 bytes, is refused: no environment
+    with pytest.raises(InvalidRequestContent, match="Could not parse request body into json"):
+        service.invoke("echo", b"nope")
+    with pytest.raises(RequestTooLarge, match="7000009 byte payload is too large"):
+        service.invoke("echo", json.dumps({"x": "y" * 7_000_000}).encode())
+    assert service.environments() == []
+    assert service.stats()["echo"]["cold_starts"] == 0
+
+    # And a response over 6 MB is Lambda's function error; the environment is kept
+    too_big = invoke(service, "big", {"bytes": 6_300_000})
+    assert too_big.function_error == "Unhandled"
+    assert body(too_big)["errorType"] == "Function.ResponseSizeTooLarge"
+    assert invoke(service, "big", {"bytes": 10}).init_s is None  # warm
