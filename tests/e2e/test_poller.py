@@ -182,10 +182,10 @@ def test_a_throttled_invocation_is_retried_without_counting_as_a_retry() -> None
 
 
 def test_a_record_that_ages_out_while_its_function_is_throttled_is_given_up() -> None:
-    # Given a record 59.5 s old, a maximum age of 60 s and a function that keeps throttling
+    # Given a record 58.5 s old, a maximum age of 60 s and a function that keeps throttling
     old = raw_record(1)
     old["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(
-        datetime.now(UTC).timestamp() - 59.5, UTC
+        datetime.now(UTC).timestamp() - 58.5, UTC
     )
     function = Function(*[InvokeThrottled("f")] * 1000)
     sqs = FakeSqs()
