@@ -29,14 +29,18 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runner.local.lambda_config import FunctionConfig, environment_variables
+from runner.local.lambda_reaper import descendants, kill_below, rss_bytes, signal_all
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,18 @@ INIT_TIMEOUT_SECONDS = 10.0
 LIVENESS_CHECK_SECONDS = 0.1
 # How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
 FREEZE_WAIT_SECONDS = 0.5
+
+
+REAPER = str(Path(__file__).with_name("lambda_reaper.py"))
+# Stops the processes that left an environment's group once it froze (a /proc scan).
+_SCANS = ThreadPoolExecutor(1, thread_name_prefix="lambda-freeze")
+
+
+def _group(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return -1
 
 
 class RuntimeStatus(enum.Enum):
@@ -143,7 +159,11 @@ class ExecutionEnvironment:
         self._spawn = spawn
         self._runtime = runtime
         self._lock = threading.RLock()
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # the reaper
+        self._worker = 0  # the worker's pid, which leads its process group
+        self._lifeline = -1
+        self._frozen = False
+        self._escaped: list[int] = []  # processes below the worker outside its group
         self._invoke_fd = -1
         self._replies: _Lines | None = None
         self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
@@ -166,7 +186,8 @@ class ExecutionEnvironment:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The worker's (the process running the handler)."""
+        return self._worker if self._process is not None and self._worker else None
 
     # --- life ----------------------------------------------------------------------
 
@@ -174,6 +195,7 @@ class ExecutionEnvironment:
         """Spawn the worker and wait for its Init; returns the init duration."""
         invoke_read, invoke_write = os.pipe()
         reply_read, reply_write = os.pipe()
+        lifeline_read, lifeline_write = os.pipe()  # the write end: only ours
         variables = environment_variables(
             self.config,
             overlay=self._overlay,
@@ -186,21 +208,29 @@ class ExecutionEnvironment:
         spawned_at = time.time()
 
         def popen() -> subprocess.Popen[bytes]:
+            # The reaper (runner.local.lambda_reaper) starts the worker and ends what
+            # is left of the environment after it; its own session: Ctrl-C in a
+            # terminal, or a kill of the stack's process group, is not for it.
             return subprocess.Popen(
                 [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    REAPER,
+                    f"--lifeline-fd={lifeline_read}",
+                    f"--pass-fd={invoke_read}",
+                    f"--pass-fd={reply_write}",
+                    "--",
                     self._runtime.python,
                     os.path.join(self._runtime.runtime_dir, "lambda_worker.py"),
                     f"--invoke-fd={invoke_read}",
                     f"--reply-fd={reply_write}",
-                    f"--parent={os.getpid()}",
                     f"--spawned-at={spawned_at}",
                 ],
                 cwd=variables["LAMBDA_TASK_ROOT"],
                 env=variables,
-                pass_fds=(invoke_read, reply_write),
+                pass_fds=(invoke_read, reply_write, lifeline_read),
                 stdin=subprocess.DEVNULL,
-                # Its own process group: Ctrl-C in a terminal is for the stack, and the
-                # environment's signals reach what its handler starts.
                 start_new_session=True,
             )
 
@@ -209,6 +239,8 @@ class ExecutionEnvironment:
         finally:
             os.close(invoke_read)
             os.close(reply_write)
+            os.close(lifeline_read)
+        self._lifeline = lifeline_write
         self._invoke_fd = invoke_write
         process = self._process
         self._replies = _Lines(reply_read, lambda: process.poll() is None)
@@ -225,6 +257,7 @@ class ExecutionEnvironment:
             self.stop()
             raise EnvironmentInitError(problem)
         self.init_s = float(ready["ready"])
+        self._worker = int(ready["pid"])
         log.info("cold start: %s ready in %.2f s (pid %s)", self.id, self.init_s, self.pid)
         return self.init_s
 
@@ -260,7 +293,7 @@ class ExecutionEnvironment:
             "payload": json.loads(payload) if payload else {},
             "deadline": time.time() + self.config.timeout,
         }
-        self._signal(signal.SIGCONT)
+        self._thaw()
         try:
             os.write(self._invoke_fd, (json.dumps(message) + "\n").encode())
             reply = self._replies.next(lambda: self._deadline)
@@ -291,6 +324,9 @@ class ExecutionEnvironment:
             payload = _error(
                 request_id, error_type, f"Task timed out after {self.config.timeout:.2f} seconds"
             )
+        elif forced == "oom":  # past the function's memory (runner.local.lambda_service)
+            error_type = "Runtime.OutOfMemory"
+            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
         else:
             error_type = "Runtime.ExitError"
             payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
@@ -311,8 +347,9 @@ class ExecutionEnvironment:
         return f"exit status {code}"
 
     def force(self, how: str, after: float = 0.0) -> bool:
-        """End the running invocation now, as a crash or as a timeout (the chaos layer's
-        faults), or, for a timeout `after` seconds from now, move its deadline there: it
+        """End the running invocation now, as a crash, a timeout (the chaos layer's
+        faults) or "oom" (past its memory), or, for a timeout `after` seconds from now,
+        move its deadline there: it
         runs on until then, and is timed out there unless it answers first. True if there
         was an invocation to end."""
         with self._lock:
@@ -327,8 +364,12 @@ class ExecutionEnvironment:
 
     def _freeze(self) -> None:
         """SIGSTOP, and wait (briefly) until the process is stopped: frozen until the next
-        invocation, as Lambda freezes an environment once its invocation has returned."""
-        self._signal(signal.SIGSTOP)
+        invocation, as Lambda freezes an environment once its invocation has returned.
+        Processes below it that left its group are stopped just after, off this thread."""
+        with self._lock:
+            self._frozen = True
+            self._signal(signal.SIGSTOP)
+        _SCANS.submit(self._freeze_escaped)
         pid = self.pid
         if pid is None:
             return
@@ -343,13 +384,36 @@ class ExecutionEnvironment:
                 return
             time.sleep(0.0005)
 
-    def _signal(self, signum: int) -> None:
-        """Signal the environment's whole process group (the worker leads its own), as
-        Lambda freezes or ends everything in the sandbox, processes a handler started too."""
+    def memory_bytes(self, children: dict[int, list[int]]) -> int:
+        """What the environment's processes hold in memory (the reaper's excepted)."""
         process = self._process
-        if process is not None:
+        return rss_bytes(descendants(process.pid, children)) if process is not None else 0
+
+    def _freeze_escaped(self) -> None:
+        with self._lock:
+            if not self._frozen or not self.pid:
+                return
+            process = self._process
+            if process is None:
+                return
+            # Below the reaper: orphans come to it (a subreaper), not to the worker.
+            self._escaped = [p for p in descendants(process.pid) if _group(p) != self.pid]
+            signal_all(self._escaped, signal.SIGSTOP)
+
+    def _thaw(self) -> None:
+        with self._lock:
+            self._frozen = False
+            self._signal(signal.SIGCONT)
+            signal_all(self._escaped, signal.SIGCONT)
+            self._escaped = []
+
+    def _signal(self, signum: int) -> None:
+        """Signal the worker's whole process group (it leads its own), as Lambda freezes
+        or ends everything in the sandbox, processes a handler started too (those that
+        left the group: `_freeze_escaped`, and the reaper at the end)."""
+        if self.pid and self._process is not None and self._process.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signum)
+                os.killpg(self.pid, signum)
 
     def stop(self) -> None:
         """Discard the environment: kill its process (frozen or not) and close its pipes."""
@@ -359,16 +423,18 @@ class ExecutionEnvironment:
 
     def _close(self) -> None:
         with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                kill_below(self._process.pid)  # the worker and all it started, any group
             process, self._process = self._process, None
-            if self._invoke_fd >= 0:
-                os.close(self._invoke_fd)
-                self._invoke_fd = -1
+            self._worker, self._escaped, self._frozen = 0, [], False
+            for fd in (self._invoke_fd, self._lifeline):
+                if fd >= 0:
+                    os.close(fd)  # the lifeline's end: the reaper ends what is left
+            self._invoke_fd = self._lifeline = -1
             if self._replies is not None:
                 os.close(self._replies.fd)
                 self._replies = None
         if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # its children too
             process.wait()
 
 

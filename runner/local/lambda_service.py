@@ -43,6 +43,7 @@ from runner.local.lambda_env import (
     Runtime,
     RuntimeStatus,
 )
+from runner.local.lambda_reaper import children_by_parent
 from runner.local.lambda_runtime import Code, module_files, runtime_python, system_path
 from runner.local.lambdas import MAX_PAYLOAD_BYTES, function_name_of
 
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 # of the functions without a reserved concurrency, all together.
 ACCOUNT_CONCURRENCY = 16
 ACCOUNT_CONCURRENCY_ENV = "TASK_RUNNER_LOCAL_CONCURRENCY"
+# How often running environments' memory is compared with their function's.
+MEMORY_CHECK_SECONDS = 0.2
 # How long an invocation waits for room in the account's pool before it is refused
 # (Lambda's longest timeout; nothing here waits that long unless the stack is stuck).
 QUEUE_WAIT_SECONDS = 900.0
@@ -174,6 +177,7 @@ class LambdaService:
         # FunctionThrottled (runner.local.chaos_endpoint's `lambda.*.throttle`).
         self.before_invoke: Callable[[str], None] | None = None
         threading.Thread(target=self._retire_idle, name="lambda-keep-alive", daemon=True).start()
+        threading.Thread(target=self._watch_memory, name="lambda-memory", daemon=True).start()
 
     # --- functions -----------------------------------------------------------------
 
@@ -371,6 +375,24 @@ class LambdaService:
             for environment in idle:
                 log.info("retiring idle environment %s", environment.id)
                 environment.stop()
+
+    def _watch_memory(self) -> None:
+        """End an invocation whose environment holds more than its function's memory, as
+        Lambda does (`Runtime.OutOfMemory`): its processes' resident memory, sampled
+        every MEMORY_CHECK_SECONDS while it runs."""
+        while not self._stop.wait(MEMORY_CHECK_SECONDS):
+            running = [e for e in self.environments() if e.status is RuntimeStatus.INVOKING]
+            if not running:
+                continue
+            children = children_by_parent()
+            for environment in running:
+                limit = environment.config.memory_mb * 1024 * 1024
+                if environment.memory_bytes(children) > limit and environment.force("oom"):
+                    log.warning(
+                        "%s: past its %d MB; Runtime.OutOfMemory",
+                        environment.id,
+                        environment.config.memory_mb,
+                    )
 
     def stop(self) -> None:
         self._stop.set()

@@ -71,8 +71,9 @@ def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this process when the endpoint's spawning thread ends: a frozen
-    (SIGSTOPped) worker cannot notice its pipe closing."""
+    """Ask Linux to kill this process when its parent (the environment's reaper,
+    runner.local.lambda_reaper) ends: a frozen (SIGSTOPped) worker cannot notice its
+    pipe closing."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -111,7 +112,7 @@ def serve(invocations: IO[str], reply: IO[str], spawned_at: float) -> int:
             },
         )
         return 1
-    _send(reply, {"ready": time.time() - spawned_at})
+    _send(reply, {"ready": time.time() - spawned_at, "pid": os.getpid()})
     for line in invocations:
         request = json.loads(line)
         request_id = str(request.get("request_id") or uuid.uuid4())
@@ -140,12 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invoke-fd", type=int, required=True)
     parser.add_argument("--reply-fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--spawned-at", type=float, required=True)
     args = parser.parse_args(argv)
     # Ctrl-C is for the stack; the environment ends when the stack ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(args.parent)
+    _die_with_parent(os.getppid())
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:
         sys.path.insert(0, task_root)

@@ -47,6 +47,13 @@ def big(event: Any, context: Any) -> str:
     return "x" * int(event["bytes"])
 
 
+def allocate(event: Any, context: Any) -> dict[str, Any]:
+    """Hold `mb` MB (touched, so resident) for `seconds`."""
+    blob = b"\x01" * (int(event["mb"]) * 1024 * 1024)
+    time.sleep(float(event.get("seconds", 1)))
+    return {"held": len(blob), "pid": os.getpid()}
+
+
 def crash(event: Any, context: Any) -> None:
     os._exit(int(event.get("code", 3)))
 
@@ -76,7 +83,10 @@ def spawn(event: Any, context: Any) -> dict[str, Any]:
     import sys
 
     loop = "import time,sys\nwhile True:\n open(sys.argv[1],'a').write('t\\n'); time.sleep(0.05)"
-    child = subprocess.Popen([sys.executable, "-c", loop, event["path"]])
+    child = subprocess.Popen(
+        [sys.executable, "-c", loop, event["path"]],
+        start_new_session=bool(event.get("new_session")),  # out of the worker's group
+    )
     deadline = time.monotonic() + 5
     while not Path(event["path"]).exists() and time.monotonic() < deadline:
         time.sleep(0.01)  # it has started ticking

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from runner.local.lambda_service import (
     LambdaService,
     RequestTooLarge,
 )
+from runner.local.sfn_fidelity import step_functions_error
 from runner.local.template import ROOT
 
 pytestmark = pytest.mark.slow
@@ -397,3 +401,106 @@ def test_invoke_refuses_a_payload_that_is_not_json_or_too_large_before_using_an_
     assert too_big.function_error == "Unhandled"
     assert body(too_big)["errorType"] == "Function.ResponseSizeTooLarge"
     assert invoke(service, "big", {"bytes": 10}).init_s is None  # warm
+
+
+def test_a_process_that_left_the_workers_group_is_frozen_and_ended_too(
+    service: LambdaService, tmp_path: Path
+) -> None:
+    # Given a handler that starts a child in a session of its own (out of its group)
+    service.register([config("escaper", "spawn", timeout=1)])
+    ticks = tmp_path / "ticks"
+    child = body(invoke(service, "escaper", {"path": str(ticks), "new_session": True}))["child"]
+
+    # When the invocation has returned, the child is frozen with the environment
+    deadline = time.monotonic() + 2
+    while process_state(child) != "T":
+        assert time.monotonic() < deadline, process_state(child)
+        time.sleep(0.01)
+    frozen_at = ticks.read_text().count("t")
+    time.sleep(0.3)
+    assert ticks.read_text().count("t") == frozen_at
+
+    # And it runs again while an invocation does, and ends when the environment does
+    timed_out = invoke(service, "escaper", {"path": str(tmp_path / "b"), "then_sleep": 5})
+    assert body(timed_out)["errorType"] == "Sandbox.Timedout"
+    assert ticks.read_text().count("t") > frozen_at
+    time.sleep(0.3)
+    assert not Path(f"/proc/{child}").exists() or process_state(child) == "Z"
+
+
+STACK_KILLED = """
+import json, sys, threading
+from runner.local.lambda_config import FunctionConfig
+from runner.local.lambda_service import LambdaService
+service = LambdaService()
+spawn = "tests.e2e.lambda_handlers.spawn"
+service.register([FunctionConfig(name=n, handler=spawn, timeout=60) for n in ("f", "g")])
+frozen = {"path": sys.argv[1] + "-frozen"}
+print(json.loads(service.invoke("f", json.dumps(frozen).encode()).payload)["child"], flush=True)
+running = {"path": sys.argv[1] + "-running", "new_session": True, "then_sleep": 60}
+service.invoke("g", json.dumps(running).encode())  # still running
+"""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_what_a_handler_started_dies_when_the_stack_is_killed_outright(tmp_path: Path) -> None:
+    # Given a process holding a Lambda service, whose handler started two children (one
+    # in its group, frozen; one in a session of its own, running in a second invocation)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", STACK_KILLED, str(tmp_path / "ticks")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        children = _children_of(holder, tmp_path)
+    finally:
+        # When its process group is killed outright (kill -9 of `serve`'s group)
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+    # Then both children are gone within a few seconds, not left stopped or running
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{c}").exists() and process_state(c) != "Z" for c in children):
+        assert time.monotonic() < deadline, [process_state(c) for c in children]
+        time.sleep(0.05)
+
+
+def _children_of(holder: subprocess.Popen[str], tmp_path: Path) -> list[int]:
+    assert holder.stdout is not None
+    children = [int(holder.stdout.readline())]
+    deadline = time.monotonic() + 10
+    while len(children) < 2:  # the running one, by the file it ticks into
+        assert time.monotonic() < deadline
+        children += [
+            int(p.parent.name)
+            for p in Path("/proc").glob("[0-9]*/cmdline")
+            if str(tmp_path / "ticks-running").encode() in _read(p)
+        ]
+        time.sleep(0.05)
+    assert process_state(children[0]) == "T" and process_state(children[1]) != "T"
+    return children
+
+
+def test_an_invocation_past_its_functions_memory_is_ended_as_out_of_memory(
+    service: LambdaService,
+) -> None:
+    service.register([config("small", "allocate", timeout=10, memory_mb=128)])
+
+    # Within its memory it runs; past it, Lambda ends it (Step Functions: Lambda.Unknown)
+    assert not invoke(service, "small", {"mb": 20, "seconds": 0.5}).function_error
+    started = time.monotonic()
+    result = invoke(service, "small", {"mb": 400, "seconds": 5})
+
+    assert body(result)["errorType"] == "Runtime.OutOfMemory"
+    assert body(result)["errorMessage"].endswith("Runtime exited with error: signal: killed")
+    assert result.discarded and time.monotonic() - started < 4
+    assert step_functions_error(result.payload.decode()) == "Lambda.Unknown"
