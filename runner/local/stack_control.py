@@ -65,7 +65,9 @@ class StackControl:
             if not isinstance(body, dict) or not isinstance(body.get("faults", ""), str):
                 raise ValueError('expected {"faults": "SPEC", "seed": N} or a plain-text SPEC')
             seed = body.get("seed", self.faults.seed)
-            return 200, self.set_faults(body.get("faults", ""), None if seed is None else int(seed))
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError(f"the seed must be an integer, not {seed!r}")
+            return 200, self.set_faults(body.get("faults", ""), seed)
 
         return {
             ("GET", "/faults"): lambda body: (200, self.fault_state()),
