@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from runner.errors import ConfigurationError
+
 # The names the original TypeScript runner used, kept for its users.
 TABLE_NAME_ENV = "AWS_DYNAMO_DB_TABLE_NAME"
 REGION_ENV = "AWS_REGION"
@@ -49,6 +51,13 @@ class Settings:
     failed_batch_queue_url: str | None = None
     # Who EXPORT_DB may mail: addresses and `@domain` entries; empty refuses every export.
     export_recipients: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.result_ttl_days < 1:
+            # A smaller value would let TTL delete a task whose retry still waits or runs.
+            raise ConfigurationError(
+                f"TASK_RUNNER_RESULT_TTL_DAYS must be at least 1, not {self.result_ttl_days}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -23,7 +23,9 @@ fault fires, SECONDS (a `timeout-after-claim` only) when the timeout comes. For 
     (`Sandbox.Timedout`). An invocation that answers first is not timed out;
   - `crash-before-final`, `timeout-before-final`: the write that would move a task out
     of PROCESSING is refused, and the environment that made it killed;
-  - `throttle`: Invoke is refused, HTTP 429 `TooManyRequestsException`.
+  - `throttle`: Invoke is refused, HTTP 429 `TooManyRequestsException`;
+  - `service-error`: Invoke fails in Lambda itself, HTTP 500 `ServiceException`
+    (`Lambda.ServiceException` to Step Functions); nothing runs.
 - `stream[.function]`: `redeliver`, each stream batch is delivered once more after it
   succeeded.
 
@@ -55,6 +57,7 @@ KINDS = {
         "timeout-after-claim",
         "timeout-before-final",
         "throttle",
+        "service-error",
     ),
     "stream": ("redeliver",),
 }
@@ -210,9 +213,15 @@ class FaultPlan:
         return None
 
     def snapshot(self) -> dict[str, Any]:
+        """The active faults, those whose limit is spent (no longer active), the seed and
+        the counts."""
         with self._lock:
+            spent = [
+                f for f in self._faults if f.limit is not None and self._fired[str(f)] >= f.limit
+            ]
             return {
-                "faults": [str(f) for f in self._faults],
+                "faults": [str(f) for f in self._faults if f not in spent],
+                "spent": [str(f) for f in spent],
                 "seed": self.seed,
                 "injected": dict(self.injected),
             }

@@ -11,7 +11,8 @@ and Lambda faults are injected.
   environment's process is killed (a timeout with `@SECONDS`: its deadline moves
   there). A write that would move a task out of PROCESSING fires a `*-before-final`
   fault: the environment is killed and the write refused.
-- `before_invoke` is the Lambda service's hook for `lambda[.function].throttle`.
+- `before_invoke` is the Lambda service's hook for `lambda[.function].throttle` and
+  `service-error`.
 
 Tasks are recognised by their documented `status` attribute, not by the runner's code.
 """
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.local.chaos import FaultPlan
-from runner.local.lambda_service import FunctionThrottled, LambdaService
+from runner.local.lambda_service import FunctionThrottled, LambdaService, LambdaServiceError
 
 PROCESSING = "PROCESSING"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -134,8 +135,12 @@ class EndpointChaos:
     # --- Lambda ------------------------------------------------------------------------
 
     def before_invoke(self, function_name: str) -> None:
-        if self.plan.faults and self.plan.decide("lambda", function_name, "throttle"):
+        if not self.plan.faults:
+            return
+        if self.plan.decide("lambda", function_name, "throttle"):
             raise FunctionThrottled(function_name)
+        if self.plan.decide("lambda", function_name, "service-error"):
+            raise LambdaServiceError(function_name)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[EndpointChaos]:

@@ -5,12 +5,13 @@ request with an `Origin` header, or a `Host` other than 127.0.0.1 or localhost (
 rebinding), is refused 403, and the faults change by PUT only (a page cannot send one
 without a CORS preflight, which is never granted). JSON in, JSON out:
 
-- `GET /faults`: the active faults, the seed, and how often each fault fired;
-- `PUT /faults` with `{"faults": "SPEC", "seed": N}` (or SPEC as plain text): makes SPEC
-  (runner.local.chaos) the active faults; `""` turns them off;
+- `GET /faults`: the active faults, those whose limit is spent, the seed, and how often
+  each fault fired;
+- `PUT /faults` with `{"faults": "SPEC", "seed": N}` (N an integer; or SPEC as plain
+  text): makes SPEC (runner.local.chaos) the active faults; `""` turns them off;
 - `DELETE /faults`: turns every fault off;
 - `GET /lambda`: per function, invocations, cold starts and their init times, timeouts,
-  crashes, throttles and the live environments;
+  crashes, throttles, service errors, queued invocations and the live environments;
 - `GET /stream`: per stream poller, invocations, records delivered, retries,
   redeliveries.
 

@@ -70,6 +70,10 @@ class FunctionThrottled(Exception):
     """Every environment the function may have is busy (its concurrency is reached)."""
 
 
+class LambdaServiceError(Exception):
+    """Lambda failed to run the invocation (HTTP 500 `ServiceException`); nothing ran."""
+
+
 class InvalidRequestContent(Exception):
     """The payload is not JSON (Invoke's 400 `InvalidRequestContentException`)."""
 
@@ -122,6 +126,7 @@ class FunctionStats:
     crashes: int = 0
     throttles: int = 0
     queued: int = 0  # invocations that waited for room in the account's pool
+    service_errors: int = 0
     peak_concurrency: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -136,6 +141,7 @@ class FunctionStats:
             "crashes": self.crashes,
             "throttles": self.throttles,
             "queued": self.queued,
+            "service_errors": self.service_errors,
             "peak_concurrency": self.peak_concurrency,
         }
 
@@ -174,7 +180,8 @@ class LambdaService:
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="lambda-spawner")
         self._stop = threading.Event()
         # Called with the function's name before each invocation; may raise
-        # FunctionThrottled (runner.local.chaos_endpoint's `lambda.*.throttle`).
+        # FunctionThrottled or LambdaServiceError (runner.local.chaos_endpoint's
+        # `lambda.*.throttle` and `lambda.*.service-error`).
         self.before_invoke: Callable[[str], None] | None = None
         threading.Thread(target=self._retire_idle, name="lambda-keep-alive", daemon=True).start()
         threading.Thread(target=self._watch_memory, name="lambda-memory", daemon=True).start()
@@ -238,6 +245,10 @@ class LambdaService:
             except FunctionThrottled:
                 with self._lock:
                     self._stats[name].throttles += 1
+                raise
+            except LambdaServiceError:
+                with self._lock:
+                    self._stats[name].service_errors += 1
                 raise
         environment = self._assign(name)
         stats = self._stats[name]
@@ -417,6 +428,12 @@ class LambdaService:
             def __init__(self) -> None:
                 super().__init__("TooManyRequestsException", "Rate Exceeded.")
 
+        class ServiceException(LambdaClientError):
+            code = 500
+
+            def __init__(self) -> None:
+                super().__init__("ServiceException", "Lambda could not run the invocation.")
+
         class RequestTooLargeException(LambdaClientError):
             code = 413
 
@@ -438,6 +455,8 @@ class LambdaService:
                 raise UnknownFunctionException(function_name) from exc
             except FunctionThrottled as exc:
                 raise TooManyRequestsException() from exc
+            except LambdaServiceError as exc:
+                raise ServiceException() from exc
             except InvalidRequestContent as exc:
                 raise LambdaClientError("InvalidRequestContentException", str(exc)) from exc
             except RequestTooLarge as exc:

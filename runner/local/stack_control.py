@@ -56,6 +56,7 @@ class StackControl:
         mine = self.faults.snapshot()
         return {
             "faults": endpoint["faults"] + mine["faults"],
+            "spent": endpoint.get("spent", []) + mine["spent"],
             "seed": endpoint["seed"],
             "injected": {**endpoint["injected"], **mine["injected"]},
         }

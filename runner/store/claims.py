@@ -209,6 +209,8 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             values=values,
             adds={"attempts": 1, "episode_attempts": 1},
             extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
+            # A running task is never TTL's to delete (its outcome sets a new expiry).
+            removes=("expires_at",),
         )
 
     def prepare_handoff(self, task_id: str) -> Task:

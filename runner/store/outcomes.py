@@ -68,7 +68,10 @@ class OutcomeWrites(StoreBase):
             removes.append("lease_expires_at")
         else:
             sets["lease_expires_at"] = lease_until
-        if status in (S.DONE, S.FAILED):
+        if status in (S.DONE, S.FAILED, S.RETRYING):
+            # Every state but a running claim's expires (TTL at least a day: far past a
+            # retry's hours), so a task whose retry was lost with its repair is not kept
+            # for ever; the claim removes it, its outcome sets it again.
             sets["expires_at"] = self._expiry(now)
         if result is not None:
             sets["result"] = result

@@ -74,6 +74,7 @@ def background(event: Any, context: Any) -> dict[str, Any]:
         deadline = time.monotonic() + 5
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.01)  # it has started ticking
+    time.sleep(float(event.get("then_sleep", 0)))
     return {"pid": os.getpid()}
 
 

@@ -349,6 +349,31 @@ def test_the_served_dynamodb_is_atomic_and_sized_by_dynamodbs_rules(
     assert task["status"] == "PROCESSING" and "error" not in task
 
 
+def test_a_throttled_or_failed_invoke_of_run_task_reaches_step_functions_and_is_retried(
+    faults_off: ServedStack,
+) -> None:
+    stack = faults_off
+    # Given runTask's next invocation throttled, and the one after failing in Lambda
+    throttle, service = "lambda.runTask.throttle=1x1", "lambda.runTask.service-error=1x1"
+    stack.set_faults(f"{throttle},{service}")
+    (task_id,) = ids("run-task-refused", 1)
+
+    # When a task fails once and its retry execution invokes runTask
+    put_task(stack, task_id, "FLAKY_TASK", {"fail_times": 1})
+    final = wait_final(stack, [task_id], timeout=60)
+    injected = (stack.injected(throttle), stack.injected(service))
+    stack.set_faults("")
+
+    # Then Step Functions saw Lambda's errors by their documented names, retried them
+    # (the ASL's Retry), and the task ran to DONE
+    assert injected == (1, 1)
+    assert final[task_id]["status"] == "DONE"
+    (arn,) = final[task_id]["executions"]
+    events = client(stack, "stepfunctions").get_execution_history(executionArn=arn)["events"]
+    errors = [e["taskFailedEventDetails"]["error"] for e in events if e["type"] == "TaskFailed"]
+    assert errors == ["Lambda.TooManyRequestsException", "Lambda.ServiceException"]
+
+
 def test_a_timed_out_run_task_is_lambda_unknown_to_step_functions_and_retried(
     faults_off: ServedStack,
 ) -> None:

@@ -82,6 +82,9 @@ def test_the_same_seed_draws_the_same_faults_and_a_limit_stops_them() -> None:
     assert [f is not None for f in fired] == [True, True, False, False, False]
     assert limited.decide("dynamodb", "PutItem", "throttle") is None  # not its action
     assert limited.snapshot()["injected"] == {"dynamodb.UpdateItem.throttle=1x2": 2}
+    # A fault whose limit is spent is no longer listed as active
+    assert limited.snapshot()["faults"] == []
+    assert limited.snapshot()["spent"] == ["dynamodb.UpdateItem.throttle=1x2"]
 
 
 def test_a_plan_keeps_only_its_own_processes_services() -> None:
