@@ -164,6 +164,7 @@ class ExecutionEnvironment:
         self._lifeline = -1
         self._frozen = False
         self._escaped: list[int] = []  # processes below the worker outside its group
+        self._had_children = False  # the worker said so (else no /proc scan is needed)
         self._invoke_fd = -1
         self._replies: _Lines | None = None
         self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
@@ -305,6 +306,7 @@ class ExecutionEnvironment:
         duration = time.monotonic() - started
         if reply is None:
             return self._discard(request_id, duration, init_s)
+        self._had_children = self._had_children or bool(reply.get("children"))
         self._freeze()
         if "error" in reply:
             body = json.dumps(reply["error"]).encode()
@@ -369,7 +371,8 @@ class ExecutionEnvironment:
         with self._lock:
             self._frozen = True
             self._signal(signal.SIGSTOP)
-        _SCANS.submit(self._freeze_escaped)
+        if self._had_children:
+            _SCANS.submit(self._freeze_escaped)
         pid = self.pid
         if pid is None:
             return
@@ -384,10 +387,15 @@ class ExecutionEnvironment:
                 return
             time.sleep(0.0005)
 
-    def memory_bytes(self, children: dict[int, list[int]]) -> int:
-        """What the environment's processes hold in memory (the reaper's excepted)."""
+    def memory_bytes(self, children: Callable[[], dict[int, list[int]]]) -> int:
+        """What the environment's processes hold in memory (the reaper's excepted);
+        `children`: the /proc process tree, read only if the worker has had children."""
         process = self._process
-        return rss_bytes(descendants(process.pid, children)) if process is not None else 0
+        if process is None or not self.pid:
+            return 0
+        if not self._had_children:
+            return rss_bytes([self.pid])
+        return rss_bytes(descendants(process.pid, children()))
 
     def _freeze_escaped(self) -> None:
         with self._lock:
@@ -427,6 +435,7 @@ class ExecutionEnvironment:
                 kill_below(self._process.pid)  # the worker and all it started, any group
             process, self._process = self._process, None
             self._worker, self._escaped, self._frozen = 0, [], False
+            self._had_children = False
             for fd in (self._invoke_fd, self._lifeline):
                 if fd >= 0:
                     os.close(fd)  # the lifeline's end: the reaper ends what is left

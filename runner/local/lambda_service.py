@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -395,7 +396,7 @@ class LambdaService:
             running = [e for e in self.environments() if e.status is RuntimeStatus.INVOKING]
             if not running:
                 continue
-            children = children_by_parent()
+            children = functools.cache(children_by_parent)  # one /proc scan a round, if any
             for environment in running:
                 limit = environment.config.memory_mb * 1024 * 1024
                 if environment.memory_bytes(children) > limit and environment.force("oom"):

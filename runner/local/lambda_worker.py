@@ -84,8 +84,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_HAD_CHILDREN = False
+
+
+def had_children() -> bool:
+    """Whether this process has had a child process at the end of any invocation (one
+    waitid call, not a /proc scan): the environment looks for processes that left its
+    group, and counts their memory, only then."""
+    global _HAD_CHILDREN
+    if not _HAD_CHILDREN:
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            _HAD_CHILDREN = True  # one exists (None: none has exited yet)
+        except ChildProcessError:
+            pass
+    return _HAD_CHILDREN
+
+
 def _send(reply: IO[str], message: dict[str, Any]) -> None:
-    reply.write(json.dumps(message, default=str) + "\n")
+    reply.write(json.dumps({**message, "children": had_children()}, default=str) + "\n")
     reply.flush()
 
 
@@ -132,7 +149,7 @@ def serve(invocations: IO[str], reply: IO[str], spawned_at: float) -> int:
             }
             _send(reply, {"error": marshal})
             continue
-        reply.write('{"result": ' + body + "}\n")
+        reply.write(f'{{"children": {json.dumps(had_children())}, "result": {body}}}\n')
         reply.flush()
     return 0
 
