@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.local.chaos import FaultPlan
-from runner.local.lambda_service import FunctionThrottled, LambdaService, LambdaServiceError
+from runner.local.lambda_invoke import FunctionThrottled, LambdaServiceError
+from runner.local.lambda_service import LambdaService
 
 PROCESSING = "PROCESSING"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"

@@ -26,7 +26,6 @@ import enum
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -35,20 +34,22 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runner.local.lambda_config import FunctionConfig, environment_variables
-from runner.local.lambda_reaper import descendants, kill_below, rss_bytes, signal_all
+from runner.local.lambda_protocol import (
+    EnvironmentInitError,
+    InvocationResult,
+    Lines,
+    Runtime,
+    error_payload,
+)
+from runner.local.lambda_reaper import descendants, group_of, kill_below, rss_bytes, signal_all
 
 log = logging.getLogger(__name__)
 
 # Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
 INIT_TIMEOUT_SECONDS = 10.0
-# How often a wait for a reply checks that the worker is still alive (a process it started
-# may hold the reply pipe open after it died) and whether its deadline moved.
-LIVENESS_CHECK_SECONDS = 0.1
 # How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
 FREEZE_WAIT_SECONDS = 0.5
 
@@ -56,13 +57,6 @@ FREEZE_WAIT_SECONDS = 0.5
 REAPER = str(Path(__file__).with_name("lambda_reaper.py"))
 # Stops the processes that left an environment's group once it froze (a /proc scan).
 _SCANS = ThreadPoolExecutor(1, thread_name_prefix="lambda-freeze")
-
-
-def _group(pid: int) -> int:
-    try:
-        return os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
-        return -1
 
 
 class RuntimeStatus(enum.Enum):
@@ -74,64 +68,6 @@ class RuntimeStatus(enum.Enum):
 
 class InvalidStatus(Exception):
     """The environment is not in a state that allows this."""
-
-
-@dataclass(frozen=True)
-class InvocationResult:
-    """What Invoke answers: the payload, and `Unhandled` if the invocation failed."""
-
-    payload: bytes
-    function_error: str | None = None
-    error_type: str | None = None
-    environment_id: str = ""
-    duration_s: float = 0.0
-    init_s: float | None = None  # set on a cold start
-    discarded: bool = False  # the environment was reset (timeout, crash)
-
-
-def _error(request_id: str, error_type: str, message: str) -> bytes:
-    body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"}
-    return json.dumps(body).encode()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What every environment of a service runs (runner.local.lambda_runtime): the
-    runtime's interpreter, the task root, the runtime directory, PATH."""
-
-    python: str
-    task_root: str
-    runtime_dir: str
-    path: str
-
-
-class _Lines:
-    """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
-
-    def __init__(self, fd: int, alive: Callable[[], bool]) -> None:
-        self.fd = fd
-        self.alive = alive  # a process that died answers nothing more, whoever holds its pipe
-        self._buffer = b""
-
-    def next(self, deadline: Callable[[], float]) -> dict[str, Any] | None:
-        """The next message; None at end of file or once the writer died. Raises
-        TimeoutError past `deadline()` (monotonic; it may move while waiting)."""
-        while b"\n" not in self._buffer:
-            left = deadline() - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], min(left, LIVENESS_CHECK_SECONDS))
-            if not ready:
-                if not self.alive():
-                    return None
-                continue
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        message: dict[str, Any] = json.loads(line)
-        return message
 
 
 class ExecutionEnvironment:
@@ -166,7 +102,7 @@ class ExecutionEnvironment:
         self._escaped: list[int] = []  # processes below the worker outside its group
         self._had_children = False  # the worker said so (else no /proc scan is needed)
         self._invoke_fd = -1
-        self._replies: _Lines | None = None
+        self._replies: Lines | None = None
         self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
         self._deadline = 0.0  # the running invocation's (monotonic); the chaos layer moves it
         self._request_id = ""
@@ -244,7 +180,7 @@ class ExecutionEnvironment:
         self._lifeline = lifeline_write
         self._invoke_fd = invoke_write
         process = self._process
-        self._replies = _Lines(reply_read, lambda: process.poll() is None)
+        self._replies = Lines(reply_read, lambda: process.poll() is None)
         deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
         try:
             ready = self._replies.next(lambda: deadline)
@@ -323,15 +259,15 @@ class ExecutionEnvironment:
         self.stop()
         if forced == "timeout":
             error_type = "Sandbox.Timedout"
-            payload = _error(
+            payload = error_payload(
                 request_id, error_type, f"Task timed out after {self.config.timeout:.2f} seconds"
             )
         elif forced == "oom":  # past the function's memory (runner.local.lambda_service)
             error_type = "Runtime.OutOfMemory"
-            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
+            payload = error_payload(request_id, error_type, f"Runtime exited with error: {reason}")
         else:
             error_type = "Runtime.ExitError"
-            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
+            payload = error_payload(request_id, error_type, f"Runtime exited with error: {reason}")
         log.warning("%s: %s after %.2f s; environment discarded", self.id, error_type, duration)
         return InvocationResult(payload, "Unhandled", error_type, self.id, duration, init_s, True)
 
@@ -405,7 +341,7 @@ class ExecutionEnvironment:
             if process is None:
                 return
             # Below the reaper: orphans come to it (a subreaper), not to the worker.
-            self._escaped = [p for p in descendants(process.pid) if _group(p) != self.pid]
+            self._escaped = [p for p in descendants(process.pid) if group_of(p) != self.pid]
             signal_all(self._escaped, signal.SIGSTOP)
 
     def _thaw(self) -> None:
@@ -445,11 +381,3 @@ class ExecutionEnvironment:
                 self._replies = None
         if process is not None:
             process.wait()
-
-
-class EnvironmentInitError(Exception):
-    """The worker failed its Init phase (its handler would not import, or it died)."""
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(error.get("errorMessage", "init failed"))
-        self.error = error

@@ -65,6 +65,14 @@ def descendants(root: int, children: dict[int, list[int]] | None = None) -> list
     return found
 
 
+def group_of(pid: int) -> int:
+    """The process group of `pid` (-1: gone)."""
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return -1
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """The resident memory of these processes together (those still there)."""
     total = 0

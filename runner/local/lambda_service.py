@@ -26,9 +26,7 @@ service, so Step Functions' `lambda:invoke`, the stack's stream pollers and sche
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import json
 import logging
 import threading
 import time
@@ -38,12 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.local.lambda_config import FunctionConfig, reserved_in
-from runner.local.lambda_env import (
-    ExecutionEnvironment,
-    InvocationResult,
-    Runtime,
-    RuntimeStatus,
+from runner.local.lambda_env import ExecutionEnvironment, RuntimeStatus
+from runner.local.lambda_invoke import (
+    FunctionNotFound,
+    FunctionThrottled,
+    LambdaServiceError,
+    answering_moto,
+    response_too_large,
+    validate,
 )
+from runner.local.lambda_protocol import InvocationResult, Runtime
 from runner.local.lambda_reaper import children_by_parent
 from runner.local.lambda_runtime import Code, module_files, runtime_python, system_path
 from runner.local.lambdas import MAX_PAYLOAD_BYTES, function_name_of
@@ -61,55 +63,6 @@ MEMORY_CHECK_SECONDS = 0.2
 QUEUE_WAIT_SECONDS = 900.0
 # Idle environments are retired after this long (AWS does not say; LocalStack: 10 min).
 KEEP_ALIVE_SECONDS = 600.0
-
-
-class FunctionNotFound(Exception):
-    """No function of that name is registered."""
-
-
-class FunctionThrottled(Exception):
-    """Every environment the function may have is busy (its concurrency is reached)."""
-
-
-class LambdaServiceError(Exception):
-    """Lambda failed to run the invocation (HTTP 500 `ServiceException`); nothing ran."""
-
-
-class InvalidRequestContent(Exception):
-    """The payload is not JSON (Invoke's 400 `InvalidRequestContentException`)."""
-
-
-class RequestTooLarge(Exception):
-    """The payload is over Invoke's 6 MB (413 `RequestTooLargeException`)."""
-
-
-def _validate(payload: bytes) -> None:
-    """Refuse what Invoke refuses before it uses an environment."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise RequestTooLarge(
-            f"{len(payload)} byte payload is too large for the RequestResponse invocation "
-            f"type (limit {MAX_PAYLOAD_BYTES} bytes)"
-        )
-    if payload:
-        try:
-            json.loads(payload)
-        except ValueError as exc:
-            raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from exc
-
-
-def _response_too_large(result: InvocationResult) -> InvocationResult:
-    """What Invoke answers for a response over 6 MB: a function error, the environment kept."""
-    body = {
-        "errorMessage": "Response payload size exceeded maximum allowed payload size "
-        f"({MAX_PAYLOAD_BYTES} bytes).",
-        "errorType": "Function.ResponseSizeTooLarge",
-    }
-    return dataclasses.replace(
-        result,
-        payload=json.dumps(body).encode(),
-        function_error="Unhandled",
-        error_type="Function.ResponseSizeTooLarge",
-    )
 
 
 @dataclass
@@ -239,7 +192,7 @@ class LambdaService:
     def invoke(self, name_or_arn: str, payload: bytes) -> InvocationResult:
         """A synchronous invocation (RequestResponse), as Lambda's Invoke runs it."""
         name = function_name_of(name_or_arn)
-        _validate(payload)
+        validate(payload)
         if self.before_invoke is not None and name in self._functions:
             try:
                 self.before_invoke(name)
@@ -266,7 +219,7 @@ class LambdaService:
                     environment.release()
                 self._room.notify_all()
         if not result.function_error and len(result.payload) > MAX_PAYLOAD_BYTES:
-            result = _response_too_large(result)
+            result = response_too_large(result)
         with self._lock:
             stats.invocations += 1
             stats.duration_s += result.duration_s
@@ -418,58 +371,5 @@ class LambdaService:
     @contextlib.contextmanager
     def installed(self) -> Iterator[LambdaService]:
         """Answer moto's Lambda Invoke with this service for the duration of the block."""
-        from moto.awslambda.exceptions import LambdaClientError, UnknownFunctionException
-        from moto.awslambda_simple.models import LambdaSimpleBackend
-
-        service = self
-
-        class TooManyRequestsException(LambdaClientError):
-            code = 429
-
-            def __init__(self) -> None:
-                super().__init__("TooManyRequestsException", "Rate Exceeded.")
-
-        class ServiceException(LambdaClientError):
-            code = 500
-
-            def __init__(self) -> None:
-                super().__init__("ServiceException", "Lambda could not run the invocation.")
-
-        class RequestTooLargeException(LambdaClientError):
-            code = 413
-
-            def __init__(self, message: str) -> None:
-                super().__init__("RequestTooLargeException", message)
-
-        def invoke(
-            backend: Any,
-            function_name: str,
-            qualifier: str | None,
-            body: Any,
-            headers: Any,
-            response_headers: Any,
-        ) -> bytes:
-            payload = body.encode() if isinstance(body, str) else bytes(body or b"")
-            try:
-                result = service.invoke(function_name, payload)
-            except FunctionNotFound as exc:
-                raise UnknownFunctionException(function_name) from exc
-            except FunctionThrottled as exc:
-                raise TooManyRequestsException() from exc
-            except LambdaServiceError as exc:
-                raise ServiceException() from exc
-            except InvalidRequestContent as exc:
-                raise LambdaClientError("InvalidRequestContentException", str(exc)) from exc
-            except RequestTooLarge as exc:
-                raise RequestTooLargeException(str(exc)) from exc
-            response_headers["x-amz-executed-version"] = "$LATEST"
-            if result.function_error:
-                response_headers["x-amz-function-error"] = result.function_error
-            return result.payload
-
-        original = LambdaSimpleBackend.invoke
-        LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
-        try:
+        with answering_moto(self.invoke):
             yield self
-        finally:
-            LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]

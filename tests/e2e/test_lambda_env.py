@@ -22,13 +22,9 @@ from typing import Any
 import pytest
 
 from runner.local.lambda_config import FunctionConfig
-from runner.local.lambda_env import InvocationResult
-from runner.local.lambda_service import (
-    FunctionThrottled,
-    InvalidRequestContent,
-    LambdaService,
-    RequestTooLarge,
-)
+from runner.local.lambda_invoke import FunctionThrottled, InvalidRequestContent, RequestTooLarge
+from runner.local.lambda_protocol import InvocationResult
+from runner.local.lambda_service import LambdaService
 from runner.local.sfn_fidelity import step_functions_error
 from runner.local.template import ROOT
 
