@@ -30,7 +30,7 @@ endif
 # after a restart (the data does not survive one: the local stack keeps it in memory).
 DEV_PORT ?= 4599
 
-.PHONY: install test lint typecheck unit demo dev bench bench-full faults package clean
+.PHONY: install test lint typecheck unit demo dev bench bench-full faults package clean lambda-runtime
 
 NO_PYTHON := echo "No Python 3.11 or newer found (PATH, then pyenv): install one, or run make PYTHON=/path/to/python3.x" >&2; exit 1
 
@@ -53,7 +53,13 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(NPM_STAMP) $(CHECKOV_STAMP)
+install: $(STAMP) $(NPM_STAMP) $(CHECKOV_STAMP) lambda-runtime
+
+# The local stack's Lambda environments run on a virtualenv of requirements.txt only,
+# made with the Lambda runtime's Python (3.12) and cached outside the repository
+# (runner/local/lambda_runtime.py; made here once, ~1 min, so no test waits for it).
+lambda-runtime: $(STAMP)
+	@$(BIN)/python -m runner.local.lambda_runtime >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -69,13 +75,13 @@ test: install lint typecheck
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/pytest
 
 # demo and dev need the venv and the npm toolchain (sls package), not the checkov venv.
-demo: $(STAMP) $(NPM_STAMP)
+demo: $(STAMP) $(NPM_STAMP) lambda-runtime
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local demo
 
 # exec: the stack is make's own child, to which make passes a SIGTERM; --exit-with-parent
 # stops it if make is killed outright. (make does not pass on a SIGINT or SIGHUP sent to
 # its pid alone: Ctrl-C and a closed terminal signal the whole process group instead.)
-dev: $(STAMP) $(NPM_STAMP)
+dev: $(STAMP) $(NPM_STAMP) lambda-runtime
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT) --exit-with-parent
 
 bench: install

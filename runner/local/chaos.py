@@ -1,9 +1,10 @@
 """Chaos mode: the faults AWS really has, injected into the running local stack.
 
-A fault spec is a comma-separated list of `SERVICE[.QUALIFIER].KIND=RATE[xLIMIT]`:
+A fault spec is a comma-separated list of `SERVICE[.QUALIFIER].KIND=RATE[xLIMIT][@SECONDS]`:
 RATE is the share of matching calls that fail (0-1), LIMIT (optional) the most times the
-fault fires. For example `dynamodb.throttle=0.2,states.StartExecution.unavailable=1` or
-`lambda.processStream.crash-after-claim=1x1`.
+fault fires, SECONDS (a `timeout-after-claim` only) when the timeout comes. For example
+`dynamodb.throttle=0.2,states.StartExecution.unavailable=1`,
+`lambda.processStream.crash-after-claim=1x1` or `lambda.runTask.timeout-after-claim=1x1@2`.
 
 - `dynamodb[.Action]`, `states[.Action]` (an action such as `UpdateItem` or
   `StartExecution`; none: every action):
@@ -13,13 +14,18 @@ fault fires. For example `dynamodb.throttle=0.2,states.StartExecution.unavailabl
   - `lost-reply`: it runs and applies, then the reply is an HTTP 500 (the caller cannot
     know it applied).
 - `lambda[.function]` (`processStream` or a full function name; none: every function):
-  - `crash-after-claim`, `timeout-after-claim`: once a claim (a write moving a task to
-    PROCESSING) made by one of the function's environments has applied, that
-    environment's process is killed; the invocation ends as a crash (`Runtime.ExitError`)
-    or as a timeout (`Sandbox.Timedout`);
+  - `crash-after-claim`: once a claim (a write moving a task to PROCESSING) made by one
+    of the function's environments has applied, that environment's process is killed;
+    the invocation ends as a crash (`Runtime.ExitError`);
+  - `timeout-after-claim`: once such a claim has applied, the invocation's deadline
+    moves to SECONDS later (default 0): the handler keeps running until then, as it
+    would up to a real timeout, and is killed there; the invocation ends as a timeout
+    (`Sandbox.Timedout`). An invocation that answers first is not timed out;
   - `crash-before-final`, `timeout-before-final`: the write that would move a task out
     of PROCESSING is refused, and the environment that made it killed;
-  - `throttle`: Invoke is refused, HTTP 429 `TooManyRequestsException`.
+  - `throttle`: Invoke is refused, HTTP 429 `TooManyRequestsException`;
+  - `service-error`: Invoke fails in Lambda itself, HTTP 500 `ServiceException`
+    (`Lambda.ServiceException` to Step Functions); nothing runs.
 - `stream[.function]`: `redeliver`, each stream batch is delivered once more after it
   succeeded.
 
@@ -51,6 +57,7 @@ KINDS = {
         "timeout-after-claim",
         "timeout-before-final",
         "throttle",
+        "service-error",
     ),
     "stream": ("redeliver",),
 }
@@ -58,8 +65,11 @@ KINDS = {
 ENDPOINT_SERVICES = ("dynamodb", "states", "lambda")
 STACK_SERVICES = ("stream",)
 _FAULT = re.compile(
-    r"^(?P<target>[A-Za-z][\w.-]*)=(?P<rate>[0-9]*\.?[0-9]+)(?:x(?P<limit>[0-9]+))?$"
+    r"^(?P<target>[A-Za-z][\w.-]*)=(?P<rate>[0-9]*\.?[0-9]+)(?:x(?P<limit>[0-9]+))?"
+    r"(?:@(?P<after>[0-9]*\.?[0-9]+)s?)?$"
 )
+# The kinds that take `@SECONDS`.
+DELAYED_KINDS = ("timeout-after-claim",)
 
 
 class FaultSpecError(ValueError):
@@ -75,10 +85,15 @@ class Fault:
     kind: str
     rate: float
     limit: int | None = None
+    after: float | None = None  # seconds until a timeout-after-claim's deadline
 
     def __str__(self) -> str:
         target = ".".join(p for p in (self.service, self.qualifier, self.kind) if p)
-        return f"{target}={self.rate:g}" + (f"x{self.limit}" if self.limit is not None else "")
+        return (
+            f"{target}={self.rate:g}"
+            + (f"x{self.limit}" if self.limit is not None else "")
+            + (f"@{self.after:g}s" if self.after is not None else "")
+        )
 
     def matches(self, service: str, qualifier: str, kind: str) -> bool:
         if (service, kind) != (self.service, self.kind):
@@ -95,7 +110,9 @@ def parse_faults(spec: str) -> tuple[Fault, ...]:
             continue
         match = _FAULT.match(part)
         if not match:
-            raise FaultSpecError(f"{part!r}: expected SERVICE[.QUALIFIER].KIND=RATE[xLIMIT]")
+            raise FaultSpecError(
+                f"{part!r}: expected SERVICE[.QUALIFIER].KIND=RATE[xLIMIT][@SECONDS]"
+            )
         pieces = match["target"].split(".")
         service, kind = pieces[0], pieces[-1]
         if service not in KINDS:
@@ -113,7 +130,11 @@ def parse_faults(spec: str) -> tuple[Fault, ...]:
         limit = int(match["limit"]) if match["limit"] else None
         if limit == 0:
             raise FaultSpecError(f"{part!r}: a limit must be at least 1")
-        faults.append(Fault(service, pieces[1] if len(pieces) == 3 else None, kind, rate, limit))
+        after = float(match["after"]) if match["after"] else None
+        if after is not None and kind not in DELAYED_KINDS:
+            raise FaultSpecError(f"{part!r}: only {', '.join(DELAYED_KINDS)} takes @SECONDS")
+        qualifier = pieces[1] if len(pieces) == 3 else None
+        faults.append(Fault(service, qualifier, kind, rate, limit, after))
     return tuple(faults)
 
 
@@ -128,7 +149,7 @@ def describe_kinds() -> list[str]:
     return [
         f"{service}[.{qualifiers[service]}].{{{','.join(kinds)}}}=RATE[xLIMIT]"
         for service, kinds in KINDS.items()
-    ]
+    ] + [f"  ({', '.join(DELAYED_KINDS)}: =RATE[xLIMIT][@SECONDS], the timeout that much later)"]
 
 
 class FaultPlan:
@@ -192,9 +213,15 @@ class FaultPlan:
         return None
 
     def snapshot(self) -> dict[str, Any]:
+        """The active faults, those whose limit is spent (no longer active), the seed and
+        the counts."""
         with self._lock:
+            spent = [
+                f for f in self._faults if f.limit is not None and self._fired[str(f)] >= f.limit
+            ]
             return {
-                "faults": [str(f) for f in self._faults],
+                "faults": [str(f) for f in self._faults if f not in spent],
+                "spent": [str(f) for f in spent],
                 "seed": self.seed,
                 "injected": dict(self.injected),
             }

@@ -8,9 +8,11 @@ and Lambda faults are injected.
   (runner.local.dynamodb_fidelity's observer). A write signed by one of the Lambda
   service's environments (its own dummy access key id) that claims a task (moves it to
   PROCESSING) arms a `*-after-claim` fault: once the request has applied, that
-  environment's process is killed. A write that would move a task out of PROCESSING
-  fires a `*-before-final` fault: the environment is killed and the write refused.
-- `before_invoke` is the Lambda service's hook for `lambda[.function].throttle`.
+  environment's process is killed (a timeout with `@SECONDS`: its deadline moves
+  there). A write that would move a task out of PROCESSING fires a `*-before-final`
+  fault: the environment is killed and the write refused.
+- `before_invoke` is the Lambda service's hook for `lambda[.function].throttle` and
+  `service-error`.
 
 Tasks are recognised by their documented `status` attribute, not by the runner's code.
 """
@@ -24,7 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.local.chaos import FaultPlan
-from runner.local.lambda_service import FunctionThrottled, LambdaService
+from runner.local.lambda_invoke import FunctionThrottled, LambdaServiceError
+from runner.local.lambda_service import LambdaService
 
 PROCESSING = "PROCESSING"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -97,8 +100,8 @@ class EndpointChaos:
         armed = getattr(self._local, "kill_after", None)
         self._local.kill_after = None
         if armed is not None:
-            environment, how = armed
-            environment.force(how)
+            environment, how, after = armed
+            environment.force(how, after)
 
     # --- DynamoDB writes ---------------------------------------------------------------
 
@@ -116,8 +119,9 @@ class EndpointChaos:
         name = environment.config.name
         if new == PROCESSING and old != PROCESSING:
             for how in ("crash", "timeout"):
-                if self.plan.decide("lambda", name, f"{how}-after-claim", detail):
-                    self._local.kill_after = (environment, how)
+                fault = self.plan.decide("lambda", name, f"{how}-after-claim", detail)
+                if fault:
+                    self._local.kill_after = (environment, how, fault.after or 0.0)
                     return
         elif old == PROCESSING and new not in (None, PROCESSING):
             for how in ("crash", "timeout"):
@@ -132,8 +136,12 @@ class EndpointChaos:
     # --- Lambda ------------------------------------------------------------------------
 
     def before_invoke(self, function_name: str) -> None:
-        if self.plan.faults and self.plan.decide("lambda", function_name, "throttle"):
+        if not self.plan.faults:
+            return
+        if self.plan.decide("lambda", function_name, "throttle"):
             raise FunctionThrottled(function_name)
+        if self.plan.decide("lambda", function_name, "service-error"):
+            raise LambdaServiceError(function_name)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[EndpointChaos]:

@@ -1,13 +1,17 @@
 """The local stack's control endpoint: change faults while the stack runs, read counters.
 
-Loopback only (it binds 127.0.0.1 and refuses any other peer); JSON in, JSON out:
+Loopback only (it binds 127.0.0.1 and refuses any other peer), and not for web pages: a
+request with an `Origin` header, or a `Host` other than 127.0.0.1 or localhost (DNS
+rebinding), is refused 403, and the faults change by PUT only (a page cannot send one
+without a CORS preflight, which is never granted). JSON in, JSON out:
 
-- `GET /faults`: the active faults, the seed, and how often each fault fired;
-- `PUT /faults` with `{"faults": "SPEC", "seed": N}` (or SPEC as plain text): makes SPEC
-  (runner.local.chaos) the active faults; `""` turns them off;
+- `GET /faults`: the active faults, those whose limit is spent, the seed, and how often
+  each fault fired;
+- `PUT /faults` with `{"faults": "SPEC", "seed": N}` (N an integer; or SPEC as plain
+  text): makes SPEC (runner.local.chaos) the active faults; `""` turns them off;
 - `DELETE /faults`: turns every fault off;
 - `GET /lambda`: per function, invocations, cold starts and their init times, timeouts,
-  crashes, throttles and the live environments;
+  crashes, throttles, service errors, queued invocations and the live environments;
 - `GET /stream`: per stream poller, invocations, records delivered, retries,
   redeliveries.
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 # (method, path) → handler(body) → (status, JSON-able reply)
 Route = Callable[[Any], tuple[int, Any]]
 MAX_BODY_BYTES = 64 * 1024
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ControlServer:
@@ -45,8 +50,8 @@ class ControlServer:
             def do_PUT(self) -> None:
                 control._answer(self, "PUT")
 
-            def do_POST(self) -> None:
-                control._answer(self, "PUT")
+            def do_POST(self) -> None:  # never an alias of PUT: a web page can POST
+                control._reply(self, 405, {"error": "POST is not answered here; use PUT"})
 
             def do_DELETE(self) -> None:
                 control._answer(self, "DELETE")
@@ -74,13 +79,22 @@ class ControlServer:
         if not ipaddress.ip_address(peer).is_loopback:
             self._reply(request, 403, {"error": "the control endpoint answers loopback only"})
             return
+        host = (request.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if request.headers.get("Origin") is not None or host not in LOCAL_HOSTS:
+            self._reply(request, 403, {"error": "the control endpoint is not for web pages"})
+            return
         path = request.path.split("?", 1)[0].rstrip("/") or "/"
         route = self.routes.get((method, path))
         if route is None:
             known = sorted(f"{m} {p}" for m, p in self.routes)
             self._reply(request, 404, {"error": f"no {method} {path}", "routes": known})
             return
-        length = int(request.headers.get("Content-Length") or 0)
+        declared = (request.headers.get("Content-Length") or "0").strip()
+        if not declared.isdigit():
+            request.close_connection = True
+            self._reply(request, 400, {"error": f"bad Content-Length: {declared!r}"})
+            return
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self._reply(request, 413, {"error": "request body too large"})
             return

@@ -15,8 +15,9 @@ Protocol, one JSON object per line:
 - child → parent, on the file descriptor given as --report-fd: `{"endpoint": url}` once
   listening, then one reply per request (`{"error": text}` if it failed);
 - parent → child, on stdin, one request per line:
-  `{"functions": [FunctionConfig dicts], "env": {...}}` registers functions, `env` being
-  the overlay every environment gets (→ `{"registered": n}`);
+  `{"functions": [FunctionConfig dicts], "env": {...}, "code": [[source, path]]}`
+  registers functions, `env` being the overlay every environment gets and `code` the
+  modules copied into their task root (→ `{"registered": n}`);
   `{"stats": true}` → `{"stats": {action: {"calls", "cpu_s"}}}`, the CPU time of each
   moto action since the last such request (where the endpoint's time goes, for bench/);
   `{"faults": SPEC, "seed": N}` makes SPEC the active faults (`"faults": null` only
@@ -109,10 +110,16 @@ class EndpointProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def register(self, functions: Sequence[dict[str, Any]], env: dict[str, str]) -> None:
-        """Give the Lambda service the functions (FunctionConfig dicts) and the overlay
-        every environment runs with; wait until it has them."""
-        self._request({"env": env, "functions": list(functions)})
+    def register(
+        self,
+        functions: Sequence[dict[str, Any]],
+        env: dict[str, str],
+        code: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Give the Lambda service the functions (FunctionConfig dicts), the overlay
+        every environment runs with and the modules to copy into the task root
+        (runner.local.lambda_runtime.module_files); wait until it has them."""
+        self._request({"env": env, "functions": list(functions), "code": list(code)})
 
     def stats(self) -> dict[str, dict[str, float]]:
         """CPU seconds and calls per moto action since the last call (then reset)."""
@@ -192,7 +199,11 @@ def _serve(port: int, report: IO[str]) -> None:
     from runner.local.chaos_endpoint import EndpointChaos
     from runner.local.dynamodb_fidelity import dynamodb_fidelity
     from runner.local.lambda_config import FunctionConfig
-    from runner.local.lambda_service import LambdaService
+    from runner.local.lambda_service import (
+        ACCOUNT_CONCURRENCY,
+        ACCOUNT_CONCURRENCY_ENV,
+        LambdaService,
+    )
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.sfn_fidelity import lambda_unknown_errors
     from runner.local.ttl import TtlDeleter
@@ -210,7 +221,10 @@ def _serve(port: int, report: IO[str]) -> None:
                 return
     meter = ActionMeter()
     plan = FaultPlan(services=ENDPOINT_SERVICES)
-    service = LambdaService()
+    concurrency = os.environ.get(ACCOUNT_CONCURRENCY_ENV)
+    service = LambdaService(
+        account_concurrency=int(concurrency) if concurrency else ACCOUNT_CONCURRENCY
+    )
     chaos = EndpointChaos(plan, service)
     # The meter first: chaos and serialised_dynamodb wrap whatever call_action is in place.
     with (
@@ -248,6 +262,7 @@ def _serve(port: int, report: IO[str]) -> None:
                         send({"ttl": {"lag": ttl.lag_s, "deleted": ttl.deleted}})
                     else:
                         service.overlay.update(message.get("env", {}))
+                        service.load([(src, rel) for src, rel in message.get("code", [])])
                         functions = [FunctionConfig.from_dict(f) for f in message["functions"]]
                         service.register(functions)
                         send({"registered": len(functions)})

@@ -9,13 +9,10 @@ that sets a reserved one is refused, as Lambda refuses it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from runner.local.template import ROOT
 
 # The Python runtime the template names, reported in AWS_EXECUTION_ENV.
 RUNTIME = "python3.12"
@@ -51,10 +48,8 @@ class FunctionConfig:
     handler: str
     timeout: float
     memory_mb: int = 1024
+    # The template's ReservedConcurrentExecutions; None: the account's unreserved pool.
     reserved_concurrency: int | None = None
-    # Without a reserved concurrency: the environments the function may have at once
-    # (None: the service's default), e.g. as many as its stream mappings can keep busy.
-    unreserved_concurrency: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     account: str = "123456789012"
@@ -70,7 +65,6 @@ class FunctionConfig:
             "timeout": self.timeout,
             "memory_mb": self.memory_mb,
             "reserved_concurrency": self.reserved_concurrency,
-            "unreserved_concurrency": self.unreserved_concurrency,
             "environment": dict(self.environment),
             "region": self.region,
             "account": self.account,
@@ -79,14 +73,12 @@ class FunctionConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FunctionConfig:
         concurrency = values.get("reserved_concurrency")
-        unreserved = values.get("unreserved_concurrency")
         return cls(
             name=str(values["name"]),
             handler=str(values["handler"]),
             timeout=float(values["timeout"]),
             memory_mb=int(values.get("memory_mb", 1024)),
             reserved_concurrency=None if concurrency is None else int(concurrency),
-            unreserved_concurrency=None if unreserved is None else int(unreserved),
             environment={str(k): str(v) for k, v in values.get("environment", {}).items()},
             region=str(values.get("region", "us-east-1")),
             account=str(values.get("account", "123456789012")),
@@ -104,18 +96,23 @@ def environment_variables(
     overlay: Mapping[str, str],
     access_key_id: str,
     environment_id: str,
-    task_root: str = str(ROOT),
+    task_root: str,
+    runtime_dir: str,
+    path: str,
 ) -> dict[str, str]:
     """The variables an environment of `config` runs with, in Lambda's documented order:
     the template's, then the stack's overlay (endpoint, dummy credentials, task modules,
-    tracing off), then the reserved ones."""
+    tracing off), then the reserved ones. Nothing of this process's environment: PATH is
+    the runtime's (`path`), PYTHONPATH the runtime directory, as on Lambda."""
     variables = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": path,
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
-        "PYTHONPATH": os.pathsep.join(p for p in (task_root, overlay.get("PYTHONPATH", "")) if p),
+        # Python's library path is the runtime directory, as on Lambda (unreserved: a
+        # function may set its own); the runtime puts the task root first in sys.path.
+        "PYTHONPATH": runtime_dir,
         **config.environment,
-        **{k: v for k, v in overlay.items() if k != "PYTHONPATH"},
+        **overlay,
     }
     stream = time.strftime("%Y/%m/%d", time.gmtime()) + f"/[$LATEST]{environment_id}"
     variables.update(
@@ -138,7 +135,7 @@ def environment_variables(
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing",
             "LAMBDA_TASK_ROOT": task_root,
-            "LAMBDA_RUNTIME_DIR": str(ROOT / "runner" / "local"),
+            "LAMBDA_RUNTIME_DIR": runtime_dir,
             "TASK_RUNNER_LOCAL_ACCOUNT": config.account,
         }
     )

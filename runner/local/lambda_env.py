@@ -26,7 +26,6 @@ import enum
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -34,20 +33,30 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from runner.local.lambda_config import FunctionConfig, environment_variables
+from runner.local.lambda_protocol import (
+    EnvironmentInitError,
+    InvocationResult,
+    Lines,
+    Runtime,
+    error_payload,
+)
+from runner.local.lambda_reaper import descendants, group_of, kill_below, rss_bytes, signal_all
 
 log = logging.getLogger(__name__)
 
 # Lambda limits a function's Init phase to 10 s (then retries it within the invocation).
 INIT_TIMEOUT_SECONDS = 10.0
-# How often a wait for a reply checks that the worker is still alive (a process it started
-# may hold the reply pipe open after it died).
-LIVENESS_CHECK_SECONDS = 0.5
 # How long `invoke` waits for a frozen process to have stopped (SIGSTOP is asynchronous).
 FREEZE_WAIT_SECONDS = 0.5
+
+
+REAPER = str(Path(__file__).with_name("lambda_reaper.py"))
+# Stops the processes that left an environment's group once it froze (a /proc scan).
+_SCANS = ThreadPoolExecutor(1, thread_name_prefix="lambda-freeze")
 
 
 class RuntimeStatus(enum.Enum):
@@ -61,53 +70,6 @@ class InvalidStatus(Exception):
     """The environment is not in a state that allows this."""
 
 
-@dataclass(frozen=True)
-class InvocationResult:
-    """What Invoke answers: the payload, and `Unhandled` if the invocation failed."""
-
-    payload: bytes
-    function_error: str | None = None
-    error_type: str | None = None
-    environment_id: str = ""
-    duration_s: float = 0.0
-    init_s: float | None = None  # set on a cold start
-    discarded: bool = False  # the environment was reset (timeout, crash)
-
-
-def _error(request_id: str, error_type: str, message: str) -> bytes:
-    body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"}
-    return json.dumps(body).encode()
-
-
-class _Lines:
-    """JSON lines from a pipe's file descriptor, each waited for with a deadline."""
-
-    def __init__(self, fd: int, alive: Callable[[], bool]) -> None:
-        self.fd = fd
-        self.alive = alive  # a process that died answers nothing more, whoever holds its pipe
-        self._buffer = b""
-
-    def next(self, deadline: float) -> dict[str, Any] | None:
-        """The next message; None at end of file or once the writer died. Raises
-        TimeoutError past `deadline`."""
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], min(left, LIVENESS_CHECK_SECONDS))
-            if not ready:
-                if not self.alive():
-                    return None
-                continue
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-
 class ExecutionEnvironment:
     """One worker process of one function; see the module docstring for its life."""
 
@@ -118,7 +80,7 @@ class ExecutionEnvironment:
         number: int,
         overlay: Mapping[str, str],
         spawn: Callable[[Callable[[], subprocess.Popen[bytes]]], subprocess.Popen[bytes]],
-        python: str = sys.executable,
+        runtime: Runtime,
     ) -> None:
         self.config = config
         self.number = number
@@ -131,12 +93,18 @@ class ExecutionEnvironment:
         self.init_s: float | None = None
         self._overlay = dict(overlay)
         self._spawn = spawn
-        self._python = python
+        self._runtime = runtime
         self._lock = threading.RLock()
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # the reaper
+        self._worker = 0  # the worker's pid, which leads its process group
+        self._lifeline = -1
+        self._frozen = False
+        self._escaped: list[int] = []  # processes below the worker outside its group
+        self._had_children = False  # the worker said so (else no /proc scan is needed)
         self._invoke_fd = -1
-        self._replies: _Lines | None = None
+        self._replies: Lines | None = None
         self._forced: str | None = None  # "timeout" or "crash", set by the chaos layer
+        self._deadline = 0.0  # the running invocation's (monotonic); the chaos layer moves it
         self._request_id = ""
 
     # --- status --------------------------------------------------------------------
@@ -155,7 +123,8 @@ class ExecutionEnvironment:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The worker's (the process running the handler)."""
+        return self._worker if self._process is not None and self._worker else None
 
     # --- life ----------------------------------------------------------------------
 
@@ -163,31 +132,42 @@ class ExecutionEnvironment:
         """Spawn the worker and wait for its Init; returns the init duration."""
         invoke_read, invoke_write = os.pipe()
         reply_read, reply_write = os.pipe()
+        lifeline_read, lifeline_write = os.pipe()  # the write end: only ours
         variables = environment_variables(
             self.config,
             overlay=self._overlay,
             access_key_id=self.access_key_id,
             environment_id=self.id,
+            task_root=self._runtime.task_root,
+            runtime_dir=self._runtime.runtime_dir,
+            path=self._runtime.path,
         )
         spawned_at = time.time()
 
         def popen() -> subprocess.Popen[bytes]:
+            # The reaper (runner.local.lambda_reaper) starts the worker and ends what
+            # is left of the environment after it; its own session: Ctrl-C in a
+            # terminal, or a kill of the stack's process group, is not for it.
             return subprocess.Popen(
                 [
-                    self._python,
-                    "-m",
-                    "runner.local.lambda_worker",
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    REAPER,
+                    f"--lifeline-fd={lifeline_read}",
+                    f"--pass-fd={invoke_read}",
+                    f"--pass-fd={reply_write}",
+                    "--",
+                    self._runtime.python,
+                    os.path.join(self._runtime.runtime_dir, "lambda_worker.py"),
                     f"--invoke-fd={invoke_read}",
                     f"--reply-fd={reply_write}",
-                    f"--parent={os.getpid()}",
                     f"--spawned-at={spawned_at}",
                 ],
                 cwd=variables["LAMBDA_TASK_ROOT"],
                 env=variables,
-                pass_fds=(invoke_read, reply_write),
+                pass_fds=(invoke_read, reply_write, lifeline_read),
                 stdin=subprocess.DEVNULL,
-                # Its own process group: Ctrl-C in a terminal is for the stack, and the
-                # environment's signals reach what its handler starts.
                 start_new_session=True,
             )
 
@@ -196,12 +176,14 @@ class ExecutionEnvironment:
         finally:
             os.close(invoke_read)
             os.close(reply_write)
+            os.close(lifeline_read)
+        self._lifeline = lifeline_write
         self._invoke_fd = invoke_write
         process = self._process
-        self._replies = _Lines(reply_read, lambda: process.poll() is None)
+        self._replies = Lines(reply_read, lambda: process.poll() is None)
         deadline = time.monotonic() + max(INIT_TIMEOUT_SECONDS, self.config.timeout)
         try:
-            ready = self._replies.next(deadline)
+            ready = self._replies.next(lambda: deadline)
         except TimeoutError:
             ready = {"init_error": {"errorType": "Sandbox.Timedout", "errorMessage": "init"}}
         if ready is None or "init_error" in ready:
@@ -212,6 +194,7 @@ class ExecutionEnvironment:
             self.stop()
             raise EnvironmentInitError(problem)
         self.init_s = float(ready["ready"])
+        self._worker = int(ready["pid"])
         log.info("cold start: %s ready in %.2f s (pid %s)", self.id, self.init_s, self.pid)
         return self.init_s
 
@@ -240,16 +223,17 @@ class ExecutionEnvironment:
                 )
         assert self._process is not None and self._replies is not None
         self.invocations += 1
-        deadline = time.monotonic() + self.config.timeout
+        with self._lock:
+            self._deadline = time.monotonic() + self.config.timeout
         message = {
             "request_id": request_id,
             "payload": json.loads(payload) if payload else {},
             "deadline": time.time() + self.config.timeout,
         }
-        self._signal(signal.SIGCONT)
+        self._thaw()
         try:
             os.write(self._invoke_fd, (json.dumps(message) + "\n").encode())
-            reply = self._replies.next(deadline)
+            reply = self._replies.next(lambda: self._deadline)
         except TimeoutError:
             self._forced = self._forced or "timeout"
             reply = None
@@ -258,6 +242,7 @@ class ExecutionEnvironment:
         duration = time.monotonic() - started
         if reply is None:
             return self._discard(request_id, duration, init_s)
+        self._had_children = self._had_children or bool(reply.get("children"))
         self._freeze()
         if "error" in reply:
             body = json.dumps(reply["error"]).encode()
@@ -274,12 +259,15 @@ class ExecutionEnvironment:
         self.stop()
         if forced == "timeout":
             error_type = "Sandbox.Timedout"
-            payload = _error(
+            payload = error_payload(
                 request_id, error_type, f"Task timed out after {self.config.timeout:.2f} seconds"
             )
+        elif forced == "oom":  # past the function's memory (runner.local.lambda_service)
+            error_type = "Runtime.OutOfMemory"
+            payload = error_payload(request_id, error_type, f"Runtime exited with error: {reason}")
         else:
             error_type = "Runtime.ExitError"
-            payload = _error(request_id, error_type, f"Runtime exited with error: {reason}")
+            payload = error_payload(request_id, error_type, f"Runtime exited with error: {reason}")
         log.warning("%s: %s after %.2f s; environment discarded", self.id, error_type, duration)
         return InvocationResult(payload, "Unhandled", error_type, self.id, duration, init_s, True)
 
@@ -296,20 +284,31 @@ class ExecutionEnvironment:
             return f"signal: {'killed' if name == 'kill' else name}"
         return f"exit status {code}"
 
-    def force(self, how: str) -> bool:
-        """End the running invocation now, as a crash or as a timeout (the chaos layer's
-        faults); True if there was one to end."""
+    def force(self, how: str, after: float = 0.0) -> bool:
+        """End the running invocation now, as a crash, a timeout (the chaos layer's
+        faults) or "oom" (past its memory), or, for a timeout `after` seconds from now,
+        move its deadline there: it
+        runs on until then, and is timed out there unless it answers first. True if there
+        was an invocation to end."""
         with self._lock:
             if self.status is not RuntimeStatus.INVOKING or self._process is None:
                 return False
+            if how == "timeout" and after > 0:
+                self._deadline = min(self._deadline, time.monotonic() + after)
+                return True
             self._forced = how
             self._signal(signal.SIGKILL)
             return True
 
     def _freeze(self) -> None:
         """SIGSTOP, and wait (briefly) until the process is stopped: frozen until the next
-        invocation, as Lambda freezes an environment once its invocation has returned."""
-        self._signal(signal.SIGSTOP)
+        invocation, as Lambda freezes an environment once its invocation has returned.
+        Processes below it that left its group are stopped just after, off this thread."""
+        with self._lock:
+            self._frozen = True
+            self._signal(signal.SIGSTOP)
+        if self._had_children:
+            _SCANS.submit(self._freeze_escaped)
         pid = self.pid
         if pid is None:
             return
@@ -324,13 +323,41 @@ class ExecutionEnvironment:
                 return
             time.sleep(0.0005)
 
-    def _signal(self, signum: int) -> None:
-        """Signal the environment's whole process group (the worker leads its own), as
-        Lambda freezes or ends everything in the sandbox, processes a handler started too."""
+    def memory_bytes(self, children: Callable[[], dict[int, list[int]]]) -> int:
+        """What the environment's processes hold in memory (the reaper's excepted);
+        `children`: the /proc process tree, read only if the worker has had children."""
         process = self._process
-        if process is not None:
+        if process is None or not self.pid:
+            return 0
+        if not self._had_children:
+            return rss_bytes([self.pid])
+        return rss_bytes(descendants(process.pid, children()))
+
+    def _freeze_escaped(self) -> None:
+        with self._lock:
+            if not self._frozen or not self.pid:
+                return
+            process = self._process
+            if process is None:
+                return
+            # Below the reaper: orphans come to it (a subreaper), not to the worker.
+            self._escaped = [p for p in descendants(process.pid) if group_of(p) != self.pid]
+            signal_all(self._escaped, signal.SIGSTOP)
+
+    def _thaw(self) -> None:
+        with self._lock:
+            self._frozen = False
+            self._signal(signal.SIGCONT)
+            signal_all(self._escaped, signal.SIGCONT)
+            self._escaped = []
+
+    def _signal(self, signum: int) -> None:
+        """Signal the worker's whole process group (it leads its own), as Lambda freezes
+        or ends everything in the sandbox, processes a handler started too (those that
+        left the group: `_freeze_escaped`, and the reaper at the end)."""
+        if self.pid and self._process is not None and self._process.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signum)
+                os.killpg(self.pid, signum)
 
     def stop(self) -> None:
         """Discard the environment: kill its process (frozen or not) and close its pipes."""
@@ -340,22 +367,17 @@ class ExecutionEnvironment:
 
     def _close(self) -> None:
         with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                kill_below(self._process.pid)  # the worker and all it started, any group
             process, self._process = self._process, None
-            if self._invoke_fd >= 0:
-                os.close(self._invoke_fd)
-                self._invoke_fd = -1
+            self._worker, self._escaped, self._frozen = 0, [], False
+            self._had_children = False
+            for fd in (self._invoke_fd, self._lifeline):
+                if fd >= 0:
+                    os.close(fd)  # the lifeline's end: the reaper ends what is left
+            self._invoke_fd = self._lifeline = -1
             if self._replies is not None:
                 os.close(self._replies.fd)
                 self._replies = None
         if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # its children too
             process.wait()
-
-
-class EnvironmentInitError(Exception):
-    """The worker failed its Init phase (its handler would not import, or it died)."""
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(error.get("errorMessage", "init failed"))
-        self.error = error

@@ -71,8 +71,9 @@ def error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this process when the endpoint's spawning thread ends: a frozen
-    (SIGSTOPped) worker cannot notice its pipe closing."""
+    """Ask Linux to kill this process when its parent (the environment's reaper,
+    runner.local.lambda_reaper) ends: a frozen (SIGSTOPped) worker cannot notice its
+    pipe closing."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -83,8 +84,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_HAD_CHILDREN = False
+
+
+def had_children() -> bool:
+    """Whether this process has had a child process at the end of any invocation (one
+    waitid call, not a /proc scan): the environment looks for processes that left its
+    group, and counts their memory, only then."""
+    global _HAD_CHILDREN
+    if not _HAD_CHILDREN:
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            _HAD_CHILDREN = True  # one exists (None: none has exited yet)
+        except ChildProcessError:
+            pass
+    return _HAD_CHILDREN
+
+
 def _send(reply: IO[str], message: dict[str, Any]) -> None:
-    reply.write(json.dumps(message, default=str) + "\n")
+    reply.write(json.dumps({**message, "children": had_children()}, default=str) + "\n")
     reply.flush()
 
 
@@ -111,7 +129,7 @@ def serve(invocations: IO[str], reply: IO[str], spawned_at: float) -> int:
             },
         )
         return 1
-    _send(reply, {"ready": time.time() - spawned_at})
+    _send(reply, {"ready": time.time() - spawned_at, "pid": os.getpid()})
     for line in invocations:
         request = json.loads(line)
         request_id = str(request.get("request_id") or uuid.uuid4())
@@ -131,7 +149,7 @@ def serve(invocations: IO[str], reply: IO[str], spawned_at: float) -> int:
             }
             _send(reply, {"error": marshal})
             continue
-        reply.write('{"result": ' + body + "}\n")
+        reply.write(f'{{"children": {json.dumps(had_children())}, "result": {body}}}\n')
         reply.flush()
     return 0
 
@@ -140,12 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invoke-fd", type=int, required=True)
     parser.add_argument("--reply-fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--spawned-at", type=float, required=True)
     args = parser.parse_args(argv)
     # Ctrl-C is for the stack; the environment ends when the stack ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(args.parent)
+    _die_with_parent(os.getppid())
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:
         sys.path.insert(0, task_root)

@@ -87,6 +87,7 @@ class PollerStats:
 class _Attempt:
     failed_from: int | None  # index of the first record to retry; None: batch done
     function_error: bool  # the invocation raised (as opposed to reporting items)
+    throttled: bool = False  # Invoke refused it (429): the function never saw the batch
 
 
 class StreamPoller:
@@ -241,6 +242,7 @@ class StreamPoller:
         as a retry of both halves, so no record is sent more than 1 + MaximumRetryAttempts
         times, bisected or not.
         """
+        throttled = 0
         while batch and not self._stop.is_set():
             expired = self._expired_prefix(batch)
             if expired:
@@ -248,6 +250,14 @@ class StreamPoller:
                 batch = batch[expired:]
                 continue
             attempt = self._invoke(batch)
+            if attempt.throttled:
+                # Not counted as a retry here (AWS documents MaximumRetryAttempts for a
+                # function that returns an error; how it counts a throttle is not
+                # measured); the age limit still holds, checked above. Tried again soon
+                # (at most 0.4 s apart).
+                throttled += 1
+                self._stop.wait(self.backoff(min(throttled, THROTTLED_BACKOFF_STEPS)))
+                continue
             if attempt.failed_from is None or self._stop.is_set():
                 return
             if (
@@ -296,22 +306,14 @@ class StreamPoller:
         return len(batch)
 
     def _invoke(self, batch: list[Record]) -> _Attempt:
-        attempt = 0
-        while True:
-            try:
-                invocation = self.invoke({"Records": batch})
-                break
-            except InvokeThrottled:
-                # Not a retry of the batch: it never reached the function. Tried again
-                # soon (at most 0.4 s apart): with ParallelizationFactor several batches
-                # of a shard wait for the function's few local environments.
-                self._count("throttled")
-                attempt += 1
-                if self._stop.wait(self.backoff(min(attempt, THROTTLED_BACKOFF_STEPS))):
-                    return _Attempt(failed_from=0, function_error=False)
-            except Exception:
-                log.exception("invoking %s failed; retrying the batch", self.mapping.function_name)
-                return _Attempt(failed_from=0, function_error=True)
+        try:
+            invocation = self.invoke({"Records": batch})
+        except InvokeThrottled:
+            self._count("throttled")
+            return _Attempt(failed_from=0, function_error=False, throttled=True)
+        except Exception:
+            log.exception("invoking %s failed; retrying the batch", self.mapping.function_name)
+            return _Attempt(failed_from=0, function_error=True)
         self._count("invocations")
         self._count("delivered", len(batch))
         if invocation.function_error:

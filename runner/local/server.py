@@ -40,6 +40,7 @@ import boto3
 from runner.local import stack as cfn
 from runner.local.chaos import STACK_SERVICES, FaultPlan, parse_faults
 from runner.local.endpoint import EndpointProcess
+from runner.local.lambda_runtime import module_files
 from runner.local.lambdas import LambdaInvoker
 from runner.local.motoserver import MOTO_CONFIG, moto_api
 from runner.local.poller import DEFAULT_POLL_INTERVAL, StreamPoller
@@ -158,12 +159,9 @@ class LocalStack:
             apply_time_to_live(session, endpoint, region, created, template)
             server.ttl(ttl_lag)
             overlay = function_overlay(region, endpoint, modules, log_level)
-            batches = stream_batches(session, endpoint, created)
-            configs = [
-                info.config(region, ACCOUNT, stream_batches=batches.get(logical_id)).as_dict()
-                for logical_id, info in functions.items()
-            ]
-            server.register(configs, overlay)
+            configs = [info.config(region, ACCOUNT).as_dict() for info in functions.values()]
+            # The demo's and the user's task modules are not in the zip: copied in.
+            server.register(configs, overlay, code=module_files(modules.split(",")))
             env = client_environment(functions, EXPORTED)
             env.update(base_env, AWS_ENDPOINT_URL=endpoint, **{TASK_MODULES_ENV: modules})
             exits.enter_context(patched_environ(env))
@@ -182,9 +180,10 @@ class LocalStack:
             )
             local.control = StackControl(server, local.faults, local.pollers, port=control_port)
             exits.callback(local.control.stop)
-            local.set_faults(",".join(map(str, fault_list)), faults_seed)
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
+            # Last: the stack's own wiring (describe_table above) must not meet them.
+            local.set_faults(",".join(map(str, fault_list)), faults_seed)
             exits.callback(local._stop_workers)
             local.started_in = time.perf_counter() - started
             yield local
@@ -351,24 +350,6 @@ class LocalStack:
                 waiting = sorted(str(t.get("id")) for t in tasks if not is_settled(t))
                 raise LocalStackError(f"not settled after {timeout:.0f} s: {waiting}")
             time.sleep(interval)
-
-
-def stream_batches(
-    session: boto3.Session, endpoint: str, created: cfn.LocalStack
-) -> dict[str, int]:
-    """Per function (logical id): the stream batches its mappings can have in flight at
-    once: ParallelizationFactor times the stream's shards."""
-    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
-    streams = session.client("dynamodbstreams", endpoint_url=endpoint)
-    found: dict[str, int] = {}
-    for mapping in created.stream_mappings:
-        table = created.resources[mapping.source_logical_id]
-        arn = dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-        shards = len(streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"])
-        found[mapping.function_logical_id] = (
-            found.get(mapping.function_logical_id, 0) + mapping.parallelization_factor * shards
-        )
-    return found
 
 
 def is_settled(task: Mapping[str, Any]) -> bool:

@@ -56,6 +56,7 @@ class StackControl:
         mine = self.faults.snapshot()
         return {
             "faults": endpoint["faults"] + mine["faults"],
+            "spent": endpoint.get("spent", []) + mine["spent"],
             "seed": endpoint["seed"],
             "injected": {**endpoint["injected"], **mine["injected"]},
         }
@@ -65,7 +66,9 @@ class StackControl:
             if not isinstance(body, dict) or not isinstance(body.get("faults", ""), str):
                 raise ValueError('expected {"faults": "SPEC", "seed": N} or a plain-text SPEC')
             seed = body.get("seed", self.faults.seed)
-            return 200, self.set_faults(body.get("faults", ""), None if seed is None else int(seed))
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError(f"the seed must be an integer, not {seed!r}")
+            return 200, self.set_faults(body.get("faults", ""), seed)
 
         return {
             ("GET", "/faults"): lambda body: (200, self.fault_state()),

@@ -65,10 +65,6 @@ def function_overlay(
         TASK_MODULES_ENV: modules,
         # Tracing would try to reach an X-Ray daemon.
         "POWERTOOLS_TRACE_DISABLED": "true",
-        # The user's task modules may live where the stack was started.
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
-        ),
     }
     if log_level:
         overlay["POWERTOOLS_LOG_LEVEL"] = log_level

@@ -6,8 +6,9 @@ task item's attempt log:
 
 - I1 no two runs overlap: no effect of an attempt is later than the start of a later
   attempt of the same task;
-- I2 no double effect: no effect after the task was DONE, and (where no fault could
-  justify a re-run) effects from one attempt only;
+- I2 no double effect: no effect after the task was DONE, no step of an attempt acting
+  twice (a handler run twice within one claim), and (where no fault could justify a
+  re-run) exactly the task's `steps` effects, from one attempt;
 - I3 every task final (DONE, FAILED permanent, FAILED with retries exhausted);
 - I4 a final task holds no lease;
 - I5 every final task carries `expires_at`.
@@ -16,6 +17,7 @@ task item's attempt log:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -106,9 +108,19 @@ def violations(
             late = [e for e in found if e["at"] > finished + CLOCK_SLACK_S]
             if late:
                 problems.append(f"I2 {task_id}: {len(late)} effects after it was DONE")
+        twice = Counter((e.get("episode"), int(e["attempt"]), int(e["step"])) for e in found)
+        repeated = sorted(pair for pair, count in twice.items() if count > 1)
+        if repeated:
+            problems.append(
+                f"I2 {task_id}: (episode, attempt, step) {repeated} acted more than once"
+            )
         runs = sorted({int(e["attempt"]) for e in found})
-        if one_run_each and len(runs) > 1:
-            problems.append(f"I2 {task_id}: effects from attempts {runs}, expected one run")
+        steps = int((task.get("data") or {}).get("steps", 1))
+        if one_run_each and (len(runs) > 1 or len(found) != steps):
+            problems.append(
+                f"I2 {task_id}: {len(found)} effects from attempts {runs}, "
+                f"expected one run of {steps} steps"
+            )
         if "lease_expires_at" in task:
             problems.append(f"I4 {task_id}: final ({task.get('status')}) but still leased")
         if "expires_at" not in task:

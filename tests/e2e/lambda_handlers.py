@@ -31,6 +31,29 @@ def sleep(event: Any, context: Any) -> dict[str, Any]:
     return {"slept": event["seconds"], "pid": os.getpid()}
 
 
+def tick(event: Any, context: Any) -> dict[str, Any]:
+    """Append a line to a file every 50 ms for `seconds`."""
+    path = Path(event["path"])
+    end = time.monotonic() + float(event["seconds"])
+    while time.monotonic() < end:
+        with path.open("a") as f:
+            f.write(f"{time.time()}\n")
+        time.sleep(0.05)
+    return {"pid": os.getpid()}
+
+
+def big(event: Any, context: Any) -> str:
+    """A response of `bytes` characters."""
+    return "x" * int(event["bytes"])
+
+
+def allocate(event: Any, context: Any) -> dict[str, Any]:
+    """Hold `mb` MB (touched, so resident) for `seconds`."""
+    blob = b"\x01" * (int(event["mb"]) * 1024 * 1024)
+    time.sleep(float(event.get("seconds", 1)))
+    return {"held": len(blob), "pid": os.getpid()}
+
+
 def crash(event: Any, context: Any) -> None:
     os._exit(int(event.get("code", 3)))
 
@@ -48,6 +71,10 @@ def background(event: Any, context: Any) -> dict[str, Any]:
     if not getattr(background, "started", False):
         threading.Thread(target=tick, daemon=True).start()
         background.started = True  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # it has started ticking
+    time.sleep(float(event.get("then_sleep", 0)))
     return {"pid": os.getpid()}
 
 
@@ -57,7 +84,10 @@ def spawn(event: Any, context: Any) -> dict[str, Any]:
     import sys
 
     loop = "import time,sys\nwhile True:\n open(sys.argv[1],'a').write('t\\n'); time.sleep(0.05)"
-    child = subprocess.Popen([sys.executable, "-c", loop, event["path"]])
+    child = subprocess.Popen(
+        [sys.executable, "-c", loop, event["path"]],
+        start_new_session=bool(event.get("new_session")),  # out of the worker's group
+    )
     deadline = time.monotonic() + 5
     while not Path(event["path"]).exists() and time.monotonic() < deadline:
         time.sleep(0.01)  # it has started ticking
@@ -71,3 +101,23 @@ def fork_and_die(event: Any, context: Any) -> None:
         time.sleep(30)
         os._exit(0)
     os._exit(5)
+
+
+def inspect(event: Any, context: Any) -> dict[str, Any]:
+    """The interpreter, sys.path and which of `event["modules"]` would import."""
+    import importlib.util
+    import sys
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is not there
+            return False
+
+    return {
+        "version": list(sys.version_info[:2]),
+        "executable": sys.executable,
+        "path": sys.path,
+        "cwd": os.getcwd(),
+        "importable": {name: importable(name) for name in event.get("modules", [])},
+    }

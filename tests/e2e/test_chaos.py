@@ -140,11 +140,15 @@ def test_with_replies_lost_after_writes_applied_and_invokes_throttled_tasks_run_
     assert {t["attempts"] for t in final.values()} == {1}
 
 
-def test_a_lambda_killed_after_its_claim_or_before_its_final_write_is_recovered(
+def test_a_lambda_killed_or_timed_out_after_its_claim_or_before_its_final_write_is_recovered(
     faults_off: ServedStack,
 ) -> None:
     stack = faults_off
-    after_claim, before_final = ids("crash-claimed", 1) + ids("crash-final", 1)
+    after_claim, before_final, timed_out = (
+        ids("crash-claimed", 1) + ids("crash-final", 1) + ids("timeout-claimed", 1)
+    )
+    name = "task-runner-e2e-processStream"
+    timeouts = stack.lambda_stats()[name]["timeouts"]
 
     # Given the stream function's environment killed right after a claim applied
     stack.set_faults("lambda.processStream.crash-after-claim=1x1")
@@ -154,13 +158,20 @@ def test_a_lambda_killed_after_its_claim_or_before_its_final_write_is_recovered(
     stack.set_faults("lambda.processStream.crash-before-final=1x1")
     put_task(stack, before_final, "EFFECT_TASK", {"steps": 2, "seconds": 0.2})
     wait_injected(stack, "lambda.processStream.crash-before-final=1x1")
+    # And one whose invocation times out 1.2 s after its claim, its handler acting every
+    # 0.6 s until then
+    stack.set_faults("lambda.processStream.timeout-after-claim=1x1@1.2")
+    put_task(stack, timed_out, "EFFECT_TASK", {"steps": 4, "seconds": 2.4})
+    wait_injected(stack, "lambda.processStream.timeout-after-claim=1x1@1.2s")
     stack.set_faults("")
-    crashes = stack.lambda_stats()["task-runner-e2e-processStream"]["crashes"]
+    crashes = stack.lambda_stats()[name]["crashes"]
 
     # When its lease runs out, the sweeper and the retry workflow take over
-    final = wait_final(stack, [after_claim, before_final], timeout=CRASH_RECOVERY_SECONDS)
+    final = wait_final(
+        stack, [after_claim, before_final, timed_out], timeout=CRASH_RECOVERY_SECONDS
+    )
 
-    # Then both are DONE; the first ran once (it died before its handler), the second
+    # Then all are DONE; the first ran once (it died before its handler), the second
     # ran again, but never while the dead run could still act
     assert crashes >= 2
     assert {t["status"] for t in final.values()} == {"DONE"}
@@ -168,6 +179,12 @@ def test_a_lambda_killed_after_its_claim_or_before_its_final_write_is_recovered(
     assert violations(stack, {after_claim: final[after_claim]}, one_run_each=True) == []
     assert {e["attempt"] for e in _effects(stack, before_final)} == {1, 2}
     assert final[after_claim]["attempts"] == final[before_final]["attempts"] == 2
+    # And the timed-out handler kept acting until its deadline (its first two steps, at
+    # 0 and 0.6 s; the third at 1.2 s races the kill), never after it: Lambda timed it out
+    first = [e for e in _effects(stack, timed_out) if e["attempt"] == 1]
+    assert [e["step"] for e in first][:2] == [0, 1] and len(first) <= 3, first
+    assert stack.lambda_stats()[name]["timeouts"] == timeouts + 1
+    assert final[timed_out]["attempts"] == 2
 
 
 def _effects(stack: ServedStack, task_id: str) -> list[dict[str, object]]:
@@ -330,6 +347,31 @@ def test_the_served_dynamodb_is_atomic_and_sized_by_dynamodbs_rules(
     # Then nothing changed, as DynamoDB's UpdateItem is atomic
     task = get_task(stack, task_id)
     assert task["status"] == "PROCESSING" and "error" not in task
+
+
+def test_a_throttled_or_failed_invoke_of_run_task_reaches_step_functions_and_is_retried(
+    faults_off: ServedStack,
+) -> None:
+    stack = faults_off
+    # Given runTask's next invocation throttled, and the one after failing in Lambda
+    throttle, service = "lambda.runTask.throttle=1x1", "lambda.runTask.service-error=1x1"
+    stack.set_faults(f"{throttle},{service}")
+    (task_id,) = ids("run-task-refused", 1)
+
+    # When a task fails once and its retry execution invokes runTask
+    put_task(stack, task_id, "FLAKY_TASK", {"fail_times": 1})
+    final = wait_final(stack, [task_id], timeout=60)
+    injected = (stack.injected(throttle), stack.injected(service))
+    stack.set_faults("")
+
+    # Then Step Functions saw Lambda's errors by their documented names, retried them
+    # (the ASL's Retry), and the task ran to DONE
+    assert injected == (1, 1)
+    assert final[task_id]["status"] == "DONE"
+    (arn,) = final[task_id]["executions"]
+    events = client(stack, "stepfunctions").get_execution_history(executionArn=arn)["events"]
+    errors = [e["taskFailedEventDetails"]["error"] for e in events if e["type"] == "TaskFailed"]
+    assert errors == ["Lambda.TooManyRequestsException", "Lambda.ServiceException"]
 
 
 def test_a_timed_out_run_task_is_lambda_unknown_to_step_functions_and_retried(

@@ -30,6 +30,13 @@ def test_a_spec_names_service_qualifier_kind_rate_and_limit() -> None:
     assert parse_faults("") == ()
 
 
+def test_a_timeout_after_a_claim_can_come_seconds_later() -> None:
+    (fault,) = parse_faults("lambda.runTask.timeout-after-claim=1x1@2.5")
+    assert fault == Fault("lambda", "runTask", "timeout-after-claim", 1.0, 1, 2.5)
+    assert str(fault) == "lambda.runTask.timeout-after-claim=1x1@2.5s"
+    assert parse_faults(str(fault)) == (fault,)
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
@@ -39,6 +46,8 @@ def test_a_spec_names_service_qualifier_kind_rate_and_limit() -> None:
         ("dynamodb.throttle=1.5", "between 0 and 1"),
         ("lambda.crash-after-claim=1x0", "at least 1"),
         ("dynamodb.a.b.throttle=1", "expected SERVICE"),
+        ("lambda.crash-after-claim=1@2", "only timeout-after-claim takes @SECONDS"),
+        ("lambda.timeout-after-claim=1@", "expected SERVICE"),
     ],
 )
 def test_a_bad_spec_says_which_part_and_why(spec: str, reason: str) -> None:
@@ -73,6 +82,9 @@ def test_the_same_seed_draws_the_same_faults_and_a_limit_stops_them() -> None:
     assert [f is not None for f in fired] == [True, True, False, False, False]
     assert limited.decide("dynamodb", "PutItem", "throttle") is None  # not its action
     assert limited.snapshot()["injected"] == {"dynamodb.UpdateItem.throttle=1x2": 2}
+    # A fault whose limit is spent is no longer listed as active
+    assert limited.snapshot()["faults"] == []
+    assert limited.snapshot()["spent"] == ["dynamodb.UpdateItem.throttle=1x2"]
 
 
 def test_a_plan_keeps_only_its_own_processes_services() -> None:
@@ -121,3 +133,59 @@ def test_the_control_endpoint_answers_its_routes_and_refuses_a_bad_spec() -> Non
         assert status == 404 and "GET /faults" in reply["routes"]
     finally:
         server.stop()
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    """What the server answers to these exact bytes (the status line and headers)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_the_control_endpoint_refuses_bad_lengths_web_pages_and_a_bad_seed() -> None:
+    from runner.local.stack_control import StackControl
+
+    class Endpoint:  # the endpoint process's side, as StackControl uses it
+        def faults(self, spec: str | None = None, seed: int | None = None) -> dict[str, Any]:
+            return {"faults": [], "seed": seed, "injected": {}}
+
+    plan = FaultPlan(services=["stream"])
+    control = StackControl(Endpoint(), plan, [])  # type: ignore[arg-type]
+    url = control.url
+    put = "PUT /faults HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    try:
+        # A Content-Length that is not a count is refused, and nothing is applied
+        for length in ("abc", "-1"):
+            answer = _raw(url, f"{put}Content-Length: {length}\r\n\r\nstream.redeliver=1".encode())
+            assert answer.startswith(b"HTTP/1.0 400"), answer[:80]
+        # A web page's request (an Origin header, a foreign Host, a POST) is refused
+        page = (
+            "POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
+            "Content-Type: text/plain\r\nContent-Length: 18\r\n\r\nstream.redeliver=1"
+        )
+        assert _raw(url, page.encode())[:12] in (b"HTTP/1.0 403", b"HTTP/1.0 405")
+        with_origin = put + "Origin: http://evil.example\r\nContent-Length: 18\r\n\r\n"
+        assert _raw(url, (with_origin + "stream.redeliver=1").encode()).startswith(b"HTTP/1.0 403")
+        rebound = put.replace("127.0.0.1", "evil.example") + "Content-Length: 18\r\n\r\n"
+        assert _raw(url, (rebound + "stream.redeliver=1").encode()).startswith(b"HTTP/1.0 403")
+        post = put.replace("PUT", "POST") + "Content-Length: 18\r\n\r\nstream.redeliver=1"
+        assert _raw(url, post.encode()).startswith(b"HTTP/1.0 405")
+        assert plan.faults == ()
+        # A seed must be an integer
+        for seed in ("[1]", "1.7", "true"):
+            body = f'{{"faults": "stream.redeliver=1", "seed": {seed}}}'
+            status, reply = _request(f"{url}/faults", "PUT", body.encode())
+            assert status == 400 and "the seed must be an integer" in reply["error"], reply
+        assert plan.faults == ()
+        # And a well-formed request still works
+        status, state = _request(f"{url}/faults", "PUT", b'{"faults": "stream.redeliver=1"}')
+        assert status == 200 and state["faults"] == ["stream.redeliver=1"]
+    finally:
+        control.stop()

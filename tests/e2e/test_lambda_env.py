@@ -9,6 +9,10 @@ invocations, and a crash or timeout discarding the environment.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +22,11 @@ from typing import Any
 import pytest
 
 from runner.local.lambda_config import FunctionConfig
-from runner.local.lambda_env import InvocationResult
-from runner.local.lambda_service import FunctionThrottled, LambdaService
+from runner.local.lambda_invoke import FunctionThrottled, InvalidRequestContent, RequestTooLarge
+from runner.local.lambda_protocol import InvocationResult
+from runner.local.lambda_service import LambdaService
+from runner.local.sfn_fidelity import step_functions_error
+from runner.local.template import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -112,40 +119,93 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
     assert len(one["AWS_ACCESS_KEY_ID"]) == 20
 
 
+def test_a_function_runs_on_the_runtimes_python_with_only_what_its_zip_holds(
+    service: LambdaService,
+) -> None:
+    # Given a function (its handler's module is not in the zip: the service copies it in)
+    service.register([config("inspect", "inspect", timeout=10)])
+    modules = {
+        # What the zip holds, and requirements.txt's packages
+        "handler": True,
+        "runner.executor": True,
+        "tasks": True,
+        "pydantic": True,
+        "aws_lambda_powertools": True,
+        "boto3": True,
+        # The local stack, the dev tools, the tests' helpers: not in the zip
+        "runner.local.chaos": False,
+        "runner.local.lambda_worker": False,
+        "moto": False,
+        "pytest": False,
+        "hypothesis": False,
+        "tests.helpers": False,
+        # Gone from Python 3.12's standard library
+        "distutils": False,
+    }
+
+    seen = body(invoke(service, "inspect", {"modules": list(modules)}))
+
+    # Then it runs on Python 3.12 (the runtime the template names), in its task root,
+    # with nothing of the repository or of this process's PYTHONPATH importable
+    if os.environ.get("TASK_RUNNER_LAMBDA_PYTHON"):
+        assert seen["version"] == [3, 12]
+    assert seen["importable"] == modules
+    task_root = service.code.task_root
+    assert seen["cwd"] == str(task_root) and seen["path"][0] == str(task_root)
+    assert not any(str(ROOT) in entry for entry in seen["path"])
+    assert not (task_root / "runner" / "local" / "chaos.py").exists()
+
+
 def test_a_function_that_sets_a_reserved_variable_is_refused(service: LambdaService) -> None:
     bad = config("bad", "echo", timeout=3, environment={"AWS_LAMBDA_FUNCTION_NAME": "x"})
     with pytest.raises(ValueError, match="reserved environment variables: AWS_LAMBDA_FUNC"):
         service.register([bad])
 
 
-def test_concurrency_stops_at_the_reserved_limit_and_the_rest_is_throttled(
-    service: LambdaService,
-) -> None:
-    # Given a function that may run twice at once (the local default)
-    service.register([config("slow", "sleep", timeout=10)])
-    results: list[Any] = []
+def concurrently(
+    service: LambdaService, calls: list[tuple[str, dict[str, Any]]]
+) -> list[InvocationResult | FunctionThrottled]:
+    """Start the invocations 0.1 s apart; what each answered, in that order."""
+    results: list[InvocationResult | FunctionThrottled | None] = [None] * len(calls)
 
-    def call() -> None:
+    def call(index: int, name: str, event: dict[str, Any]) -> None:
         try:
-            results.append(invoke(service, "slow", {"seconds": 1.0}))
+            results[index] = invoke(service, name, event)
         except FunctionThrottled as exc:
-            results.append(exc)
+            results[index] = exc
 
-    # When three invocations arrive together
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads = [threading.Thread(target=call, args=(i, *c)) for i, c in enumerate(calls)]
     for thread in threads:
         thread.start()
         time.sleep(0.1)
     for thread in threads:
         thread.join()
+    return [r for r in results if r is not None]
 
-    # Then two ran, in two environments, and the third was refused as Lambda refuses it
-    throttled = [r for r in results if isinstance(r, FunctionThrottled)]
-    ran = [r for r in results if isinstance(r, InvocationResult)]
-    assert len(throttled) == 1 and len(ran) == 2
-    assert len({body(r)["pid"] for r in ran}) == 2
-    stats = service.stats()["slow"]
-    assert stats["peak_concurrency"] == 2 and stats["throttles"] == 1
+
+def test_functions_without_a_reserve_share_the_account_pool_and_wait_rather_than_fail() -> None:
+    # Given functions without a reserved concurrency, and a local account pool of two
+    service = LambdaService(account_concurrency=2)
+    try:
+        service.register([config("slow", "sleep", timeout=10), config("other", "echo", timeout=3)])
+        assert service.concurrency("slow") == 2
+
+        # When three invocations arrive together
+        results = concurrently(service, [("slow", {"seconds": 1.0})] * 3)
+
+        # Then all three ran (AWS's pool of 1,000 would have run them): the third waited
+        # for an environment instead of being refused, and no more than two ran at once
+        assert all(isinstance(r, InvocationResult) and not r.function_error for r in results)
+        assert len({body(r)["pid"] for r in results if isinstance(r, InvocationResult)}) == 2
+        stats = service.stats()["slow"]
+        assert (stats["throttles"], stats["queued"], stats["peak_concurrency"]) == (0, 1, 2)
+
+        # And another function gets room by retiring an idle environment of the first
+        assert not invoke(service, "other", {}).function_error
+        assert len(service.environments()) == 2
+        assert service.stats()["other"]["throttles"] == 0
+    finally:
+        service.stop()
 
 
 def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
@@ -158,34 +218,6 @@ def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
     with pytest.raises(FunctionThrottled):
         invoke(service, "one-at-a-time", {"seconds": 0})
     blocker.join()
-
-
-def test_a_function_its_stream_mappings_keep_busy_gets_as_many_environments(
-    service: LambdaService,
-) -> None:
-    # Given functions without a reserved concurrency, one fed by mappings that can have
-    # three batches in flight (ParallelizationFactor x shards), and one with a reserve
-    service.register(
-        [
-            config("lanes", "sleep", timeout=10, unreserved_concurrency=3),
-            config(
-                "reserved", "sleep", timeout=10, reserved_concurrency=1, unreserved_concurrency=3
-            ),
-            config("plain", "sleep", timeout=10),
-        ]
-    )
-
-    # Then each may have that many environments at once (a reserve always wins)
-    assert [service.concurrency(n) for n in ("lanes", "reserved", "plain")] == [3, 1, 2]
-    calls = [
-        threading.Thread(target=invoke, args=(service, "lanes", {"seconds": 0.5})) for _ in range(3)
-    ]
-    for call in calls:
-        call.start()
-    for call in calls:
-        call.join()
-    assert service.stats()["lanes"]["throttles"] == 0
-    assert service.stats()["lanes"]["peak_concurrency"] == 3
 
 
 def test_the_functions_timeout_kills_the_invocation_with_lambdas_error_and_resets(
@@ -261,10 +293,10 @@ def test_an_environment_is_frozen_between_invocations(
     assert process_state(pid) == "T"
     assert len(ticks.read_text().splitlines()) == frozen_at
 
-    # And the next invocation thaws it: the thread runs on
-    invoke(service, "ticker", {"path": str(ticks)})
+    # And the next invocation (0.3 s long) thaws it: the thread runs on while it does
+    invoke(service, "ticker", {"path": str(ticks), "then_sleep": 0.3})
     assert process_state(pid) == "T"  # frozen again once it returned
-    assert len(ticks.read_text().splitlines()) >= frozen_at
+    assert len(ticks.read_text().splitlines()) > frozen_at
 
 
 def test_a_process_the_handler_started_is_frozen_and_ended_with_its_environment(
@@ -314,3 +346,157 @@ def test_an_invocation_ended_from_outside_reports_a_crash_or_a_timeout(
     assert body(results[0])["errorType"] == "Sandbox.Timedout"
     assert results[0].duration_s < 5
     assert service.environments() == []
+
+
+def test_a_timeout_moved_closer_lets_the_handler_run_until_it_then_times_out(
+    service: LambdaService, tmp_path: Path
+) -> None:
+    # Given an invocation ticking into a file for 5 s, its function's timeout 30 s
+    service.register([config("ticker", "tick", timeout=30)])
+    ticks = tmp_path / "ticks"
+    results: list[InvocationResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(invoke(service, "ticker", {"path": str(ticks), "seconds": 5}))
+    )
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not ticks.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (environment,) = service.environments()
+
+    # When the chaos layer moves its deadline to 1 s from now
+    moved_at = time.monotonic()
+    assert environment.force("timeout", after=1.0)
+    at_force = len(ticks.read_text().splitlines())
+    runner.join(10)
+    ended = time.monotonic() - moved_at
+
+    # Then the handler ran on until the new deadline, and was timed out there
+    assert 0.9 <= ended < 2.0, ended
+    assert len(ticks.read_text().splitlines()) - at_force >= 10  # ~20 ticks of 50 ms
+    assert body(results[0])["errorType"] == "Sandbox.Timedout"
+    assert results[0].discarded and service.environments() == []
+
+
+def test_invoke_refuses_a_payload_that_is_not_json_or_too_large_before_using_an_environment(
+    service: LambdaService,
+) -> None:
+    service.register([config("echo", "echo", timeout=3), config("big", "big", timeout=10)])
+
+    # A body that is not JSON, or over Invoke's 6,291,456 bytes, is refused: no environment
+    with pytest.raises(InvalidRequestContent, match="Could not parse request body into json"):
+        service.invoke("echo", b"nope")
+    with pytest.raises(RequestTooLarge, match="7000009 byte payload is too large"):
+        service.invoke("echo", json.dumps({"x": "y" * 7_000_000}).encode())
+    assert service.environments() == []
+    assert service.stats()["echo"]["cold_starts"] == 0
+
+    # And a response over 6 MB is Lambda's function error; the environment is kept
+    too_big = invoke(service, "big", {"bytes": 6_300_000})
+    assert too_big.function_error == "Unhandled"
+    assert body(too_big)["errorType"] == "Function.ResponseSizeTooLarge"
+    assert invoke(service, "big", {"bytes": 10}).init_s is None  # warm
+
+
+def test_a_process_that_left_the_workers_group_is_frozen_and_ended_too(
+    service: LambdaService, tmp_path: Path
+) -> None:
+    # Given a handler that starts a child in a session of its own (out of its group)
+    service.register([config("escaper", "spawn", timeout=1)])
+    ticks = tmp_path / "ticks"
+    child = body(invoke(service, "escaper", {"path": str(ticks), "new_session": True}))["child"]
+
+    # When the invocation has returned, the child is frozen with the environment
+    deadline = time.monotonic() + 2
+    while process_state(child) != "T":
+        assert time.monotonic() < deadline, process_state(child)
+        time.sleep(0.01)
+    frozen_at = ticks.read_text().count("t")
+    time.sleep(0.3)
+    assert ticks.read_text().count("t") == frozen_at
+
+    # And it runs again while an invocation does, and ends when the environment does
+    timed_out = invoke(service, "escaper", {"path": str(tmp_path / "b"), "then_sleep": 5})
+    assert body(timed_out)["errorType"] == "Sandbox.Timedout"
+    assert ticks.read_text().count("t") > frozen_at
+    time.sleep(0.3)
+    assert not Path(f"/proc/{child}").exists() or process_state(child) == "Z"
+
+
+STACK_KILLED = """
+import json, sys, threading
+from runner.local.lambda_config import FunctionConfig
+from runner.local.lambda_service import LambdaService
+service = LambdaService()
+spawn = "tests.e2e.lambda_handlers.spawn"
+service.register([FunctionConfig(name=n, handler=spawn, timeout=60) for n in ("f", "g")])
+frozen = {"path": sys.argv[1] + "-frozen"}
+print(json.loads(service.invoke("f", json.dumps(frozen).encode()).payload)["child"], flush=True)
+running = {"path": sys.argv[1] + "-running", "new_session": True, "then_sleep": 60}
+service.invoke("g", json.dumps(running).encode())  # still running
+"""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_what_a_handler_started_dies_when_the_stack_is_killed_outright(tmp_path: Path) -> None:
+    # Given a process holding a Lambda service, whose handler started two children (one
+    # in its group, frozen; one in a session of its own, running in a second invocation)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", STACK_KILLED, str(tmp_path / "ticks")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        children = _children_of(holder, tmp_path)
+    finally:
+        # When its process group is killed outright (kill -9 of `serve`'s group)
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+    # Then both children are gone within a few seconds, not left stopped or running
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{c}").exists() and process_state(c) != "Z" for c in children):
+        assert time.monotonic() < deadline, [process_state(c) for c in children]
+        time.sleep(0.05)
+
+
+def _children_of(holder: subprocess.Popen[str], tmp_path: Path) -> list[int]:
+    assert holder.stdout is not None
+    children = [int(holder.stdout.readline())]
+    deadline = time.monotonic() + 10
+    while len(children) < 2:  # the running one, by the file it ticks into
+        assert time.monotonic() < deadline
+        children += [
+            int(p.parent.name)
+            for p in Path("/proc").glob("[0-9]*/cmdline")
+            if str(tmp_path / "ticks-running").encode() in _read(p)
+        ]
+        time.sleep(0.05)
+    assert process_state(children[0]) == "T" and process_state(children[1]) != "T"
+    return children
+
+
+def test_an_invocation_past_its_functions_memory_is_ended_as_out_of_memory(
+    service: LambdaService,
+) -> None:
+    service.register([config("small", "allocate", timeout=10, memory_mb=128)])
+
+    # Within its memory it runs; past it, Lambda ends it (Step Functions: Lambda.Unknown)
+    assert not invoke(service, "small", {"mb": 20, "seconds": 0.5}).function_error
+    started = time.monotonic()
+    result = invoke(service, "small", {"mb": 400, "seconds": 5})
+
+    assert body(result)["errorType"] == "Runtime.OutOfMemory"
+    assert body(result)["errorMessage"].endswith("Runtime exited with error: signal: killed")
+    assert result.discarded and time.monotonic() - started < 4
+    assert step_functions_error(result.payload.decode()) == "Lambda.Unknown"

@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime
 
+import boto3
 import pytest
 
 from tests.e2e.conftest import REPORT, ServedStack
@@ -189,3 +190,28 @@ def test_the_executing_state_machine_is_the_asl_file_with_the_stacks_names(
     )
     # Equal to the file, so nothing was lost (moto's Fn::Sub would turn a `$$` into `$`)
     assert json.loads(described["definition"]) == json.loads(expected)
+
+
+def test_invoke_answers_lambdas_400_and_413_for_a_bad_or_too_large_payload(
+    local_stack: ServedStack,
+) -> None:
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    lambdas = boto3.client(
+        "lambda",
+        endpoint_url=local_stack.endpoint_url,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    name = "task-runner-e2e-sweep"
+    before = local_stack.lambda_stats()[name]["invocations"]
+    for payload, status, code in (
+        (b"nope", 400, "InvalidRequestContentException"),
+        (b'"' + b"x" * 7_000_000 + b'"', 413, "RequestTooLargeException"),
+    ):
+        with pytest.raises(ClientError) as refused:
+            lambdas.invoke(FunctionName=name, Payload=payload)
+        assert refused.value.response["Error"]["Code"] == code
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert local_stack.lambda_stats()[name]["invocations"] == before  # nothing ran

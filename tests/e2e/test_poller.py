@@ -181,6 +181,34 @@ def test_a_throttled_invocation_is_retried_without_counting_as_a_retry() -> None
     assert poller.stats.throttled == 2 and poller.stats.discarded == 0 and sqs.messages == []
 
 
+def test_a_record_that_ages_out_while_its_function_is_throttled_is_given_up() -> None:
+    # Given a record 58.5 s old, a maximum age of 60 s and a function that keeps throttling
+    old = raw_record(1)
+    old["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(
+        datetime.now(UTC).timestamp() - 58.5, UTC
+    )
+    function = Function(*[InvokeThrottled("f")] * 1000)
+    sqs = FakeSqs()
+    poller = StreamPoller(
+        replace(MAPPING, maximum_record_age_seconds=60),
+        function,
+        streams=FakeStreams([old]),
+        sqs=sqs,
+        stream_arn=STREAM_ARN,
+        shard_id="shardId-1",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
+        region="eu-west-1",
+        backoff=lambda attempt: 0.05,
+    )
+    poller._iterator = "0"
+    poller.poll_once()
+
+    # Then once it is past the age, it is given up unsent, not throttled on for ever
+    assert function.batches == [] and poller.stats.throttled >= 1
+    [(_, message)] = sqs.messages
+    assert message["requestContext"]["condition"] == "RecordAgeExceeded"
+
+
 def test_a_batch_is_cut_at_invokes_six_megabytes() -> None:
     # Given records of about 1 MB each, in a mapping whose batch size would take them all
     records = [raw_record(n) for n in range(1, 9)]

@@ -81,3 +81,26 @@ def test_a_users_task_module_runs_beside_the_demo_tasks(tmp_path: Path) -> None:
         assert created.returncode == 0, created.stderr
         task = stack.wait_for(json.loads(created.stdout)["id"], {"DONE", "FAILED"}, timeout=20)
         assert task["status"] == "DONE" and task["result"] == {"greeting": "hello, x"}
+
+
+def test_faults_that_take_dynamodb_down_do_not_stop_the_stack_starting() -> None:
+    # Given faults that refuse every DynamoDB and Step Functions call from the start
+    spec = "dynamodb.unavailable=1,states.throttle=1"
+
+    with contextlib.contextmanager(serve)("--stage", "e2e", "--faults", spec) as stack:
+        # Then the stack still starts (its own wiring is done before the faults are on),
+        # and the faults are active for what comes after
+        state = stack.control("GET", "/faults")
+        assert state["faults"] == spec.split(",")
+        import boto3
+        from botocore.config import Config
+
+        dynamodb = boto3.client(
+            "dynamodb",
+            endpoint_url=stack.endpoint_url,
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        with pytest.raises(dynamodb.exceptions.ClientError, match="ServiceUnavailable"):
+            dynamodb.describe_table(TableName=stack.table_name)
+        stack.set_faults("")  # the sweeps it started can end
