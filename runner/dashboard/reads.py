@@ -1,0 +1,218 @@
+"""What the pages show, read from the table (the index and GetItem, never a Scan) and from
+Step Functions, with the caches that keep a page cheap to render again.
+
+A task is read as its raw item, so attributes the runner's model does not know yet
+(progress, steps, a cancel request, a scheduled time) are shown when an item has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.config import STATUS_SHARDS
+from runner.dashboard.cache import TtlCache
+from runner.dashboard.counts import OldestPending, StatusCount, StatusCounter, counted_statuses
+from runner.dashboard.settings import DashboardSettings
+from runner.errors import MalformedTask, TaskNotFound
+from runner.items import deserialize_image, serialize, task_from_item
+from runner.model import Task, TaskStatus
+from runner.table import TasksTable
+
+# Step Functions' statuses of an execution that is over: its description and history
+# can no longer change, so they are kept.
+CLOSED_EXECUTION = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
+# Above this many characters of JSON a payload is linked, not put in the page.
+INLINE_PAYLOAD_CHARS = 16 * 1024
+
+
+def console_url(execution_arn: str) -> str:
+    """The execution's page in the Step Functions console."""
+    parts = execution_arn.split(":")
+    region = parts[3] if len(parts) > 3 else "us-east-1"
+    return (
+        f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+        f"#/v2/executions/details/{execution_arn}"
+    )
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    arn: str
+    status: str | None
+    started: str
+    stopped: str
+    events: list[dict[str, Any]]
+    console_url: str
+
+    @property
+    def name(self) -> str:
+        return self.arn.rsplit(":", 1)[-1]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task as its page shows it."""
+
+    task: Task | None  # None when the item is not a valid task (`problem` says why)
+    item: dict[str, Any]  # every attribute, as plain values
+    executions: list[ExecutionView]
+    problem: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        return str(self.item.get("id", ""))
+
+    @property
+    def status(self) -> str:
+        return str(self.item.get("status", ""))
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        value = self.item.get("progress")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """Recorded durable steps: a map of name → record, or a list of records."""
+        value = self.item.get("steps")
+        if isinstance(value, dict):
+            return [{"name": name, **_as_map(v)} for name, v in sorted(value.items())]
+        if isinstance(value, list):
+            return [_as_map(v) for v in value]
+        return []
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.item.get("cancel_requested") is True
+
+    @property
+    def live(self) -> bool:
+        """Still changing: not final, or a retry execution is still running."""
+        if any(e.status == "RUNNING" for e in self.executions):
+            return True
+        if self.status in ("DONE", "CANCELLED"):
+            return False
+        if self.status == "FAILED":
+            item = self.item
+            return item.get("retryable") is True and item.get("retries_exhausted") is not True
+        return True
+
+    def version(self) -> str:
+        """Changes whenever anything the live part of the page shows changes."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.item, sort_keys=True, default=str).encode())
+        for execution in self.executions:
+            digest.update(f"{execution.arn}{execution.status}{len(execution.events)}".encode())
+        return digest.hexdigest()[:20]
+
+
+def _as_map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"result": value}
+
+
+@dataclass(frozen=True)
+class Overview:
+    counts: list[StatusCount]
+    oldest_pending: OldestPending | None
+    counted_at: float  # monotonic
+    fresh: bool
+    throughput: Any = None  # runner.dashboard.throughput.Throughput, when metrics exist
+    queries: int = 0
+
+
+class ItemReader(TasksTable):
+    """One task's item, strongly consistent (an operator wants what is there now)."""
+
+    def item(self, task_id: str) -> dict[str, Any]:
+        found = self._call(
+            "get_item",
+            TableName=self.table_name,
+            Key=serialize({"id": task_id}),
+            ConsistentRead=True,
+        )
+        if "Item" not in found:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return deserialize_image(found["Item"])
+
+
+@dataclass
+class DashboardReads:
+    """The pages' reads for one App (store, workflow) and one dashboard's settings."""
+
+    app: Any  # runner.app.App
+    settings: DashboardSettings
+    throughput: Callable[[], Any] | None = None
+    counter: StatusCounter = field(init=False)
+    items: ItemReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counter = StatusCounter(self.app.settings, self.app.clients)
+        self.items = ItemReader(self.app.settings, self.app.clients)
+        self._overview: TtlCache[Overview] = TtlCache(self.settings.count_ttl_seconds)
+        self._closed: TtlCache[ExecutionView] = TtlCache(None, max_entries=2048)
+
+    # --- the overview --------------------------------------------------------------------
+
+    def overview(self) -> Overview:
+        cached = self._overview.get("overview", self._compute_overview)
+        value = cached.value
+        throughput = self.throughput() if self.throughput is not None else None
+        return Overview(
+            value.counts,
+            value.oldest_pending,
+            value.counted_at,
+            cached.fresh,
+            throughput,
+            value.queries,
+        )
+
+    def _compute_overview(self) -> Overview:
+        counts = self.counter.counts(counted_statuses(), self.settings.count_cap)
+        oldest = self.counter.oldest_pending()
+        queries = sum(c.queries for c in counts) + STATUS_SHARDS  # one per PENDING shard
+        return Overview(counts, oldest, time.monotonic(), True, None, queries)
+
+    def forget(self) -> None:
+        """Drop the cached counts (after an action changed them)."""
+        self._overview.clear()
+
+    # --- lists and tasks -----------------------------------------------------------------
+
+    def page(self, status: TaskStatus | None, cursor: str | None) -> tuple[list[Task], str | None]:
+        tasks, next_cursor = self.app.store.list(
+            status, limit=self.settings.page_size, cursor=cursor
+        )
+        return list(tasks), next_cursor
+
+    def task(self, task_id: str) -> TaskView:
+        item = self.items.item(task_id)
+        try:
+            task: Task | None = task_from_item(item)
+            problem = None
+        except MalformedTask as exc:
+            task, problem = None, str(exc)
+        executions = [self.execution(arn) for arn in item.get("executions") or []]
+        return TaskView(task, item, executions, problem)
+
+    def execution(self, arn: str) -> ExecutionView:
+        cached = self._closed.peek(arn)
+        if cached is not None:
+            return cached.value
+        workflow = self.app.workflow
+        info = workflow.describe(arn)
+        view = ExecutionView(
+            arn=arn,
+            status=info.get("status"),
+            started=str(info.get("started") or ""),
+            stopped=str(info.get("stopped") or ""),
+            events=workflow.history(arn),
+            console_url=console_url(arn),
+        )
+        if view.status in CLOSED_EXECUTION:
+            self._closed.put(arn, view)
+        return view
