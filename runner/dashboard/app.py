@@ -98,6 +98,14 @@ def parse_time(text: str | None) -> datetime | None:
         return None
 
 
+def _when(text: Any) -> str:
+    """Any timestamp the pages show (the task's, Step Functions') in the task's format."""
+    from runner.items import iso
+
+    moment = parse_time(str(text)) if text else None
+    return iso(moment) if moment else str(text or "")
+
+
 def _took(pair: tuple[str | None, str | None]) -> str:
     start, end = (parse_time(p) for p in pair)
     if start is None or end is None:
@@ -127,6 +135,7 @@ def make_templates() -> Jinja2Templates:
     env.filters["bytes"] = _bytes
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     env.filters["took"] = _took
+    env.filters["when"] = _when
     return Jinja2Templates(env=env)
 
 

@@ -12,7 +12,7 @@
   the secret, as the `X-CSRF-Token` header or the `csrf` form field. SameSite=Strict
   already keeps the cookie off cross-site requests; this holds even without it.
 - **Headers**: a Content-Security-Policy that allows only the dashboard's own scripts and
-  styles (no inline script, no eval, no framing), no referrer, no caching of pages.
+  styles (no inline script, no eval, no framing), no referrer to other sites, no caching.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ CONTENT_SECURITY_POLICY = (
 SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: with it a browser sends `Origin: null` on a form POST, and the
+    # origin check could not tell the dashboard's own forms from a sandboxed page's.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),

@@ -124,7 +124,7 @@ def test_responses_carry_a_strict_content_security_policy(guarded: Browser) -> N
     policy = reply.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
-    assert reply.headers["referrer-policy"] == "no-referrer"
+    assert reply.headers["referrer-policy"] == "same-origin"
     assert reply.headers["x-frame-options"] == "DENY"
     assert reply.headers["cache-control"] == "no-store"
 
