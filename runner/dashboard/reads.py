@@ -181,6 +181,14 @@ class DashboardReads:
         """Drop the cached counts (after an action changed them)."""
         self._overview.clear()
 
+    def reset(self) -> None:
+        """Drop every cache: the next render reads everything (for benchmarks)."""
+        self._overview.clear()
+        self._closed.clear()
+        forget = getattr(self.throughput, "forget", None)
+        if callable(forget):
+            forget()
+
     # --- lists and tasks -----------------------------------------------------------------
 
     def page(self, status: TaskStatus | None, cursor: str | None) -> tuple[list[Task], str | None]:

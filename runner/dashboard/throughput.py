@@ -73,6 +73,9 @@ class CloudWatchThroughput:
     def __call__(self) -> Throughput:
         return self._cache.get("throughput", self._read).value
 
+    def forget(self) -> None:
+        self._cache.clear()
+
     def _metrics(self, name: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"Namespace": self.namespace, "MetricName": name}
