@@ -87,9 +87,11 @@ test: install lint typecheck browser
 demo: $(STAMP) $(NPM_STAMP)
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m runner.local demo
 
-# exec: the stack is make's own child, so a signal to make (or to it) stops all of it.
+# exec: the stack is make's own child, to which make passes a SIGTERM; --exit-with-parent
+# stops it if make is killed outright. (make does not pass on a SIGINT or SIGHUP sent to
+# its pid alone: Ctrl-C and a closed terminal signal the whole process group instead.)
 dev: $(STAMP) $(NPM_STAMP)
-	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT) --dashboard-port $(DASHBOARD_PORT)
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT) --dashboard-port $(DASHBOARD_PORT) --exit-with-parent
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m bench --quick

@@ -20,6 +20,10 @@
 //   pythonBin: the runtime's interpreter (default: found as above)
 //   required:  fail the package when that interpreter is missing (default: false, which
 //              warns and ships source only)
+//
+// Beside each artifact it writes <artifact>.bytecode.json, {python, version, compiled,
+// modules, reason}: which interpreter compiled how many modules, or (python null) why
+// none did. tests/deploy/test_package.py reads it, so the test agrees with the plugin.
 const { execFileSync, spawnSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
@@ -80,9 +84,18 @@ class CompileBytecode {
         ` the runtime needs Python ${settings.version} bytecode`;
       if (settings.required) throw new this.serverless.classes.Error(`Bytecode: ${why}`);
       this.log(`${why}. Shipping source only: every cold start will compile it.`);
+      for (const artifact of this.artifacts()) {
+        CompileBytecode.record(artifact, { python: null, version: settings.version, reason: why });
+      }
       return;
     }
     for (const artifact of this.artifacts()) await this.compileArtifact(artifact, settings);
+  }
+
+  static record(artifact, entry) {
+    const name = `${path.basename(artifact, '.zip')}.bytecode.json`;
+    const where = path.join(path.dirname(artifact), name);
+    fs.writeFileSync(where, `${JSON.stringify(entry)}\n`);
   }
 
   artifacts() {
@@ -157,6 +170,12 @@ class CompileBytecode {
         compressionOptions: { level: 9 },
       });
       fs.writeFileSync(artifact, buffer);
+      CompileBytecode.record(artifact, {
+        python: settings.pythonBin,
+        version: settings.version,
+        compiled: added,
+        modules: sources.length,
+      });
       this.log(
         `${added} of ${sources.length} modules in ${path.basename(artifact)} compiled` +
           ` for Python ${settings.version}`

@@ -2,9 +2,11 @@
 
 The whole command line is checked first, against the commands' signatures below and the
 task types' input models (runner.cli_args); python-fire then dispatches it. stdout carries
-exactly one JSON document; logs and errors go to stderr, an error as one line.
+the command's one JSON document (`--help`: its text; after an error, nothing); logs,
+whatever tasks write, and errors go to stderr, an error as one line (runner.cli_output).
 
-Exit status: 0 done; 1 the command failed; 2 the command line was refused and nothing ran;
+Exit status: 0 done (run-task: the task ran, whatever its outcome); 1 the command failed;
+2 the command line was refused and nothing ran; 130 Ctrl-C (the process ends by SIGINT);
 141 (as for a Unix tool killed by SIGPIPE) the reader closed stdout early, e.g. `| head`.
 """
 
@@ -21,18 +23,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import fire
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from runner.cli_args import CommandTable, HelpRequest
+from runner.cli_args import CommandTable, HelpRequest, Invocation
+from runner.cli_output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Output,
+    exit_with,
+    fail,
+)
 from runner.errors import TaskRunnerError, UsageError
 from runner.model import TaskStatus
 from runner.registry import TaskDefinition, TaskRegistry
 
 if TYPE_CHECKING:
     from runner.client import TaskRunnerClient
-
-# A closed stdout: what a shell reports for a process killed by SIGPIPE (128 + 13).
-EXIT_CLOSED_PIPE = 141
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+    from runner.model import Task
 
 
 def _status(value: str) -> str:
@@ -153,8 +159,30 @@ class Cli(_Commands):
 
     def sweep(self) -> dict[str, Any]:
         """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run
-        (this Scans the whole table; the scheduled sweep reads one segment a run)."""
-        return self._get_client().app.sweeper.sweep(full_scan=True).as_dict()
+        (this Scans the whole table; the scheduled sweep reads one segment a run). PENDING
+        tasks of types this shell does not register are left for the deployment's sweep."""
+        from collections import Counter
+
+        from runner.cli_args import TASK_MODULES_HINT
+
+        app = self._get_client().app
+        skipped: Counter[str] = Counter()
+
+        def runnable(task: Task) -> bool:
+            if task.type in app.registry:
+                return True
+            skipped[task.type] += 1
+            return False
+
+        report: dict[str, Any] = {**app.sweeper.sweep(full_scan=True, runnable=runnable).as_dict()}
+        if skipped:
+            count = sum(skipped.values())
+            report["orphans_skipped"] = count
+            report["note"] = (
+                f"left {count} PENDING task(s) of types not registered here"
+                f" ({', '.join(sorted(skipped))}) for the deployment to run; {TASK_MODULES_HINT}"
+            )
+        return report
 
 
 def default_client(registry: TaskRegistry) -> TaskRunnerClient:
@@ -186,18 +214,44 @@ def load_registry() -> TaskRegistry:
         return build_registry(modules)
     except Exception as exc:  # a malformed definition, a module that does not import
         named = f" (TASK_RUNNER_TASK_MODULES={','.join(modules)})" if modules else ""
-        reason = str(exc) if isinstance(exc, TaskRunnerError) else f"{type(exc).__name__}: {exc}"
-        raise TaskRunnerError(f"cannot load the task types{named}: {reason}{_where(exc)}") from exc
+        raise TaskRunnerError(
+            f"cannot load the task types{named}: {_reason(exc)}{_where(exc)}"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The error in one line: pydantic's several-line report as `field: problem; ...`."""
+    if isinstance(exc, TaskRunnerError):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "input"
+            given = error.get("input")
+            shown = ""
+            if isinstance(given, str | int | float):
+                text = repr(given)
+                shown = f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+            problems.append(f"{where}: {error['msg']}{shown}")
+        return f"ValidationError for {exc.title}: {'; '.join(problems)}"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _where(exc: BaseException) -> str:
-    """` (tasks/resize_image.py, line 3)`: where a task module raised, outside the runner
-    and the registration in tasks/__init__.py."""
+    """` (tasks/resize_image.py, line 3)`: where a task module raised, outside the runner,
+    the registration in tasks/__init__.py, the standard library and installed packages
+    (a pydantic model validated at import fails inside pydantic; a missing module, in
+    importlib: neither is where to look)."""
     import importlib.util
+    import sysconfig
 
     spec = importlib.util.find_spec("tasks")  # not imported: its import may be what failed
     registration = os.path.abspath(spec.origin) if spec and spec.origin else "<"
-    plumbing = (os.path.dirname(os.path.abspath(__file__)), registration, "<")
+    libraries = {
+        os.path.join(sysconfig.get_path(name), "")
+        for name in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+    plumbing = (os.path.dirname(os.path.abspath(__file__)), registration, "<", *libraries)
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(plumbing)
     ]
@@ -208,22 +262,22 @@ def _where(exc: BaseException) -> str:
     return f" ({shown}, line {frames[-1].lineno})"
 
 
-def _write(text: str) -> int:
-    """Write the output; a reader that went away (`| head`) ends the process quietly."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python would report the broken pipe again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_CLOSED_PIPE
-    return 0
+# What Ctrl-C leaves behind, by command (a read leaves nothing).
+_INTERRUPTED = {
+    "run-task": "task {task_id}, if this run had claimed it, stays PROCESSING until its lease"
+    " expires; the sweeper then marks it FAILED for a retry",
+    "sweep": "a task this sweep had claimed stays PROCESSING until its lease expires; the"
+    " next sweep then marks it FAILED for a retry",
+    "create-task": "the task may have been created (list-tasks shows it)",
+    "retry-task": "the task may have moved to RETRYING (get-task shows it)",
+}
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def _interrupted(parsed: Invocation | None) -> str:
+    if parsed is None:
+        return "interrupted: nothing ran"
+    left = _INTERRUPTED.get(parsed.command.words[0], "")
+    return f"interrupted{': ' + left.format(**parsed.values) if left else ''}"
 
 
 def main(
@@ -231,42 +285,56 @@ def main(
     registry: TaskRegistry | None = None,
     client_factory: Callable[[], TaskRunnerClient] | None = None,
 ) -> int:
+    """The CLI's entry point. It takes stdout's descriptor for the whole process (fd 1
+    names stderr from here on; runner.cli_output says why)."""
+    output = Output.take()
+    if output is None:
+        return fail(
+            "stdout is closed (`>&-`), so the output would be lost: nothing ran"
+            " (`> /dev/null` discards it)",
+            EXIT_FAILED,
+        )
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         registry = registry or load_registry()
         table = CommandTable(Cli, registry)
         parsed = table.parse(args)
     except UsageError as exc:
-        return _fail(f"{exc} (see --help)", EXIT_USAGE)
+        return fail(f"{exc} (see --help)", EXIT_USAGE)
     except TaskRunnerError as exc:
-        return _fail(str(exc), EXIT_FAILED)
+        return fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return fail(_interrupted(None), EXIT_INTERRUPTED)
     if isinstance(parsed, HelpRequest):
         from runner.cli_help import help_text
 
-        return _write(help_text(table, parsed))
+        return output.write(help_text(table, parsed), ran=False)
     from runner import logs
 
     # Lambda collects a function's stdout; here stdout is the command's output.
     logs.log_to(sys.stderr)
     cli = Cli(registry, client_factory)
     try:
-        # Anything printed while the command runs (a task's print) goes to stderr. fire
-        # prints nothing (serialize) and returns the command's result.
+        # Python's own prints keep their order with the log lines. fire prints nothing
+        # (serialize) and returns the command's result.
         with contextlib.redirect_stdout(sys.stderr):
             result = fire.Fire(
                 cli, command=parsed.fire_args(), name="task-runner", serialize=lambda _: None
             )
+    except KeyboardInterrupt:
+        return fail(_interrupted(parsed), EXIT_INTERRUPTED)
     except fire.core.FireExit:  # the line was checked: fire refusing it is a bug here
-        return _fail(f"python-fire could not dispatch {parsed.fire_args()} (a bug)", EXIT_FAILED)
+        return fail(f"python-fire could not dispatch {parsed.fire_args()} (a bug)", EXIT_FAILED)
     except (TaskRunnerError, ValidationError, ValueError) as exc:
         from runner.cli_checks import explain
         from runner.config import Settings
 
         if isinstance(exc, ValidationError):
-            return _fail(str(exc.errors()[0]["msg"]), EXIT_FAILED)
-        return _fail(explain(exc, Settings.from_env()), EXIT_FAILED)
-    return _write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            return fail(str(exc.errors()[0]["msg"]), EXIT_FAILED)
+        return fail(explain(exc, Settings.from_env()), EXIT_FAILED)
+    document = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
+    return output.write(document, ran=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from runner.errors import UsageError
-from runner.registry import TaskDefinition, TaskRegistry
+from runner.registry import NOT_FINITE, TaskDefinition, TaskRegistry, non_finite_numbers
 
 HELP_FLAGS = frozenset({"-h", "--help"})
 CREATE_TASK = "create-task"
@@ -60,8 +60,13 @@ class Flag:
     info: FieldInfo
 
     @property
+    def typed_name(self) -> str:
+        """The name in the task's data: the field's alias if it has one (`id_` → `id`)."""
+        return self.info.alias or self.name
+
+    @property
     def option(self) -> str:
-        return f"--{dashed(self.name)}"
+        return f"--{dashed(self.typed_name)}"
 
     @property
     def required(self) -> bool:
@@ -135,8 +140,11 @@ class Command:
         return " ".join(self.words)
 
     def flag(self, name: str) -> Flag | None:
+        """The flag typed as `--name`: by its alias, or by its parameter's name."""
         wanted = name.replace("-", "_")
-        return next((f for f in self.flags if f.name == wanted), None)
+        return next(
+            (f for f in self.flags if wanted in (f.name, f.typed_name.replace("-", "_"))), None
+        )
 
 
 @dataclass(frozen=True)
@@ -322,9 +330,15 @@ class CommandTable:
         if command.definition is not None:
             keys = {f.name: f.info.alias or f.name for f in command.flags}
             try:
-                command.model.model_validate({keys[k]: v for k, v in raw.items()})
+                model = command.model.model_validate({keys[k]: v for k, v in raw.items()})
             except ValidationError as exc:
                 raise UsageError(f"{command.name}: {describe_problems(exc)}") from None
+            unstorable = "; ".join(
+                f"{_flag_path(command, path)}: {value!r} {NOT_FINITE}"
+                for path, value in non_finite_numbers(model)
+            )
+            if unstorable:
+                raise UsageError(f"{command.name}: {unstorable}")
             # The task's own model validates again in the client; it gets the text as typed.
             return raw
         try:
@@ -342,6 +356,12 @@ class CommandTable:
             suggestion = f" (did you mean {starting[0]}?)" if len(starting) == 1 else ""
         listed = f"; flags: {_options(command)}" if options else "; it takes no flags"
         return f"{command.name}: unknown flag {given}{suggestion}{listed}"
+
+
+def _flag_path(command: Command, path: tuple[str | int, ...]) -> str:
+    """`--meta['x']`: a value's place in a model, as the command line gave it."""
+    flag = command.flag(str(path[0]))
+    return (flag.option if flag else str(path[0])) + "".join(f"[{part!r}]" for part in path[1:])
 
 
 def _options(command: Command) -> str:

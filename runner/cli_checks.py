@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from runner.config import DEFAULT_TABLE_NAME, TABLE_NAME_ENV, Settings
-from runner.errors import ConfigurationError, StoreError, WorkflowError
+from runner.errors import ConfigurationError, StoreError, UnknownTaskType, WorkflowError
 
 MAKE_DEV_HINT = "`make dev` prints the export lines for the local stack"
 # AWS access key ids begin AKIA (long-term) or ASIA (temporary, from STS): see STS
@@ -100,6 +100,10 @@ def explain(exc: Exception, settings: Settings) -> str:
             f"state machine not found {where}: check TASK_RUNNER_STATE_MACHINE_ARN"
             f" ({MAKE_DEV_HINT})"
         )
+    if isinstance(exc, UnknownTaskType):
+        from runner.cli_args import TASK_MODULES_HINT
+
+        return f"{exc}; {TASK_MODULES_HINT}"
     if isinstance(exc.__cause__, EndpointConnectionError):
         return f"cannot reach {where.removeprefix('at ')}: {exc.__cause__}"
     if isinstance(exc, ConfigurationError) and "make dev" not in str(exc):

@@ -3,15 +3,21 @@ names as they are typed (dashed), and each flag's value in words."""
 
 from __future__ import annotations
 
+import enum
+import json
 import textwrap
+
+from pydantic import BaseModel
 
 from runner.cli_args import CREATE_TASK, Command, CommandTable, Flag, HelpRequest
 
 PROG = "task-runner"
 WIDTH = 100
 OUTPUT_NOTE = (
-    "Output: one JSON document on stdout; logs and errors on stderr. Exit status: 0 done,"
-    " 1 the command failed, 2 the command line was refused (nothing ran)."
+    "Output: one JSON document on stdout (--help: this text; after an error, nothing); logs,"
+    " what tasks write, and errors on stderr. Exit status: 0 done (run-task: the task ran,"
+    " whatever its outcome, which the JSON gives), 1 the command failed, 2 the command line"
+    " was refused (nothing ran), 130 interrupted (Ctrl-C), 141 stdout closed early (| head)."
 )
 
 
@@ -34,8 +40,22 @@ def _paragraph(text: str) -> str:
 
 
 def _flag_usage(flag: Flag) -> str:
-    shown = flag.option if flag.is_switch else f"{flag.option} {flag.name.upper()}"
+    shown = flag.option if flag.is_switch else f"{flag.option} {flag.typed_name.upper()}"
     return shown if flag.required else f"[{shown}]"
+
+
+def _default(flag: Flag) -> str:
+    """A flag's default as it would be typed: `red` for Color.RED, `""`, `false`, `[]`."""
+    value = flag.info.default
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(by_alias=True)
+    if isinstance(value, bool) or flag.is_json:
+        return json.dumps(value, default=str)
+    if isinstance(value, str) and (not value or value != " ".join(value.split())):
+        return json.dumps(value)  # empty, or spaces that would not show
+    return str(value)
 
 
 def _flag_text(flag: Flag) -> str:
@@ -43,7 +63,7 @@ def _flag_text(flag: Flag) -> str:
     if flag.required:
         notes.append("required")
     elif flag.info.default is not None:
-        notes.append(f"default {flag.info.default}")
+        notes.append(f"default {_default(flag)}")
     described = f"{flag.info.description} " if flag.info.description else ""
     return f"{described}({', '.join(notes)})"
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from runner.app import App
-from runner.errors import TaskConflict
+from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
 from runner.executor import Outcome
 from runner.items import iso
 from runner.model import ClaimSource, Task, TaskStatus
@@ -28,12 +28,19 @@ class TaskRunnerClient:
         """Validate data against the type's model, then insert the task as PENDING."""
         definition = self.app.registry.get(task_type)
         model = definition.parse_input(data)
+        # By alias: the stored data is validated again when the task runs. Validated here
+        # too, so what cannot come back from its JSON form is refused now, not then.
+        stored = model.model_dump(mode="json", by_alias=True)
+        try:
+            definition.parse_input(stored)
+        except InvalidTaskInput as exc:
+            raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
         now = iso(self.app.store.clock())
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=definition.type,
             status=TaskStatus.PENDING,
-            data=model.model_dump(mode="json"),
+            data=stored,
             created_at=now,
             updated_at=now,
         )
@@ -49,13 +56,30 @@ class TaskRunnerClient:
         return self.app.store.list(wanted, limit=limit, cursor=cursor)
 
     def run_task(self, task_id: str) -> Outcome:
-        """Claim a PENDING task and run it here, now (for a task no stream will run)."""
+        """Claim a PENDING task and run it here, now (for a task no stream will run).
+
+        A task of a type this process does not register is refused, not claimed: run here
+        it would fail for good (UnknownTaskType), though the deployment may know the type.
+        """
         task = self.app.store.get(task_id)
         if task.status is TaskStatus.PENDING:
+            if task.type not in self.app.registry:
+                known = ", ".join(d.type for d in self.app.registry) or "none"
+                raise UnknownTaskType(
+                    f"task {task_id} is of type {task.type}, which this process does not"
+                    f" register (known: {known}): nothing ran"
+                )
             outcome = self.app.runner.run_claimable(task, source=ClaimSource.CLI)
             if outcome.status is not None:
                 return outcome
-            task = self.app.store.get(task_id)  # another worker claimed it first
+            task = self.app.store.get(task_id)
+            if outcome.attempt:  # it ran, then found its claim gone
+                raise TaskConflict(
+                    f"task {task_id} ran here (attempt {outcome.attempt}), but its outcome was"
+                    f" not recorded ({outcome.note}: the task changed while it ran); it is now"
+                    f" {_whose(task)}"
+                )
+            # Another worker claimed it first.
         raise TaskConflict(f"task {task_id} is {_whose(task)}; run-task runs only PENDING tasks")
 
     def retry_task(self, task_id: str) -> dict[str, Any]:

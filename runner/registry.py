@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -66,13 +68,45 @@ class TaskDefinition:
     def parse_input(self, data: Any) -> BaseModel:
         """Validate raw data against the input model, or raise InvalidTaskInput."""
         try:
-            return self.input_model.model_validate(data)
+            model = self.input_model.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}"
                 for err in exc.errors()
             )
             raise InvalidTaskInput(f"invalid input for {self.type}: {problems}") from exc
+        unstorable = "; ".join(
+            f"{'.'.join(str(p) for p in path)}: {value!r} {NOT_FINITE}"
+            for path, value in non_finite_numbers(model)
+        )
+        if unstorable:
+            raise InvalidTaskInput(f"invalid input for {self.type}: {unstorable}")
+        return model
+
+
+# pydantic accepts nan, inf and 1e400 (inf) for a float; JSON has no such numbers (pydantic
+# writes them as null) and neither has DynamoDB.
+NOT_FINITE = "is not a finite number (JSON and DynamoDB hold only finite ones)"
+
+
+def non_finite_numbers(model: BaseModel) -> list[tuple[tuple[str | int, ...], float | Decimal]]:
+    """(path, value) of each NaN or infinite number in a model's values, nested ones too."""
+    found: list[tuple[tuple[str | int, ...], float | Decimal]] = []
+
+    def walk(value: Any, path: tuple[str | int, ...]) -> None:
+        if (isinstance(value, float) and not math.isfinite(value)) or (
+            isinstance(value, Decimal) and not value.is_finite()
+        ):
+            found.append((path, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*path, key))
+        elif isinstance(value, list | tuple | set | frozenset):
+            for index, item in enumerate(value):
+                walk(item, (*path, index))
+
+    walk(model.model_dump(), ())
+    return found
 
 
 class TaskRegistry:

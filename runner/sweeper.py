@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from runner.errors import TaskConflict
 from runner.executor import TaskRunner
 from runner.items import iso
 from runner.logs import get_logger
-from runner.model import ClaimSource, TaskErrorInfo, TaskStatus
+from runner.model import ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.store import TaskStore
 
 # A PENDING task this old has been missed by the stream (which delivers within seconds).
@@ -62,12 +63,16 @@ class Sweeper:
         remaining_seconds: float | None = None,
         full_scan: bool = False,
         scheduled_at: datetime | None = None,
+        runnable: Callable[[Task], bool] | None = None,
     ) -> SweepReport:
         """One run: every expired lease, and the orphans in the Scan segment of the run's
         scheduled time (default: now), or in the whole table with `full_scan`, as the
-        CLI's `sweep` does."""
+        CLI's `sweep` does; only the orphans `runnable` accepts, if given (the CLI's
+        registry may lack types the deployment's has)."""
         segment = None if full_scan else self.segment_for(scheduled_at or self.store.clock())
-        return SweepReport(self.expire_leases(), self.run_orphans(remaining_seconds, segment))
+        return SweepReport(
+            self.expire_leases(), self.run_orphans(remaining_seconds, segment, runnable)
+        )
 
     def segment_for(self, scheduled_at: datetime) -> tuple[int, int] | None:
         """(segment, total) for a run scheduled then; None when the table is one segment.
@@ -109,10 +114,14 @@ class Sweeper:
         return expired
 
     def run_orphans(
-        self, remaining_seconds: float | None = None, segment: tuple[int, int] | None = None
+        self,
+        remaining_seconds: float | None = None,
+        segment: tuple[int, int] | None = None,
+        runnable: Callable[[Task], bool] | None = None,
     ) -> int:
         cutoff = iso(self.store.clock() - timedelta(seconds=self.pending_age_seconds))
-        orphans = list(self.store.iter_unindexed_pending(cutoff, segment=segment))
+        found = self.store.iter_unindexed_pending(cutoff, segment=segment)
+        orphans = [task for task in found if runnable is None or runnable(task)]
         if not orphans:
             return 0
         with ThreadPoolExecutor(max_workers=min(SWEEPER_CONCURRENCY, len(orphans))) as pool:

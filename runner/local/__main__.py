@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from types import FrameType
 
 from runner.local.chaos import FaultSpecError, describe_kinds
 from runner.local.endpoint import EndpointError
+from runner.local.parent_watch import watch_parent
 from runner.local.server import DEFAULT_STAGE, DEFAULT_TTL_LAG_SECONDS, LocalStack
 from runner.local.stack_env import TaskModulesError
 from runner.local.template import ROOT
@@ -88,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-dashboard", action="store_true", help="do not start the operator dashboard"
     )
+    serve.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the parent process exits, even killed outright (make dev)",
+    )
     return parser
 
 
@@ -118,6 +125,7 @@ def serve(
     ttl_lag: float | None = DEFAULT_TTL_LAG_SECONDS,
     control_port: int = 0,
     dashboard_port: int | None = 0,
+    exit_with_parent: bool = False,
 ) -> int:
     """Run the stack until a signal; `dashboard_port=None` starts no dashboard."""
     stop = threading.Event()
@@ -125,7 +133,11 @@ def serve(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal stops the stack (and its endpoint process) cleanly.
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in stopping}
+    if exit_with_parent:
+        watch_parent(stop.set)
     try:
         with (
             LocalStack.start(
@@ -143,6 +155,7 @@ def serve(
             _dashboard(dashboard_port) as dashboard_lines,
         ):
             sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
+            python, aws = _typed(sys.executable, "python"), _typed(sys.executable, "aws")
             lines = [
                 f"Local stack ready in {stack.started_in:.1f} s: {stack.endpoint_url}",
                 f"  table {stack.table_name}, state machine {stack.state_machine_arn}",
@@ -155,8 +168,8 @@ def serve(
                 "In another terminal:",
                 *[f"  {line}" for line in stack.exports()],
                 "Then e.g.:",
-                "  python -m runner.cli create-task example-task --message hello",
-                f"  aws --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
+                f"  {python} -m runner.cli create-task example-task --message hello",
+                f"  {aws} --endpoint-url {stack.endpoint_url} stepfunctions list-executions "
                 f"--state-machine-arn {stack.state_machine_arn}",
                 "Ctrl-C stops it. The data is in memory: a restart begins with an empty table.",
             ]
@@ -181,6 +194,16 @@ def _dashboard(port: int | None) -> Iterator[list[str]]:
         yield lines
 
 
+def _typed(executable: str, tool: str) -> str:
+    """How to type this environment's `tool` (`.venv/bin/aws`), so the printed lines work
+    in a shell whose PATH lacks the virtualenv."""
+    path = Path(executable) if tool == "python" else Path(executable).parent / tool
+    if not path.exists():
+        return tool
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute) if absolute.startswith(os.getcwd() + os.sep) else absolute
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -198,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ttl_lag=args.ttl_lag,
                 control_port=args.control_port,
                 dashboard_port=None if args.no_dashboard else args.dashboard_port,
+                exit_with_parent=args.exit_with_parent,
             )
         from runner.local.demo import run_demo
 

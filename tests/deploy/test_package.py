@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import REPORT, ROOT, Packaged, tool_env
+from tests.deploy.conftest import ARTIFACT, REPORT, Packaged
 
 pytestmark = pytest.mark.slow
 
@@ -80,21 +80,18 @@ def test_zip_carries_the_handler_and_requirements(packaged: Packaged) -> None:
     assert not [name for name in names if ".cpython-311" in name]
 
 
-def lambda_python() -> str:
-    """The runtime's interpreter infra/compile-bytecode.js used, asked of the plugin itself
-    (`sls package` ran in this environment), so the two agree on whether there is one."""
-    ask = (
-        "const found = require('./infra/compile-bytecode.js').interpreterFor('3.12');"
-        "process.stdout.write(found || '');"
+def lambda_python(packaged: Packaged) -> str:
+    """The runtime's interpreter infra/compile-bytecode.js compiled this package with, as
+    it recorded beside the zip (custom.bytecode.pythonBin, the environment or PATH and
+    pyenv), so the test and the plugin agree on whether there was one."""
+    record = json.loads(
+        (packaged.directory / ARTIFACT.replace(".zip", ".bytecode.json")).read_text()
     )
-    found = subprocess.run(
-        ["node", "-e", ask], cwd=ROOT, env=tool_env(), capture_output=True, text=True, check=True
-    ).stdout
-    if not found:
+    if not record["python"]:
         if os.environ.get("CI"):
-            pytest.fail("no Python 3.12 to compile the package's bytecode: see the Makefile")
-        pytest.skip("no Python 3.12 here (PATH, pyenv): the package ships source only")
-    return found
+            pytest.fail(f"no Python 3.12 compiled the package's bytecode: {record['reason']}")
+        pytest.skip(f"the package ships source only: {record['reason']}")
+    return str(record["python"])
 
 
 def cached_name(source: str) -> str:
@@ -115,7 +112,7 @@ print(json.dumps({"magic_ok": data[:4] == importlib.util.MAGIC_NUMBER,
 
 def test_zip_ships_unchecked_bytecode_for_every_module(packaged: Packaged, tmp_path: Path) -> None:
     # Given the runtime's Python was there when `sls package` ran
-    python = lambda_python()
+    python = lambda_python(packaged)
     names = packaged.zip_names()
     sources = [name for name in names if name.endswith(".py")]
 

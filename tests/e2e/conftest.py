@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,21 @@ def base_env() -> dict[str, str]:
         PATH=f"{BIN}{os.pathsep}{NODE_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
+
+
+def user_path() -> str:
+    """PATH as a new user's shell has it: the system's directories and those of the tools
+    the README asks for (node, npm, make), but neither this repository's .venv/bin and
+    node_modules/.bin nor any other Python environment: a snippet run with it must name
+    what it takes from them (`.venv/bin/aws`), as a user would have to type it."""
+    outside = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and not Path(entry).resolve().is_relative_to(ROOT)
+    )
+    found = [shutil.which(tool, path=outside) for tool in ("node", "npm", "make", "bash")]
+    directories = [str(Path(tool).parent) for tool in found if tool] + ["/usr/bin", "/bin"]
+    return os.pathsep.join(dict.fromkeys(directories))
 
 
 @dataclass

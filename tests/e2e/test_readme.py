@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BIN, ROOT, ServedStack
+from tests.e2e.conftest import BIN, ROOT, ServedStack, user_path
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,11 @@ def block(after: str, language: str, containing: str = "") -> str:
 
 
 def bash(stack: ServedStack, script: str) -> subprocess.CompletedProcess[str]:
+    """A README block as a user runs it: in a shell with the stack's exports and a user's
+    PATH, on which neither .venv/bin nor node_modules/.bin is."""
     return subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", script],
-        env=stack.env,
+        env={**stack.env, "PATH": user_path()},
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -367,6 +367,36 @@ def test_a_registry_mistake_is_one_line_and_exit_1_everywhere(
     assert "cannot load the task types" in said and says in said
 
 
+def test_a_task_module_failing_inside_a_library_is_blamed_on_its_own_line(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a task module whose settings model pydantic refuses at import
+    (tmp_path / "settings_at_import.py").write_text(
+        "from pydantic import BaseModel\n\n\n"
+        "class Settings(BaseModel):\n    n: int\n    m: int\n\n\n"
+        "Settings(n='x', m='y')\n"
+    )
+    env = {
+        **server_env,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "TASK_RUNNER_TASK_MODULES": "settings_at_import",
+    }
+    said = one_error_line(cli(env, "list-tasks"), 1)
+    # Then one line lists pydantic's problems and names the module's line, not pydantic's
+    assert "ValidationError for Settings: n: Input should be a valid integer" in said, said
+    assert "m: Input should be a valid integer" in said
+    assert said.rstrip().endswith("settings_at_import.py, line 9)"), said
+    assert "site-packages" not in said
+
+
+def test_a_missing_task_module_is_not_blamed_on_importlib(server_env: dict[str, str]) -> None:
+    said = one_error_line(
+        cli({**server_env, "TASK_RUNNER_TASK_MODULES": "no_such_tasks"}, "--help"), 1
+    )
+    assert "ModuleNotFoundError: No module named 'no_such_tasks'" in said
+    assert "importlib" not in said and ", line " not in said
+
+
 def test_help_shows_dashed_names_and_plain_types(server_env: dict[str, str]) -> None:
     overview = cli(server_env, "--help")
     assert overview.returncode == 0 and overview.stderr == ""

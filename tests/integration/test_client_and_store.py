@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
 
 import handler
 from runner.app import App
 from runner.client import TaskRunnerClient
+from runner.context import TaskContext
 from runner.errors import (
     InvalidTaskInput,
     ItemTooLarge,
@@ -17,7 +19,8 @@ from runner.errors import (
     TaskNotFound,
     UnknownTaskType,
 )
-from runner.model import TaskStatus
+from runner.model import ClaimSource, TaskStatus
+from runner.registry import TaskDefinition
 from tests.helpers import FakeLambdaContext, pending, put_raw, stream_record
 
 
@@ -30,6 +33,34 @@ def test_create_task_validates_before_writing(app: App) -> None:
     assert app.clients.dynamodb.scan(TableName=app.settings.table_name)["Count"] == 0
     task = client.create_task("EXAMPLE_TASK", {"message": "hi"})
     assert client.get_task(task.id).status is TaskStatus.PENDING
+
+
+class _Aliased(BaseModel):
+    id_: str = Field(alias="id")
+    ratio: float = 1.0
+    maybe: float | None = None
+
+
+def _echo(data: _Aliased, ctx: TaskContext) -> dict[str, Any]:
+    return {"id": data.id_, "ratio": data.ratio}
+
+
+def test_create_task_stores_what_the_run_reads_back(app: App) -> None:
+    # Given a type whose model has an aliased field and float fields
+    app.registry.register(TaskDefinition(type="ALIASED_TASK", input_model=_Aliased, handler=_echo))
+    client = TaskRunnerClient(app)
+
+    # Then numbers JSON cannot hold are refused before anything is written
+    for data in ({"id": "a", "ratio": "nan"}, {"id": "a", "maybe": float("-inf")}):
+        with pytest.raises(InvalidTaskInput, match="is not a finite number"):
+            client.create_task("ALIASED_TASK", data)
+    assert app.clients.dynamodb.scan(TableName=app.settings.table_name)["Count"] == 0
+
+    # And the aliased field is stored under its alias, so the run gets its value
+    task = client.create_task("ALIASED_TASK", {"id": "abc", "ratio": 0.5})
+    assert task.data == {"id": "abc", "ratio": 0.5, "maybe": None}
+    assert app.runner.run_pending(task.id, source=ClaimSource.CLI).status is TaskStatus.DONE
+    assert client.get_task(task.id).result == {"id": "abc", "ratio": 0.5}
 
 
 def test_item_over_400kb_is_refused_with_a_clear_error(app: App) -> None:

@@ -9,12 +9,16 @@ import pytest
 from runner.cli import Cli
 from runner.cli_args import CommandTable, HelpRequest, Invocation
 from runner.errors import UsageError
-from tasks import build_registry
+from runner.local import demo_tasks
+from runner.registry import TaskRegistry
+from tasks import example, export_db
 
 
 @pytest.fixture(scope="module")
 def table() -> CommandTable:
-    return CommandTable(Cli, build_registry(["runner.local.demo_tasks"]))
+    # The shipped example modules themselves, registered or not in tasks/__init__.py (a
+    # deployment may replace them), and the demo's.
+    return CommandTable(Cli, TaskRegistry([example.TASK, export_db.TASK, *demo_tasks.TASKS]))
 
 
 def parsed(table: CommandTable, *argv: str) -> Invocation:
@@ -114,7 +118,7 @@ def test_help_anywhere_asks_for_the_deepest_command_named(table: CommandTable) -
 def test_json_fields_take_json_and_a_bare_switch_is_true() -> None:
     from pydantic import BaseModel
 
-    from runner.registry import TaskDefinition, TaskRegistry
+    from runner.registry import TaskDefinition
 
     class Input(BaseModel):
         sizes: list[int]

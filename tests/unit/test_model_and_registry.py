@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import types
+
 import pytest
 from pydantic import BaseModel
 
+import tasks
 from runner.errors import (
     InvalidTaskInput,
     PermanentTaskError,
@@ -72,15 +75,40 @@ def test_parse_input_names_the_bad_field() -> None:
         definition.parse_input({"x": "not a number"})
 
 
-def test_deployment_registry_has_no_demo_tasks() -> None:
+def check_deployment_registry() -> None:
+    """The deployment's registry is what tasks/__init__.py's TASK_MODULES define, whatever
+    a user added, removed or replaced there, and none of the demo's types."""
     registry = build_registry()
-    shipped = {d.type for d in registry}
-    # The shipped types, and any a user adds (tests/e2e/test_readme.py adds one), no demo's
-    assert {"EXAMPLE_TASK", "EXPORT_DB"} <= shipped
-    assert not shipped & {d.type for d in demo_tasks.TASKS}
-    assert registry.get("example-task").cli_name == "example-task"
-    assert registry.get("EXPORT_DB").is_async is False
-    assert registry.get("EXAMPLE_TASK").is_async is True
+    defined = [d for m in tasks.TASK_MODULES for d in (getattr(m, "TASKS", None) or [m.TASK])]
+    assert {d.type for d in registry} == {d.type for d in defined}
+    assert not {d.type for d in registry} & {d.type for d in demo_tasks.TASKS}
+    for definition in registry:
+        assert registry.get(definition.cli_name) is definition
+        assert registry.get(definition.type) is definition
+
+
+def test_deployment_registry_has_no_demo_tasks() -> None:
+    check_deployment_registry()
+
+
+def test_the_registry_check_holds_for_a_deployment_that_replaced_the_examples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a deployment whose tasks/__init__.py registers only a task of its own
+    module = types.ModuleType("tasks.resize_image")
+    module.TASK = TaskDefinition(type="RESIZE_IMAGE", input_model=_In, handler=_noop)
+    monkeypatch.setattr(tasks, "TASK_MODULES", (module,))
+
+    # Then the check holds: no test depends on the shipped examples being registered
+    check_deployment_registry()
+    assert [d.type for d in build_registry()] == ["RESIZE_IMAGE"]
+
+
+def test_sync_and_async_handlers_are_told_apart() -> None:
+    example = pytest.importorskip("tasks.example")  # a deployment may have removed it
+    export_db = pytest.importorskip("tasks.export_db")
+    assert example.TASK.is_async is True
+    assert export_db.TASK.is_async is False
 
 
 def test_errors_say_whether_they_are_retryable() -> None:
