@@ -38,13 +38,11 @@ class App:
         registry: TaskRegistry | None = None,
         clients: AwsClients | None = None,
     ) -> App:
-        from tasks import build_registry
-
         settings = settings or Settings.from_env()
         return cls(
             settings,
             clients or AwsClients(settings),
-            registry or build_registry(settings.task_modules),
+            registry or default_registry(settings.task_modules),
         )
 
     @functools.cached_property
@@ -64,6 +62,27 @@ class App:
         from runner.sweeper import Sweeper
 
         return Sweeper(self.store, self.runner, scan_segments=self.settings.orphan_scan_segments)
+
+
+def default_registry(modules: tuple[str, ...] = ()) -> TaskRegistry:
+    """The deployment's task types (`tasks/`) plus `modules`.
+
+    Without `tasks/` (a producer's application with the installed package, which does not
+    ship it), only `modules`' types, in a registry marked incomplete: the client then
+    sends other types' input as it is, and the runner validates it when the task runs.
+    """
+    import importlib
+
+    try:
+        from tasks import build_registry
+    except ImportError as exc:
+        if exc.name != "tasks":  # tasks/ is there, and something it imports is not
+            raise
+        registry = TaskRegistry(complete=False)
+        for name in modules:
+            registry.register_module(importlib.import_module(name))
+        return registry
+    return build_registry(modules)
 
 
 @functools.cache
