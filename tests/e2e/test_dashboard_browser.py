@@ -81,11 +81,16 @@ def dashboard(local_stack: ServedStack, browser: Any) -> str:
 
 
 def shoot(browser: Any, name: str) -> None:
+    """The whole page, beyond the window (Chromium's DevTools screenshot)."""
+    import base64
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, max(800, min(int(height) + 40, 2400)))
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-    browser.set_window_size(1280, 1000)
+    size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = browser.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
