@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from runner import tracing
+from runner import runtime, tracing
 from runner.aws import aws_deadline
 from runner.logs import get_logger
 
 # Kept back from the Lambda's remaining time so outcomes are recorded before it ends.
-DEADLINE_MARGIN_SECONDS = 10.0
+DEADLINE_MARGIN_SECONDS = runtime.DEADLINE_MARGIN_SECONDS
 # Used when there is no Lambda context (local runs, tests).
 NO_CONTEXT_SECONDS = 900.0
 
@@ -41,20 +41,24 @@ def process_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "stream event without Records", extra={"event_type": type(event).__name__}
         )
         return {"batchItemFailures": []}
-    with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
-        result = get_app().stream.process(
-            records, remaining_seconds=lambda: _remaining(context) - DEADLINE_MARGIN_SECONDS
+    try:
+        with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
+            result = get_app().stream.process(
+                records, remaining_seconds=lambda: _remaining(context) - DEADLINE_MARGIN_SECONDS
+            )
+        get_logger().info(
+            "batch processed",
+            extra={
+                "records": len(records),
+                "tasks": len(result.outcomes),
+                "ignored": result.ignored,
+                "malformed": result.malformed,
+                "failures": len(result.failed_sequence_numbers),
+            },
         )
-    get_logger().info(
-        "batch processed",
-        extra={
-            "records": len(records),
-            "tasks": len(result.outcomes),
-            "ignored": result.ignored,
-            "malformed": result.malformed,
-            "failures": len(result.failed_sequence_numbers),
-        },
-    )
+    finally:
+        # Every outcome is recorded; a handler still running must not outlive the runtime.
+        runtime.end_if_abandoned()
     return result.response()
 
 
@@ -73,21 +77,80 @@ def route_failed(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @tracing.lambda_handler
 def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """One attempt of the retry state machine: {"task_id", "episode"} → outcome.
+    """One step of the retry state machine. Payload {"mode", "task_id", "episode",
+    "task_type", "created_at"} ({"task_id", "episode"} from the previous version's
+    executions, in flight during a deploy):
 
-    Raises TaskRetryableError (the state machine retries) or RetriesExhausted (it gives up).
+    - mode "run" (the default): one attempt; returns its outcome, or raises
+      TaskRetryableError, TaskLeaseHeld, RetriesExhausted or TaskFailedPermanently;
+    - mode "exhaust" (the Catch, with "error": the error it caught): marks the task
+      FAILED with its retries exhausted; returns {"outcome": exhausted|done|superseded}.
+
+    Any other failure is raised as TaskInfrastructureError, without its text.
     """
     from runner.app import get_app
-    from runner.errors import PermanentTaskError
+    from runner.attempts import AttemptInput
+    from runner.errors import (
+        PermanentTaskError,
+        RetriesExhausted,
+        TaskFailedPermanently,
+        TaskInfrastructureError,
+        TaskLeaseHeld,
+        TaskRetryableError,
+    )
+
+    # What run_task raises on purpose: the state machine matches each by name. Anything
+    # else becomes TaskInfrastructureError, which it retries on a schedule of its own.
+    signals = (
+        TaskRetryableError,
+        TaskLeaseHeld,
+        RetriesExhausted,
+        TaskFailedPermanently,
+        TaskInfrastructureError,
+        PermanentTaskError,
+    )
 
     _log_context(context)
-    task_id = event.get("task_id") if isinstance(event, dict) else None
-    episode = event.get("episode", 0) if isinstance(event, dict) else None
-    if not isinstance(task_id, str) or not isinstance(episode, int):
+    if not isinstance(event, dict):
+        raise PermanentTaskError("run_task needs a JSON object")
+    task_id, episode = event.get("task_id"), event.get("episode", 0)
+    if not isinstance(task_id, str) or not isinstance(episode, int) or isinstance(episode, bool):
         raise PermanentTaskError("run_task needs {'task_id': str, 'episode': int}")
+    given = AttemptInput(
+        task_id=task_id,
+        episode=episode,
+        task_type=event.get("task_type") if isinstance(event.get("task_type"), str) else None,
+        created_at=event.get("created_at") if isinstance(event.get("created_at"), str) else None,
+    )
+    mode = event.get("mode", "run")
     remaining = _remaining(context) - DEADLINE_MARGIN_SECONDS
-    with aws_deadline(remaining):
-        return get_app().runner.run_retry(task_id, episode, remaining_seconds=remaining).as_dict()
+    try:
+        with aws_deadline(remaining):
+            attempts = get_app().attempts
+            if mode == "exhaust":
+                error = event.get("error")
+                return attempts.exhaust(
+                    given, error if isinstance(error, str) else None, remaining_seconds=remaining
+                )
+            if mode != "run":
+                raise PermanentTaskError(f"run_task: unknown mode {str(mode)[:20]!r}")
+            return attempts.run(given, remaining_seconds=remaining).as_dict()
+    except Exception as exc:
+        if isinstance(exc, signals):
+            raise
+        get_logger().error(
+            "run_task failed", extra={"task_id": task_id, "error_type": type(exc).__name__}
+        )
+        raise TaskInfrastructureError(f"{type(exc).__name__} in run_task") from exc
+    finally:
+        # An attempt whose handler could not be stopped: end the runtime (Step Functions
+        # sees the invocation fail and retries; the next attempt waits for the lease).
+        runtime.end_if_abandoned()
+
+
+# The export function (its own, least-privileged role) runs the same code: the state
+# machine invokes it for EXPORT_DB, the only task type that reads the whole table.
+run_export = run_task
 
 
 def _scheduled_time(event: Any) -> datetime | None:
@@ -101,14 +164,18 @@ def _scheduled_time(event: Any) -> datetime | None:
 
 @tracing.lambda_handler
 def sweep(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Scheduled: expired leases → FAILED for retry; missed PENDING tasks → run."""
+    """Scheduled: failed stream batches replayed, expired leases → FAILED for retry,
+    missed PENDING tasks run, tasks left without a retry execution given one."""
     from runner.app import get_app
 
     _log_context(context)
     remaining = _remaining(context) - DEADLINE_MARGIN_SECONDS
-    with aws_deadline(remaining):
-        report = get_app().sweeper.sweep(
-            remaining_seconds=remaining, scheduled_at=_scheduled_time(event)
-        )
-    get_logger().info("sweep finished", extra=report.as_dict())
+    try:
+        with aws_deadline(remaining):
+            report = get_app().sweeper.sweep(
+                remaining_seconds=remaining, scheduled_at=_scheduled_time(event)
+            )
+        get_logger().info("sweep finished", extra=report.as_dict())
+    finally:
+        runtime.end_if_abandoned()
     return report.as_dict()

@@ -31,6 +31,8 @@ SECTIONS = {
     "2": "bench.workflow",  # 2 and 5 share one moto Step Functions run
     "3": "bench.coldstart",
     "6": "bench.memory",
+    "7": "bench.slow_neighbour",
+    "8": "bench.runtime_exit",
     "9": "bench.dashboard",
     "4": "bench.local_stack",
 }

@@ -82,7 +82,9 @@ def run(quick: bool) -> list[Figure]:
                 )
             )
             if done.returncode != 0:
-                raise RuntimeError(f"memory child failed: {done.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"memory child failed: {done.stderr[-2000:]}\n{done.stdout[-3000:]}"
+                )
             with open(out_file) as f:
                 result = json.load(f)
         last = dynamodb.get_item(TableName=table, Key={"id": {"S": f"m-{BATCH - 1}"}})["Item"]

@@ -21,6 +21,7 @@ SECTION_CALLS = "2. AWS calls per task"
 SECTION_SFN = "5. Step Functions cost"
 ACCOUNT = "123456789012"
 RUN_TASK_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:runTask"
+RUN_EXPORT_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:runExport"
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
 WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
@@ -76,7 +77,9 @@ class Flow:
         self.sfn = admin.client("stepfunctions", region_name="us-east-1")
         table = "bench-workflow"
         stream_arn = create_table(self.dynamodb, table)
-        definition = load_definition({"RunTaskFunctionArn": RUN_TASK_ARN, "TasksTableName": table})
+        definition = load_definition(
+            {"RunTaskFunctionArn": RUN_TASK_ARN, "ExportFunctionArn": RUN_EXPORT_ARN}
+        )
         self.state_machine_arn = self.sfn.create_state_machine(
             name="task-runner-retry-bench",
             definition=definition,
@@ -98,6 +101,13 @@ class Flow:
         )
         self.dispatcher = LambdaDispatcher()
         self.dispatcher.register("runTask", handler.run_task, timeout_seconds=60)
+        self.dispatcher.register("runExport", handler.run_export, timeout_seconds=60)
+
+    def execution_name(self, task_id: str, episode: int) -> str:
+        from runner.executions import execution_name
+
+        created = self.app.store.get(task_id).created_at or ""
+        return execution_name(task_id, created, episode)
 
     def insert(self, task_id: str, task_type: str, data: dict[str, Any]) -> None:
         self.dynamodb.put_item(
@@ -173,7 +183,8 @@ def _run_paths(
         with flow.counter.measuring() as routed:
             flow.deliver("MODIFY")
         arn = flow.sfn.list_executions(stateMachineArn=flow.state_machine_arn)["executions"]
-        execution = next(e["executionArn"] for e in arn if e["name"] == f"{task_id}-1")
+        name = flow.execution_name(task_id, 1)
+        execution = next(e["executionArn"] for e in arn if e["name"] == name)
         invocations_before = len(flow.dispatcher.invocations)
         with flow.counter.measuring() as retried:
             run = flow.wait(execution)
@@ -201,7 +212,7 @@ def _run_paths(
     doomed = next(
         e["executionArn"]
         for e in flow.sfn.list_executions(stateMachineArn=flow.state_machine_arn)["executions"]
-        if e["name"] == "doomed-1"
+        if e["name"] == flow.execution_name("doomed", 1)
     )
     done = flow.wait(doomed)
     entered, retries, billed = transitions(flow.history(doomed))

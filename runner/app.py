@@ -12,6 +12,8 @@ from runner.registry import TaskRegistry
 from runner.store import TaskStore
 
 if TYPE_CHECKING:
+    from runner.attempts import WorkflowAttempts
+    from runner.dispatch import Dispatcher
     from runner.stream import StreamProcessor
     from runner.sweeper import Sweeper
     from runner.workflow import RetryWorkflow
@@ -46,10 +48,16 @@ class App:
         )
 
     @functools.cached_property
+    def dispatcher(self) -> Dispatcher:
+        from runner.dispatch import Dispatcher
+
+        return Dispatcher(self.runner, self.workflow if self.settings.state_machine_arn else None)
+
+    @functools.cached_property
     def stream(self) -> StreamProcessor:
         from runner.stream import StreamProcessor
 
-        return StreamProcessor(self.runner, max_concurrency=self.settings.max_concurrency)
+        return StreamProcessor(self.dispatcher, max_concurrency=self.settings.max_concurrency)
 
     @functools.cached_property
     def workflow(self) -> RetryWorkflow:
@@ -58,10 +66,32 @@ class App:
         return RetryWorkflow(self.settings, self.clients, self.store)
 
     @functools.cached_property
+    def attempts(self) -> WorkflowAttempts:
+        from runner.attempts import WorkflowAttempts
+
+        return WorkflowAttempts(self.runner)
+
+    @functools.cached_property
     def sweeper(self) -> Sweeper:
+        from runner.repair import ExecutionRepairs
+        from runner.replay import FailedBatchReplay
         from runner.sweeper import Sweeper
 
-        return Sweeper(self.store, self.runner, scan_segments=self.settings.orphan_scan_segments)
+        routed = bool(self.settings.state_machine_arn)
+        return Sweeper(
+            self.store,
+            self.dispatcher,
+            workflow=self.workflow if routed else None,
+            replay=FailedBatchReplay(
+                self.settings, self.clients, self.stream, self.workflow if routed else None
+            ),
+            repairs=ExecutionRepairs(
+                self.store, self.workflow, window_hours=self.settings.repair_window_hours
+            )
+            if routed
+            else None,
+            scan_segments=self.settings.orphan_scan_segments,
+        )
 
 
 def default_registry(modules: tuple[str, ...] = ()) -> TaskRegistry:

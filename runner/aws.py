@@ -128,26 +128,34 @@ class AwsClients:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def client(self, service: str) -> Any:
-        found = self._clients.get(service)
+    def client(self, service: str, *, timeout: float | None = None) -> Any:
+        """The shared client of `service`; with `timeout`, one whose connect and read
+        timeouts are that many seconds (a call that must end soon, whatever happens)."""
+        key = service if timeout is None else f"{service}@{timeout}"
+        found = self._clients.get(key)
         if found is not None:
             return found
         with self._lock:
-            if service not in self._clients:
+            if key not in self._clients:
                 if self._session is None:
                     self._session = botocore.session.get_session()
-                self._clients[service] = self._session.create_client(
+                config = Config(
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=MAX_POOL_CONNECTIONS,
+                    connect_timeout=5 if timeout is None else timeout,
+                    read_timeout=30 if timeout is None else timeout,
+                )
+                if service == "s3":
+                    # Presigned links by SigV4 (X-Amz-Expires, at most 7 days): botocore
+                    # would sign them with SigV2 in us-east-1, which S3 is retiring.
+                    config = config.merge(Config(signature_version="s3v4"))
+                self._clients[key] = self._session.create_client(
                     service,
                     region_name=self.settings.region,
                     endpoint_url=self.settings.endpoint_url,
-                    config=Config(
-                        retries={"total_max_attempts": 1, "mode": "standard"},
-                        max_pool_connections=MAX_POOL_CONNECTIONS,
-                        connect_timeout=5,
-                        read_timeout=30,
-                    ),
+                    config=config,
                 )
-            return self._clients[service]
+            return self._clients[key]
 
     @property
     def dynamodb(self) -> Any:
@@ -164,3 +172,11 @@ class AwsClients:
     @property
     def stepfunctions(self) -> Any:
         return self.client("stepfunctions")
+
+    @property
+    def sqs(self) -> Any:
+        return self.client("sqs")
+
+    @property
+    def dynamodbstreams(self) -> Any:
+        return self.client("dynamodbstreams")

@@ -56,6 +56,8 @@ def _cursor(value: str) -> str:
 
 
 TaskId = Annotated[str, Field(min_length=1, description="the task's id")]
+# The longest a presigned link can be valid (SigV4: 7 days; tasks.export_db checks it too).
+_MAX_LINK_HOURS = 7 * 24
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
@@ -139,6 +141,27 @@ class Cli(_Commands):
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
         return self._get_client().retry_task(task_id)
 
+    def export_link(
+        self,
+        task_id: TaskId,
+        hours: Annotated[
+            int, Field(ge=1, le=_MAX_LINK_HOURS, description="hours the link may be valid")
+        ] = 1,
+    ) -> dict[str, Any]:
+        """Sign a fresh download link for a finished EXPORT_DB task with your own
+        credentials (valid for up to --hours, at most 168; sooner if they expire)."""
+        from tasks.export_db import presigned_link
+
+        client = self._get_client()
+        task = client.get_task(task_id)
+        result = task.result if isinstance(task.result, dict) else {}
+        if task.type != "EXPORT_DB" or task.status.value != "DONE" or "key" not in result:
+            raise ValueError(f"task {task_id} is not a finished EXPORT_DB task")
+        url = presigned_link(
+            client.app.clients.s3, str(result["bucket"]), str(result["key"]), hours * 3600
+        )
+        return {"task_id": task.id, "url": url, "valid_for_up_to_hours": hours}
+
     def history(self, task_id: TaskId) -> dict[str, Any]:
         """A task's attempts and its workflow executions with their events."""
         task = self._get_client().get_task(task_id)
@@ -158,29 +181,33 @@ class Cli(_Commands):
         }
 
     def sweep(self) -> dict[str, Any]:
-        """Run the sweeper once: expired leases → FAILED for retry, missed PENDING → run
-        (this Scans the whole table; the scheduled sweep reads one segment a run). PENDING
-        tasks of types this shell does not register are left for the deployment's sweep."""
-        from collections import Counter
+        """Run the sweeper once: failed stream batches replayed, expired leases → FAILED
+        for retry, missed PENDING → run, stranded retries restarted (this also Scans the
+        whole table, which the scheduled sweep does not by default). Tasks of types this
+        shell does not register are left for the deployment's sweep."""
+        import threading
 
         from runner.cli_args import TASK_MODULES_HINT
 
         app = self._get_client().app
-        skipped: Counter[str] = Counter()
+        skipped: dict[str, str] = {}  # task id → type (a phase may meet a task again)
+        lock = threading.Lock()  # the sweeper runs PENDING tasks 32 at a time
 
         def runnable(task: Task) -> bool:
             if task.type in app.registry:
                 return True
-            skipped[task.type] += 1
+            with lock:
+                skipped[task.id] = task.type
             return False
 
         report: dict[str, Any] = {**app.sweeper.sweep(full_scan=True, runnable=runnable).as_dict()}
         if skipped:
-            count = sum(skipped.values())
+            count = len(skipped)
             report["orphans_skipped"] = count
             report["note"] = (
                 f"left {count} PENDING task(s) of types not registered here"
-                f" ({', '.join(sorted(skipped))}) for the deployment to run; {TASK_MODULES_HINT}"
+                f" ({', '.join(sorted(set(skipped.values())))}) for the deployment to run;"
+                f" {TASK_MODULES_HINT}"
             )
         return report
 

@@ -15,6 +15,9 @@ from runner.items import iso
 from runner.model import ClaimSource, Task, TaskStatus
 from runner.registry import TaskDefinition, is_type_name, stored_name
 
+# Looks at a task that changes under a redrive before giving up.
+MAX_REDRIVE_TRIES = 3
+
 
 class TaskRunnerClient:
     """What an application (or the CLI) uses to talk to the runner's table."""
@@ -97,23 +100,50 @@ class TaskRunnerClient:
         raise TaskConflict(f"task {task_id} is {_whose(task)}; run-task runs only PENDING tasks")
 
     def retry_task(self, task_id: str) -> dict[str, Any]:
-        """Manual redrive: FAILED → RETRYING in a new episode, and start its execution."""
-        arn = self.app.workflow.state_machine_arn  # fail before touching the task
-        try:
-            task = self.app.store.start_retry_episode(task_id)
-        except TaskConflict as exc:
-            current = self.app.store.get(task_id)  # TaskNotFound if there is no such task
-            raise TaskConflict(
-                f"task {task_id} is {current.status.value}, not FAILED; only a FAILED task"
-                " can be retried"
-            ) from exc
-        execution, _ = self.app.workflow.start(task.id, task.episode)
-        return {
-            "task_id": task.id,
-            "episode": task.episode,
-            "execution_arn": execution,
-            "state_machine_arn": arn,
-        }
+        """Manual redrive: a FAILED task (also one that failed permanently, to run it again
+        on purpose, e.g. after a fix) → RETRYING in a new episode, and its execution.
+
+        Safe to repeat: a RETRYING task whose execution is not running (StartExecution
+        failed after the status write, or that write's reply was lost) gets it now; one
+        whose execution runs is refused. The execution ends FAILED if the task does.
+        """
+        from runner.executions import ExecutionRef
+        from runner.workflow import RUNNING
+
+        workflow = self.app.workflow
+        arn = workflow.state_machine_arn  # fail before touching the task
+        store = self.app.store
+        task = store.get(task_id)
+        for _ in range(MAX_REDRIVE_TRIES):
+            if task.status is TaskStatus.FAILED:
+                try:
+                    task = store.redrive(task, statuses=(TaskStatus.FAILED,))
+                except TaskConflict:
+                    task = store.get(task_id)  # changed meanwhile: look again
+                    continue
+            elif task.status is TaskStatus.RETRYING:
+                ref = ExecutionRef.of(task)
+                if workflow.status(ref) == RUNNING:
+                    raise TaskConflict(
+                        f"task {task_id} is already being retried by execution "
+                        f"{workflow.execution_arn(ref.name)}"
+                    )
+            else:
+                raise TaskConflict(
+                    f"task {task_id} is {_whose(task)}, not FAILED; only a FAILED task"
+                    " can be retried"
+                )
+            started = workflow.ensure_running(ExecutionRef.of(task))
+            if started is None:
+                task = store.get(task_id)
+                continue
+            return {
+                "task_id": task.id,
+                "episode": started.ref.episode,
+                "execution_arn": started.arn,
+                "state_machine_arn": arn,
+            }
+        raise TaskConflict(f"task {task_id} kept changing; try again")
 
 
 def _validated(definition: TaskDefinition, data: Any) -> dict[str, Any]:

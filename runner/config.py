@@ -18,11 +18,15 @@ DEFAULT_RESULT_TTL_DAYS = 30
 # (each GSI partition takes ~1,000 writes/s), few enough that list-tasks stays cheap.
 STATUS_SHARDS = 16
 STATUS_INDEX = "by-status"
-# The sweeper's Scan for PENDING tasks no index holds reads one of this many segments per
-# run, in rotation: a full Scan every 5 minutes would read the whole table 8,640 times a
-# month. Prime, so the rotation (by the run's minute) reaches every segment at any rate
-# but a multiple of 13 minutes.
-DEFAULT_ORPHAN_SCAN_SEGMENTS = 13
+# The scheduled sweeper's Scan for PENDING tasks no index holds: off (0). Lost stream
+# records are read again from the stream instead (the on-failure queue says which), so
+# recovery costs in proportion to failures, not to the table. N > 0 reads one of N
+# segments per run, in rotation by the run's minute (a prime N reaches every segment at
+# any rate but a multiple of N minutes); the sweep role then needs dynamodb:Scan.
+DEFAULT_ORPHAN_SCAN_SEGMENTS = 0
+# How far back (by `updated_at`) the sweeper looks for FAILED and RETRYING tasks whose
+# retry execution is not running: a bounded Query of the index, not a Scan.
+DEFAULT_REPAIR_WINDOW_HOURS = 24
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,16 @@ class Settings:
     # Tasks of one stream batch run at once; None means the whole batch.
     max_concurrency: int | None = None
     orphan_scan_segments: int = DEFAULT_ORPHAN_SCAN_SEGMENTS
+    repair_window_hours: float = DEFAULT_REPAIR_WINDOW_HOURS
+    # The stream mappings' on-failure queue, which the sweeper replays.
+    failed_batch_queue_url: str | None = None
+    # Who EXPORT_DB may mail: addresses and `@domain` entries; empty refuses every export.
+    export_recipients: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        modules = tuple(
-            m.strip() for m in env.get("TASK_RUNNER_TASK_MODULES", "").split(",") if m.strip()
-        )
+        modules = _list(env.get("TASK_RUNNER_TASK_MODULES", ""))
         return cls(
             table_name=env.get(TABLE_NAME_ENV) or DEFAULT_TABLE_NAME,
             region=env.get(REGION_ENV) or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
@@ -62,4 +69,14 @@ class Settings:
             orphan_scan_segments=int(
                 env.get("TASK_RUNNER_ORPHAN_SCAN_SEGMENTS") or DEFAULT_ORPHAN_SCAN_SEGMENTS
             ),
+            repair_window_hours=float(
+                env.get("TASK_RUNNER_REPAIR_WINDOW_HOURS") or DEFAULT_REPAIR_WINDOW_HOURS
+            ),
+            failed_batch_queue_url=env.get("TASK_RUNNER_FAILED_BATCH_QUEUE_URL") or None,
+            export_recipients=_list(env.get("TASK_RUNNER_EXPORT_RECIPIENTS", "")),
         )
+
+
+def _list(text: str) -> tuple[str, ...]:
+    """A comma-separated setting as its stripped, non-empty entries."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -5,6 +5,12 @@ Retryable and permanent task failures are distinct types: the retry workflow dep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
+
 
 class TaskRunnerError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -39,10 +45,12 @@ class MalformedTask(TaskRunnerError):
 class StoreError(TaskRunnerError):
     """DynamoDB could not be reached or refused a request for a reason other than a condition."""
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, code: str = "") -> None:
         super().__init__(message)
         # False when a retry cannot help (e.g. a ValidationException on a malformed item).
         self.transient = transient
+        # AWS's error code; the message never carries AWS's own text (it may quote data).
+        self.code = code
 
 
 class TaskNotFound(TaskRunnerError):
@@ -86,6 +94,11 @@ class PermanentTaskError(TaskFailure):
 class TaskTimedOut(RetryableTaskError):
     """The task outlived its timeout or lease."""
 
+    def __init__(self, message: str, *, abandoned: Sequence[threading.Thread] = ()) -> None:
+        super().__init__(message)
+        # The handler's threads that could not be stopped and still run (none: stopped).
+        self.abandoned = tuple(abandoned)
+
 
 # --- Workflow signals (names matched by the state machine's Retry/Catch) ------------------
 
@@ -102,8 +115,22 @@ class RetriesExhausted(TaskRunnerError):
     """Raised by run_task when the attempts allowed for the task's type are spent."""
 
 
+class TaskFailedPermanently(TaskRunnerError):
+    """Raised by run_task when its attempt ended the task FAILED for good (the execution fails)."""
+
+
+class TaskInfrastructureError(TaskRunnerError):
+    """Raised by run_task when DynamoDB, Step Functions or the runner itself failed, not the
+    task: the state machine retries it on its own, longer schedule."""
+
+
 class WorkflowError(TaskRunnerError):
     """Step Functions could not be asked to start or describe an execution."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        # AWS's error code (e.g. ExecutionAlreadyExists); never AWS's own text.
+        self.code = code
 
 
 class ConfigurationError(TaskRunnerError):

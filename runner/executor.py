@@ -7,37 +7,37 @@ never raise it to the caller, who only learns the outcome. Infrastructure errors
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import json
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from runner import runtime
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.context import TaskContext
 from runner.errors import (
     ConfigurationError,
     InvalidTaskInput,
+    ItemTooLarge,
     MalformedTask,
-    PermanentTaskError,
-    RetriesExhausted,
     RetryableTaskError,
+    StoreError,
     TaskAlreadyClaimed,
     TaskConflict,
     TaskFailure,
-    TaskLeaseHeld,
-    TaskRetryableError,
+    TaskRunnerError,
     TaskTimedOut,
     UnknownTaskType,
 )
-from runner.item_size import MAX_ITEM_BYTES, item_size, value_size
-from runner.items import iso, task_to_item
+from runner.invoke import invoke_handler
+from runner.items import iso
 from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
@@ -49,8 +49,14 @@ S = TaskStatus
 RECORDING_MARGIN_SECONDS = 5.0
 # A lease outlives the task's own timeout by this much before the sweeper may take over.
 LEASE_GRACE_SECONDS = 30.0
-# Error messages are cut to this length on the task item.
-MAX_ERROR_MESSAGE = 2000
+# Errors of the runner's own whose messages are written without task data in them.
+_PERMANENT_RUNNER_ERRORS = (
+    InvalidTaskInput,
+    UnknownTaskType,
+    MalformedTask,
+    ConfigurationError,
+    ItemTooLarge,
+)
 
 
 @dataclass(frozen=True)
@@ -76,29 +82,59 @@ class Outcome:
         return out
 
 
-def describe_error(exc: BaseException) -> TaskErrorInfo:
-    """A structured, storable account of why a task failed, and whether to retry it."""
-    if isinstance(exc, TaskFailure):
-        retryable = exc.retryable
-    elif isinstance(exc, InvalidTaskInput | UnknownTaskType | MalformedTask | ConfigurationError):
-        retryable = False
-    else:
-        # An exception the task did not classify: assume it is transient. Retries are
-        # bounded per task type, so a real bug ends FAILED after a few attempts.
-        retryable = True
-    message = str(exc) or type(exc).__name__
-    return TaskErrorInfo(
-        type=type(exc).__name__, message=message[:MAX_ERROR_MESSAGE], retryable=retryable
-    )
+# The project's root; in the Lambda zip the dependencies live beside these directories.
+_ROOT = Path(__file__).resolve().parents[1]
+_OWN_TOP = frozenset({"tasks", "runner", "handler.py", "tests"})
 
 
-def _jsonable(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        result = result.model_dump(mode="json")
+def _is_own(filename: str) -> bool:
+    path = Path(filename)
     try:
-        return json.loads(json.dumps(result))
-    except (TypeError, ValueError) as exc:
-        raise PermanentTaskError(f"task result is not JSON-serializable: {exc}") from exc
+        top = path.resolve().relative_to(_ROOT).parts[0]
+    except (ValueError, IndexError, OSError):
+        return "site-packages" not in filename and "/lib/python" not in filename
+    return top in _OWN_TOP
+
+
+def _where(exc: BaseException) -> str:
+    """`tasks/x.py:42 in run`: the innermost frame of the project's own code (else the
+    innermost), as a data-free pointer to where an exception was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if _is_own(f.filename)]
+    chosen = own or frames
+    if not chosen:
+        return "an unknown place"
+    frame = chosen[-1]
+    path = PurePath(frame.filename)
+    return f"{'/'.join(path.parts[-2:])}:{frame.lineno} in {frame.name}"
+
+
+def describe_error(exc: BaseException) -> TaskErrorInfo:
+    """A structured, storable account of why a task failed, and whether to retry it.
+
+    Messages of `TaskFailure`s (written by the task's author) and of the runner's own
+    errors are kept. An exception nobody classified may quote anything (an address, a
+    value of the input, AWS's text about a request), so only its type, an AWS error
+    code and where it was raised are kept.
+    """
+    if isinstance(exc, TaskFailure):
+        return TaskErrorInfo(
+            type=type(exc).__name__, message=str(exc) or type(exc).__name__, retryable=exc.retryable
+        )
+    if isinstance(exc, _PERMANENT_RUNNER_ERRORS):
+        return TaskErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
+    if isinstance(exc, TaskRunnerError):
+        return TaskErrorInfo(type=type(exc).__name__, message=str(exc), retryable=True)
+    kind = type(exc).__name__
+    if isinstance(exc, ClientError):
+        kind += f" ({exc.response.get('Error', {}).get('Code', 'unknown code')})"
+    # Unclassified: assumed transient. Retries are bounded per task type, so a real bug
+    # ends FAILED after a few attempts.
+    return TaskErrorInfo(
+        type=type(exc).__name__,
+        message=f"{kind} raised at {_where(exc)}",
+        retryable=True,
+    )
 
 
 class TaskRunner:
@@ -112,12 +148,14 @@ class TaskRunner:
         settings: Settings | None = None,
         clients: AwsClients | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings or store.settings
         self.clients = clients or store.clients
         self._sleep = sleep
+        self._monotonic = monotonic
         self.log = get_logger()
 
     # --- entry points ----------------------------------------------------------------
@@ -126,73 +164,69 @@ class TaskRunner:
         self, task_id: str, *, source: ClaimSource, remaining_seconds: float | None = None
     ) -> Outcome:
         """Claim a PENDING task and run it. A lost claim is a SKIPPED outcome, not an error."""
-        lease = self._lease_seconds(None, remaining_seconds)
-        try:
-            task = self.store.claim_pending(task_id, source=source, lease_seconds=lease)
-        except TaskAlreadyClaimed:
-            self.log.info(
-                "task already claimed; skipping", extra={"task_id": task_id, "source": source.value}
-            )
-            return Outcome(task_id, None, note="already claimed")
-        return self._run_claimed(task, source, remaining_seconds)
+        lease = self.lease_seconds(None, remaining_seconds)
+        return self._claim_and_run(
+            task_id,
+            lambda: self.store.claim_pending(task_id, source=source, lease_seconds=lease),
+            source,
+            remaining_seconds,
+        )
 
     def run_claimable(
         self, task: Task, *, source: ClaimSource, remaining_seconds: float | None = None
     ) -> Outcome:
         """Like run_pending, for a task already read (a stream record carries it whole)."""
-        lease = self._lease_seconds(self._definition_or_none(task.type), remaining_seconds)
+        lease = self.lease_seconds(self.definition_or_none(task.type), remaining_seconds)
+        return self._claim_and_run(
+            task.id,
+            lambda: self.store.claim_pending(task.id, source=source, lease_seconds=lease),
+            source,
+            remaining_seconds,
+        )
+
+    def fail_claimable(self, task: Task, *, source: ClaimSource, reason: Exception) -> Outcome:
+        """Claim a PENDING task and fail it with `reason`, without running it."""
+        lease = self.lease_seconds(None, 0.0)
         try:
             claimed = self.store.claim_pending(task.id, source=source, lease_seconds=lease)
         except TaskAlreadyClaimed:
-            self.log.info(
-                "task already claimed; skipping", extra={"task_id": task.id, "task_type": task.type}
-            )
             return Outcome(task.id, None, note="already claimed")
-        return self._run_claimed(claimed, source, remaining_seconds)
+        except ItemTooLarge as exc:
+            return Outcome(task.id, S.FAILED, error=describe_error(exc))
+        return self.record(
+            claimed, source, error=describe_error(reason), started=claimed.started_at
+        )
 
-    def run_retry(
-        self, task_id: str, episode: int, *, remaining_seconds: float | None = None
+    def _claim_and_run(
+        self,
+        task_id: str,
+        claim: Callable[[], Task],
+        source: ClaimSource,
+        remaining_seconds: float | None,
     ) -> Outcome:
-        """One attempt of the retry workflow (handler.run_task).
-
-        Raises TaskRetryableError so the state machine's Retry schedules another attempt,
-        or RetriesExhausted when the type's attempts are spent (only the Catch matches).
-        """
-        lease = self._lease_seconds(None, remaining_seconds)
         try:
-            task = self.store.claim_for_retry(task_id, episode=episode, lease_seconds=lease)
-        except TaskConflict as exc:
-            old = exc.old if isinstance(exc.old, Task) else None
-            if old is not None and old.status is S.PROCESSING and old.episode == episode:
-                # A previous attempt's Lambda may still be running: wait out its lease
-                # (the state machine retries this error on the lease's timescale).
-                raise TaskLeaseHeld(
-                    f"task {task_id} is still PROCESSING under a live lease"
-                ) from exc
-            state = f"{old.status.value}, episode {old.episode}" if old else "missing"
+            task = claim()
+        except TaskAlreadyClaimed:
             self.log.info(
-                "retry superseded", extra={"task_id": task_id, "episode": episode, "found": state}
+                "task already claimed; skipping", extra={"task_id": task_id, "source": source.value}
             )
-            return Outcome(task_id, None, note=f"superseded: task is {state}")
-        outcome = self._run_claimed(task, ClaimSource.WORKFLOW, remaining_seconds)
-        if outcome.status is S.RETRYING:
-            definition = self._definition_or_none(task.type)
-            allowed = definition.max_attempts if definition else 1
-            message = outcome.error.message if outcome.error else "retryable failure"
-            if task.episode_attempts >= allowed:
-                raise RetriesExhausted(
-                    f"{task.episode_attempts} of {allowed} retries spent: {message}"
-                )
-            raise TaskRetryableError(message)
-        return outcome
+            return Outcome(task_id, None, note="already claimed")
+        except ItemTooLarge as exc:
+            self.log.warning(
+                "task item too large to run; FAILED", extra={"task_id": task_id, "status": "FAILED"}
+            )
+            return Outcome(task_id, S.FAILED, error=describe_error(exc))
+        return self.run_claimed(task, source, remaining_seconds)
 
     # --- the run itself --------------------------------------------------------------
 
-    def _run_claimed(
+    def run_claimed(
         self, task: Task, source: ClaimSource, remaining_seconds: float | None
     ) -> Outcome:
+        """Run a task this process has claimed, and record its outcome."""
         # The claim's own time, which the task's top-level started_at also shows.
         started = task.started_at or iso(self.store.clock())
+        ends_at = None if remaining_seconds is None else self._monotonic() + remaining_seconds
         fields = {"task_id": task.id, "task_type": task.type, "attempt": task.attempts}
         with task_span(f"task {task.type}", task_id=task.id, task_type=task.type) as span:
             self.log.info(
@@ -201,55 +235,105 @@ class TaskRunner:
             )
             result: Any = None
             error: TaskErrorInfo | None = None
+            lease_until: int | None = None
+            abandoned: tuple[threading.Thread, ...] = ()
             try:
                 result = self._execute(task, remaining_seconds)
+            except TaskTimedOut as exc:
+                error = describe_error(exc)
+                abandoned = exc.abandoned
+                if abandoned:
+                    left = None if ends_at is None else ends_at - self._monotonic()
+                    lease_until = runtime.abandoned_lease(
+                        self.store.now_epoch(), left, self.lease_seconds(None, None)
+                    )
             except Exception as exc:
                 error = describe_error(exc)
-            status = self._status_for(error, source)
-            record = AttemptRecord(
-                attempt=task.attempts,
-                episode=task.episode,
-                source=source.value,
-                started_at=started,
-                finished_at=iso(self.store.clock()),
-                outcome=status,
-                error=error,
-            )
-            new_episode = status is S.FAILED and error is not None and error.retryable
             try:
-                self.store.record_outcome(
+                outcome = self.record(
                     task,
-                    status,
+                    source,
                     result=result,
                     error=error,
-                    attempt=record,
-                    new_episode=new_episode,
+                    started=started,
+                    lease_until=lease_until,
                 )
-            except TaskConflict as exc:
-                self.log.warning(
-                    "outcome not recorded: claim lost", extra={**fields, "reason": str(exc)}
-                )
-                span.annotate("outcome", "LOST_CLAIM")
-                return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
-            span.annotate("outcome", status.value)
-            level = self.log.info if status is S.DONE else self.log.warning
-            level(
-                f"task {status.value.lower()}",
-                extra={
-                    **fields,
-                    "status": status.value,
-                    **(
-                        {
-                            "error_type": error.type,
-                            "error": error.message,
-                            "retryable": error.retryable,
-                        }
-                        if error
-                        else {}
-                    ),
-                },
+            except StoreError:
+                if lease_until is not None:
+                    # The lease that should hold off a retry was not written, and the
+                    # claim's own lease may end before this invocation does: end the
+                    # runtime now, so the handler cannot outlive it.
+                    runtime.end_if_abandoned()
+                raise
+            if lease_until is not None and outcome.status is not None:
+                self._hold(task, lease_until, abandoned)
+            span.annotate("outcome", outcome.status.value if outcome.status else "LOST_CLAIM")
+            return outcome
+
+    def _hold(self, task: Task, lease_until: int, threads: tuple[threading.Thread, ...]) -> None:
+        """Have the runtime release this outcome's lease once its work can no longer act."""
+        token = task.claim_token or ""
+
+        def release(exiting: bool) -> None:
+            until = self.store.now_epoch() + runtime.EXIT_LEASE_SECONDS if exiting else None
+            timeout = runtime.CUT_CALL_SECONDS
+            self.store.release_lease(
+                task.id, token=token, held=lease_until, until=until, timeout=timeout
             )
-            return Outcome(task.id, status, error=error, attempt=task.attempts)
+
+        runtime.hold(threads, release)
+
+    def record(
+        self,
+        task: Task,
+        source: ClaimSource,
+        *,
+        result: Any = None,
+        error: TaskErrorInfo | None = None,
+        started: str | None = None,
+        lease_until: int | None = None,
+    ) -> Outcome:
+        """The claim's final write: DONE, FAILED or (in a workflow) RETRYING."""
+        fields = {"task_id": task.id, "task_type": task.type, "attempt": task.attempts}
+        status = self._status_for(error, source)
+        record = AttemptRecord(
+            attempt=task.attempts,
+            episode=task.episode,
+            source=source.value,
+            started_at=started or iso(self.store.clock()),
+            finished_at=iso(self.store.clock()),
+            outcome=status,
+            error=error,
+        )
+        new_episode = status is S.FAILED and error is not None and error.retryable
+        try:
+            recorded = self.store.record_outcome(
+                task,
+                status,
+                result=result,
+                error=error,
+                attempt=record,
+                new_episode=new_episode,
+                lease_until=lease_until,
+            )
+        except TaskConflict:
+            self.log.warning("outcome not recorded: claim lost", extra=fields)
+            return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
+        status, error = recorded.status, recorded.error if recorded.status is not S.DONE else None
+        level = self.log.info if status is S.DONE else self.log.warning
+        level(
+            f"task {status.value.lower()}",
+            extra={
+                **fields,
+                "status": status.value,
+                **(
+                    {"error_type": error.type, "error": error.message, "retryable": error.retryable}
+                    if error
+                    else {}
+                ),
+            },
+        )
+        return Outcome(task.id, status, error=error, attempt=task.attempts)
 
     @staticmethod
     def _status_for(error: TaskErrorInfo | None, source: ClaimSource) -> TaskStatus:
@@ -275,29 +359,38 @@ class TaskRunner:
             clients=self.clients,
             logger=self.log,
         )
+        # One deadline for every in-process try: the lease covers one timeout, not one
+        # per try.
+        deadline = self._monotonic() + timeout
         tries = definition.local_retries + 1
         for number in range(1, tries + 1):
+            left = deadline - self._monotonic()
+            if left <= 0:
+                raise TaskTimedOut(f"{definition.type} exceeded its {timeout:.1f} s timeout")
             try:
-                result = _jsonable(_invoke(definition, data, context, timeout))
+                result = invoke_handler(definition, data, context, left)
                 break
+            except TaskTimedOut:
+                raise
             except RetryableTaskError:
                 if number == tries:
                     raise
-                self._sleep(definition.local_retry_delay_seconds * 2 ** (number - 1))
-        if item_size(task_to_item(task)) + value_size(result) + 512 > MAX_ITEM_BYTES:
-            raise PermanentTaskError("task result is too large for the task item (400 KB)")
+                delay = definition.local_retry_delay_seconds * 2 ** (number - 1)
+                self._sleep(max(0.0, min(delay, deadline - self._monotonic())))
+        if isinstance(result, BaseModel):
+            result = result.model_dump(mode="json")
         return result
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _definition_or_none(self, task_type: str | None) -> TaskDefinition | None:
+    def definition_or_none(self, task_type: str | None) -> TaskDefinition | None:
         if task_type is None or task_type not in self.registry:
             return None
         return self.registry.get(task_type)
 
-    def _lease_seconds(self, definition: TaskDefinition | None, remaining: float | None) -> float:
-        # Without the item (a claim by id) the type is unknown until the claim returns it;
-        # the lease then covers the longest timeout of any registered type.
+    def lease_seconds(self, definition: TaskDefinition | None, remaining: float | None) -> float:
+        # Without the type (a claim by id) the lease covers the longest timeout of any
+        # registered type.
         if definition is not None:
             timeout = definition.timeout_seconds
         else:
@@ -307,41 +400,3 @@ class TaskRunner:
         if remaining is not None:
             timeout = min(timeout, remaining)
         return timeout + LEASE_GRACE_SECONDS
-
-
-def _invoke(
-    definition: TaskDefinition, data: BaseModel, context: TaskContext, timeout: float
-) -> Any:
-    """Run a handler, sync or async, and enforce its timeout."""
-    if definition.is_async:
-
-        async def bounded() -> Any:
-            return await asyncio.wait_for(definition.handler(data, context), timeout)
-
-        try:
-            return asyncio.run(bounded())
-        except TimeoutError as exc:
-            raise TaskTimedOut(f"{definition.type} exceeded its {timeout:.1f} s timeout") from exc
-    # A sync handler runs in a daemon thread so the wait, at least, is bounded; the thread
-    # cannot be killed, but the Lambda freezes it when the invocation returns.
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = definition.handler(data, context)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(
-        target=contextvars.copy_context().run,
-        args=(target,),
-        daemon=True,
-        name=f"task-{context.task_id}",
-    )
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TaskTimedOut(f"{definition.type} exceeded its {timeout:.1f} s timeout")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")

@@ -63,13 +63,13 @@ def to_attribute(value: Any) -> dict[str, Any]:
 
 def _parse_number(text: Any) -> int | float:
     if not isinstance(text, str):
-        raise MalformedTask(f"a number must be sent as a string, not {text!r}")
+        raise MalformedTask("a number attribute must hold its number as a string")
     try:
         number = Decimal(text)
     except ArithmeticError as exc:
-        raise MalformedTask(f"not a number: {text!r}") from exc
+        raise MalformedTask("a number attribute does not hold a number") from exc
     if not number.is_finite():
-        raise MalformedTask(f"not a finite number: {text!r}")
+        raise MalformedTask("a number attribute is not finite")
     return int(number) if number == number.to_integral_value() else float(number)
 
 
@@ -79,7 +79,7 @@ def _binary(value: Any) -> str:
         return base64.b64encode(value).decode()
     if isinstance(value, str):
         return value
-    raise MalformedTask(f"not binary data: {value!r}")
+    raise MalformedTask("a binary attribute does not hold binary data")
 
 
 def _expect(kind: str, value: Any, types: type | tuple[type, ...]) -> Any:
@@ -89,9 +89,13 @@ def _expect(kind: str, value: Any, types: type | tuple[type, ...]) -> Any:
 
 
 def from_attribute(attribute: Any) -> Any:
-    """A DynamoDB attribute value → plain JSON-like Python; MalformedTask if it is not one."""
+    """A DynamoDB attribute value → plain JSON-like Python; MalformedTask if it is not one.
+
+    MalformedTask messages never quote a value: they are logged and stored, and the
+    values are the producer's data.
+    """
     if not isinstance(attribute, dict) or len(attribute) != 1:
-        raise MalformedTask(f"not an attribute value: {attribute!r:.80}")
+        raise MalformedTask("not an attribute value (one type tag and its value)")
     ((kind, value),) = attribute.items()
     if kind == "S":
         return _expect(kind, value, str)
@@ -113,7 +117,7 @@ def from_attribute(attribute: Any) -> Any:
         return sorted(_parse_number(v) for v in _expect(kind, value, list))
     if kind == "BS":
         return [_binary(v) for v in _expect(kind, value, list)]
-    raise MalformedTask(f"unknown attribute type {kind!r}")
+    raise MalformedTask(f"unknown attribute type {str(kind)[:8]!r}")
 
 
 def serialize(values: dict[str, Any]) -> dict[str, Any]:

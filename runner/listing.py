@@ -1,5 +1,5 @@
 """Reading many tasks: the sharded status index (list-tasks, the sweeper) and the one
-Scan that finds tasks no index holds yet."""
+Scan that finds tasks no index holds yet (a last resort, on request)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,25 @@ class TaskListing(TasksTable):
         limit: int,
         start: dict[str, Any] | None,
         condition: tuple[str, dict[str, Any]] | None = None,
+        updated: tuple[str | None, str | None] = (None, None),
     ) -> dict[str, Any]:
+        key = "status_shard = :shard"
+        bounds: dict[str, Any] = {":shard": shard}
+        after, before = updated
+        if after is not None and before is not None:
+            key += " AND updated_at BETWEEN :after AND :before"
+            bounds.update({":after": after, ":before": before})
+        elif before is not None:
+            key += " AND updated_at < :before"
+            bounds[":before"] = before
+        elif after is not None:
+            key += " AND updated_at > :after"
+            bounds[":after"] = after
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": STATUS_INDEX,
-            "KeyConditionExpression": "status_shard = :shard",
-            "ExpressionAttributeValues": serialize({":shard": shard}),
+            "KeyConditionExpression": key,
+            "ExpressionAttributeValues": serialize(bounds),
             "ScanIndexForward": False,
             "Limit": limit,
         }
@@ -75,24 +88,42 @@ class TaskListing(TasksTable):
         tasks = [task_from_item(deserialize_image(item)) for _, item in taken]
         return tasks, (encode_cursor(next_positions) if more and tasks else None)
 
+    def iter_status_items(
+        self,
+        status: TaskStatus,
+        filter_expression: tuple[str, dict[str, Any]] | None = None,
+        page_size: int = 100,
+        *,
+        updated: tuple[str | None, str | None] = (None, None),
+    ) -> Iterator[dict[str, Any]]:
+        """The raw items of one status (from the index), page by page; only those whose
+        `updated_at` is within `updated` (after, before) if given. For the sweeper: a
+        Query per shard, reading only that window of the index."""
+        for n in range(STATUS_SHARDS):
+            start: dict[str, Any] | None = None
+            while True:
+                page = self._query_shard(
+                    f"{status.value}#{n:02d}", page_size, start, filter_expression, updated
+                )
+                yield from page.get("Items", [])
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
+
     def iter_status(
         self,
         status: TaskStatus,
         filter_expression: tuple[str, dict[str, Any]] | None = None,
         page_size: int = 100,
+        *,
+        updated: tuple[str | None, str | None] = (None, None),
     ) -> Iterator[Task]:
-        """Every task with a status (from the index), page by page; for the sweeper."""
-        for n in range(STATUS_SHARDS):
-            start: dict[str, Any] | None = None
-            while True:
-                page = self._query_shard(
-                    f"{status.value}#{n:02d}", page_size, start, filter_expression
-                )
-                for item in page.get("Items", []):
-                    yield task_from_item(deserialize_image(item))
-                start = page.get("LastEvaluatedKey")
-                if not start:
-                    break
+        """`iter_status_items` as tasks; items that are not valid tasks are skipped."""
+        for item in self.iter_status_items(status, filter_expression, page_size, updated=updated):
+            try:
+                yield task_from_item(deserialize_image(item))
+            except MalformedTask:
+                continue
 
     def iter_unindexed_pending(
         self,
@@ -100,12 +131,13 @@ class TaskListing(TasksTable):
         *,
         segment: tuple[int, int] | None = None,
         page_size: int = 500,
-    ) -> Iterator[Task]:
-        """PENDING tasks older than a cutoff, read with a filtered Scan of the whole table,
-        or of one (segment, total segments) part of it.
+    ) -> Iterator[dict[str, Any]]:
+        """Raw PENDING items older than a cutoff, read with a filtered Scan of the whole
+        table, or of one (segment, total segments) part of it.
 
         Tasks inserted by hand carry no `status_shard` until they are claimed, so a task
-        whose stream record was lost is in no index; only a Scan can find it.
+        whose stream record was lost is in no index; only a Scan can find it. It reads
+        the whole table: the sweeper does it only when asked (a last resort).
         """
         start: dict[str, Any] | None = None
         while True:
@@ -124,11 +156,7 @@ class TaskListing(TasksTable):
             if start:
                 kwargs["ExclusiveStartKey"] = start
             page = self._call("scan", **kwargs)
-            for item in page.get("Items", []):
-                try:
-                    yield task_from_item(deserialize_image(item))
-                except MalformedTask:
-                    continue
+            yield from page.get("Items", [])
             start = page.get("LastEvaluatedKey")
             if not start:
                 return

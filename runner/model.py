@@ -12,9 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runner.config import STATUS_SHARDS
-
-# Attempts kept on the task for `get-task`; older ones are dropped first.
-MAX_ATTEMPT_LOG = 20
+from runner.limits import MAX_ATTEMPT_LOG
 
 
 class TaskStatus(StrEnum):

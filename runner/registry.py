@@ -18,13 +18,20 @@ from runner.errors import InvalidTaskInput, RegistryError, UnknownTaskType
 if TYPE_CHECKING:
     from runner.context import TaskContext
 
-# A task may run this long unless its definition says otherwise (it is also capped by
-# the Lambda's remaining time).
-DEFAULT_TASK_TIMEOUT_SECONDS = 300.0
+# A task may run this long unless its definition says otherwise. It fits what the stream
+# function (300 s, less its margins: 285 s) can give, so a task of a default type runs
+# on the stream path; a type with a longer timeout runs in the retry workflow
+# (runner.dispatch).
+DEFAULT_TASK_TIMEOUT_SECONDS = 240.0
 # Workflow attempts per failure episode before the task's retries are exhausted.
 DEFAULT_MAX_ATTEMPTS = 3
 # The state machine's Retry allows at most this many attempts; see statemachine/.
 MAX_ATTEMPTS_CAP = 10
+# The longest timeout any function can give a task: runTask's 900 s (serverless.yml)
+# less the handler's deadline margin (10 s) and the time kept to record the outcome
+# (5 s). A test checks these against the template and the runner's constants.
+LONGEST_FUNCTION_SECONDS = 900.0
+MAX_TASK_TIMEOUT_SECONDS = LONGEST_FUNCTION_SECONDS - 10.0 - 5.0
 
 ModelClass = type[BaseModel]
 TaskHandler = Callable[[Any, "TaskContext"], Any | Awaitable[Any]]
@@ -58,6 +65,11 @@ class TaskDefinition:
             raise RegistryError(f"{self.type}: max_attempts must be 1..{MAX_ATTEMPTS_CAP}")
         if self.timeout_seconds <= 0 or self.local_retries < 0:
             raise RegistryError(f"{self.type}: timeout must be > 0 and local_retries >= 0")
+        if self.timeout_seconds > MAX_TASK_TIMEOUT_SECONDS:
+            raise RegistryError(
+                f"{self.type}: timeout_seconds is at most {MAX_TASK_TIMEOUT_SECONDS:g} "
+                "(the longest a Lambda function can give a task and still record it)"
+            )
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
     @property

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed
-from runner.executor import Outcome, TaskRunner, describe_error
+from runner.dispatch import Dispatcher
+from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed, WorkflowError
+from runner.executor import Outcome, describe_error
 from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskStatus
@@ -49,6 +50,16 @@ def _sequence_number(record: Any) -> str | None:
     return None
 
 
+def _old_lease(record: dict[str, Any]) -> int | None:
+    """The lease of the item a MODIFY replaced, if it had one (epoch seconds)."""
+    old = record["dynamodb"].get("OldImage")
+    lease = old.get("lease_expires_at") if isinstance(old, dict) else None
+    try:
+        return int(lease["N"]) if isinstance(lease, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _makes_pending(record: dict[str, Any]) -> bool:
     """An INSERT, or a MODIFY that made a task PENDING again: a task put over an existing
     id (PutItem replaces the item; the stream calls that a MODIFY). Its NewImage status is
@@ -62,22 +73,13 @@ def _makes_pending(record: dict[str, Any]) -> bool:
     return isinstance(status, dict) and status.get("S") != TaskStatus.PENDING.value
 
 
-def _old_episode(record: dict[str, Any]) -> int:
-    """The failure episodes of the task a MODIFY replaced (0 for an INSERT)."""
-    old = record["dynamodb"].get("OldImage")
-    episode = old.get("episode") if isinstance(old, dict) else None
-    try:
-        return max(0, int(episode["N"])) if isinstance(episode, dict) else 0
-    except (KeyError, TypeError, ValueError):
-        return 0
-
-
 class StreamProcessor:
     """Runs the new PENDING tasks of a stream batch, all at once up to a concurrency bound."""
 
-    def __init__(self, runner: TaskRunner, *, max_concurrency: int | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, *, max_concurrency: int | None = None) -> None:
         # None: as many workers as records, so a batch of one-second tasks takes ~1 s.
-        self.runner = runner
+        self.dispatcher = dispatcher
+        self.runner = dispatcher.runner
         self.max_concurrency = max_concurrency
         self.log = get_logger()
 
@@ -132,10 +134,18 @@ class StreamProcessor:
             if sequence is None:
                 return _RecordResult(malformed=True)
             return _RecordResult(failed_sequence=sequence)
-        except Exception:
+        except WorkflowError as exc:
+            self.log.error(
+                "task not handed to the workflow; reporting the record as failed",
+                extra={"sequence_number": sequence, "error": str(exc)},
+            )
+            return _RecordResult(failed_sequence=sequence) if sequence else _RecordResult()
+        except Exception as exc:
             # Never let one record break the batch; the sweeper recovers what this leaves.
-            self.log.exception(
-                "unexpected error processing record", extra={"sequence_number": sequence}
+            # Only the type: an unexpected exception's text may quote the record's data.
+            self.log.error(
+                "unexpected error processing record",
+                extra={"sequence_number": sequence, "error_type": type(exc).__name__},
             )
             return _RecordResult(failed_sequence=sequence) if sequence else _RecordResult()
 
@@ -172,11 +182,11 @@ class StreamProcessor:
             task = task_from_item(values)
         except MalformedTask as exc:
             return self._fail_unreadable(values, exc)
-        old_episode = _old_episode(record)
-        if old_episode:  # put over a task that had retry executions: new names for its own
-            self.runner.store.continue_episodes(task.id, old_episode)
-        outcome = self.runner.run_claimable(
-            task, source=ClaimSource.STREAM, remaining_seconds=remaining
+        outcome = self.dispatcher.dispatch(
+            task,
+            source=ClaimSource.STREAM,
+            remaining_seconds=remaining,
+            held_until=_old_lease(record) if record.get("eventName") == "MODIFY" else None,
         )
         return _RecordResult(outcome=outcome)
 

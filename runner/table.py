@@ -37,19 +37,25 @@ class TasksTable:
     def table_name(self) -> str:
         return self.settings.table_name
 
-    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One DynamoDB call with tenacity retries; AWS errors become the project's errors."""
-        method = getattr(self.clients.dynamodb, operation)
+    def _call(self, operation: str, *, client: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """One DynamoDB call with tenacity retries; AWS errors become the project's errors.
+        With `client`, one try on that client, no retries."""
         try:
-            response: dict[str, Any] = self.retry_policy.call(method, sleep=self._sleep, **kwargs)
+            if client is not None:
+                response: dict[str, Any] = getattr(client, operation)(**kwargs)
+            else:
+                method = getattr(self.clients.dynamodb, operation)
+                response = self.retry_policy.call(method, sleep=self._sleep, **kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") == "ConditionalCheckFailedException":
-                raise TaskConflict(error.get("Message", "condition failed")) from exc
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ConditionalCheckFailedException":
+                raise TaskConflict("condition failed") from exc
+            # Only the code: AWS's message may quote the request's values (task data).
             raise StoreError(
-                f"DynamoDB {operation} failed: {error.get('Code')}: {exc}",
-                transient=is_transient(exc),
+                f"DynamoDB {operation} failed: {code}", transient=is_transient(exc), code=code
             ) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"DynamoDB {operation} failed: {exc}", transient=True) from exc
+            raise StoreError(
+                f"DynamoDB {operation} failed: {type(exc).__name__}", transient=True
+            ) from exc
         return response

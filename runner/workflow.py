@@ -1,15 +1,15 @@
 """The retry workflow's Python side: start one execution per failure episode, read history.
 
-Only `route_failed` (and `retry-task`, by hand) starts executions. An execution is named
-`<task id>-<episode>`, and StartExecution is idempotent by name and input, so however many
-times the stream delivers a FAILED record, one execution runs for that failure.
+Executions are started by `route_failed` (a retryable failure outside a workflow), by the
+stream and the sweeper for a task too long to run there (`runner.dispatch`), by
+`retry-task`, and by the sweeper's repairs. Each is named for its (task, episode)
+(`runner.executions`), and StartExecution is idempotent by name and input while the
+execution runs, so however many times a start is repeated, one execution runs for that
+episode. A name already taken by anything else moves the task to a new episode.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,24 +19,28 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from runner.aws import AwsClients, AwsRetryPolicy
 from runner.config import Settings
-from runner.errors import ConfigurationError, WorkflowError
-from runner.items import deserialize_image
+from runner.errors import ConfigurationError, MalformedTask, TaskConflict, WorkflowError
+from runner.executions import ExecutionRef
+from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
-from runner.model import TaskStatus, status_shard
+from runner.model import Task, TaskStatus
 from runner.store import TaskStore
 
-_NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
-MAX_EXECUTION_NAME = 80
+S = TaskStatus
+# New episodes opened in one start because the name was taken (never more than one,
+# unless names collide by chance).
+MAX_NAME_COLLISIONS = 3
+RUNNING = "RUNNING"
 
 
-def execution_name(task_id: str, episode: int) -> str:
-    """`<task id>-<episode>`, made safe for Step Functions (80 chars of [A-Za-z0-9_-])."""
-    safe = _NAME_OK.sub("_", task_id)
-    suffix = f"-{episode}"
-    if safe != task_id or len(safe) + len(suffix) > MAX_EXECUTION_NAME:
-        digest = hashlib.sha256(task_id.encode()).hexdigest()[:12]
-        safe = f"{safe[: MAX_EXECUTION_NAME - len(suffix) - 13]}_{digest}"
-    return f"{safe}{suffix}"
+@dataclass(frozen=True)
+class Started:
+    """The execution that owns an episode: started now, or found running or finished."""
+
+    arn: str
+    ref: ExecutionRef
+    new: bool
+    status: str = RUNNING
 
 
 @dataclass(frozen=True)
@@ -76,42 +80,97 @@ class RetryWorkflow:
         return self.settings.state_machine_arn
 
     def _sfn(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One Step Functions call with tenacity retries; AWS's text never leaves it."""
         method = getattr(self.clients.stepfunctions, operation)
         extra = {"sleep": self._sleep} if self._sleep else {}
-        result: dict[str, Any] = self.retry_policy.call(method, **extra, **kwargs)
+        try:
+            result: dict[str, Any] = self.retry_policy.call(method, **extra, **kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            raise WorkflowError(f"Step Functions {operation} failed: {code}", code=code) from exc
+        except BotoCoreError as exc:
+            raise WorkflowError(f"Step Functions {operation} failed: {type(exc).__name__}") from exc
         return result
 
-    def start(self, task_id: str, episode: int) -> tuple[str, bool]:
-        """Start the execution for one failure episode; returns (arn, started_now)."""
-        name = execution_name(task_id, episode)
-        # Deterministic input: StartExecution is idempotent only for the same name and input.
-        payload = json.dumps(
-            {
-                "task_id": task_id,
-                "episode": episode,
-                "failed_shard": status_shard(task_id, TaskStatus.FAILED),
-            },
-            sort_keys=True,
-        )
-        try:
-            arn = self._sfn(
-                "start_execution", stateMachineArn=self.state_machine_arn, name=name, input=payload
-            )["executionArn"]
-            started = True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
-                raise WorkflowError(f"cannot start retry execution {name}: {exc}") from exc
-            arn = self._execution_arn(name)
-            started = False
-        except BotoCoreError as exc:
-            raise WorkflowError(f"cannot start retry execution {name}: {exc}") from exc
-        self.store.add_execution(task_id, episode, arn)
-        return arn, started
-
-    def _execution_arn(self, name: str) -> str:
+    def execution_arn(self, name: str) -> str:
         # arn:aws:states:region:account:stateMachine:NAME → ...:execution:NAME:EXEC
         prefix = self.state_machine_arn.replace(":stateMachine:", ":execution:", 1)
         return f"{prefix}:{name}"
+
+    # --- starting ----------------------------------------------------------------------
+
+    def start(self, ref: ExecutionRef) -> Started | None:
+        """Make sure the execution for `ref` exists: start it, or find it. If its name is
+        taken by another execution, the task moves to a new episode, which is started.
+        Returns None when the task has meanwhile left that episode (nothing to start)."""
+        for _ in range(MAX_NAME_COLLISIONS):
+            try:
+                arn = self._sfn(
+                    "start_execution",
+                    stateMachineArn=self.state_machine_arn,
+                    name=ref.name,
+                    input=ref.input(),
+                )["executionArn"]
+                started = Started(arn, ref, new=True)
+            except WorkflowError as exc:
+                if exc.code != "ExecutionAlreadyExists":
+                    raise
+                arn = self.execution_arn(ref.name)
+                info = self._sfn("describe_execution", executionArn=arn)
+                if ref.owns(info.get("input")):
+                    started = Started(arn, ref, new=False, status=str(info.get("status")))
+                else:
+                    self.log.warning(
+                        "execution name taken by another execution; opening a new episode",
+                        extra={"task_id": ref.task_id, "episode": ref.episode},
+                    )
+                    moved = self.redrive(ref)
+                    if moved is None:
+                        return None
+                    ref = moved
+                    continue
+            self.store.add_execution(ref.task_id, ref.episode, started.arn, ref.created_at)
+            return started
+        raise WorkflowError(f"execution names for task {ref.task_id} keep colliding")
+
+    def ensure_running(self, ref: ExecutionRef) -> Started | None:
+        """`start`, and if the episode's execution exists but has ended while the task
+        still waits for it, move the task to a new episode and start that one."""
+        found = self.start(ref)
+        if found is None or found.new or found.status == RUNNING:
+            return found
+        moved = self.redrive(found.ref)
+        return found if moved is None else self.start(moved)
+
+    def redrive(self, ref: ExecutionRef) -> ExecutionRef | None:
+        """Move the task from `ref`'s episode to a new one (RETRYING); None if it has left
+        that episode, or is not waiting for a retry (PENDING for the workflow, RETRYING,
+        or FAILED retryable and not exhausted)."""
+        task = self.store.find(ref.task_id)
+        if (
+            task is None
+            or task.episode != ref.episode
+            or (task.created_at or "") != ref.created_at
+            or not waiting_for_workflow(task)
+        ):
+            return None
+        try:
+            return ExecutionRef.of(self.store.redrive(task, statuses=(task.status,)))
+        except TaskConflict:
+            return None
+
+    def status(self, ref: ExecutionRef) -> str | None:
+        """The status of `ref`'s execution (RUNNING, SUCCEEDED, FAILED, ...), "TAKEN" if its
+        name belongs to another execution, None if there is none."""
+        try:
+            info = self._sfn("describe_execution", executionArn=self.execution_arn(ref.name))
+        except WorkflowError as exc:
+            if exc.code == "ExecutionDoesNotExist":
+                return None
+            raise
+        return str(info.get("status")) if ref.owns(info.get("input")) else "TAKEN"
+
+    # --- routing (routeFailed) -----------------------------------------------------------
 
     def route(self, records: Sequence[Any]) -> RouteResult:
         """routeFailed: one execution per PROCESSING → FAILED (retryable) change."""
@@ -121,24 +180,35 @@ class RetryWorkflow:
         failures: list[str] = []
 
         def route_one(record: Any) -> tuple[str, str | None]:
-            target = routable(record)
-            if target is None:
+            ref = routable(record)
+            if ref is None:
                 return "ignored", None
-            task_id, episode = target
             sequence = str(record["dynamodb"].get("SequenceNumber", ""))
             try:
-                arn, new = self.start(task_id, episode)
+                # An execution of that name that has ended while the task still waits for
+                # it (a task put again with the same created_at) runs nothing: a new episode.
+                found = self.ensure_running(ref)
             except Exception as exc:
                 self.log.error(
                     "retry routing failed; the stream will redeliver",
-                    extra={"task_id": task_id, "episode": episode, "error": str(exc)},
+                    extra={
+                        "task_id": ref.task_id,
+                        "episode": ref.episode,
+                        "error": str(exc) if isinstance(exc, WorkflowError) else type(exc).__name__,
+                    },
                 )
                 return "failed", sequence or None
+            if found is None:
+                return "ignored", None
             self.log.info(
-                "retry execution started" if new else "retry execution exists",
-                extra={"task_id": task_id, "episode": episode, "execution": arn},
+                "retry execution started" if found.new else "retry execution exists",
+                extra={
+                    "task_id": ref.task_id,
+                    "episode": found.ref.episode,
+                    "execution": found.arn,
+                },
             )
-            return ("started" if new else "exists"), arn
+            return ("started" if found.new else "exists"), found.arn
 
         with ThreadPoolExecutor(max_workers=max(1, min(len(records), 16))) as pool:
             for kind, value in pool.map(route_one, records):
@@ -152,6 +222,8 @@ class RetryWorkflow:
                 elif value:
                     already.append(value)
         return RouteResult(started, already, ignored, failures)
+
+    # --- reading -------------------------------------------------------------------------
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
         """An execution's events, reduced to what a person reads: time, type, error."""
@@ -185,8 +257,16 @@ class RetryWorkflow:
         }
 
 
-def routable(record: Any) -> tuple[str, int] | None:
-    """(task id, episode) if the record is the PROCESSING → FAILED (retryable) change.
+def waiting_for_workflow(task: Task) -> bool:
+    """True if the task waits for an execution to run it: handed off (PENDING, for the
+    workflow), RETRYING, or FAILED retryable with retries left."""
+    if task.status in (S.PENDING, S.RETRYING):
+        return True
+    return task.status is S.FAILED and task.retryable is True and not task.retries_exhausted
+
+
+def routable(record: Any) -> ExecutionRef | None:
+    """The execution to start if the record is the PROCESSING → FAILED (retryable) change.
 
     The same test as routeFailed's filter pattern, repeated here so a record that slips
     past a filter (or the local stack's) still starts nothing it should not.
@@ -201,11 +281,11 @@ def routable(record: Any) -> tuple[str, int] | None:
         old = deserialize_image(body.get("OldImage") or {})
     except Exception:
         return None
-    if old.get("status") != TaskStatus.PROCESSING.value:
+    if old.get("status") != S.PROCESSING.value:
         return None
-    if new.get("status") != TaskStatus.FAILED.value or new.get("retryable") is not True:
+    if new.get("status") != S.FAILED.value or new.get("retryable") is not True:
         return None
-    task_id, episode = new.get("id"), new.get("episode", 0)
-    if not isinstance(task_id, str) or not isinstance(episode, int):
+    try:
+        return ExecutionRef.of(task_from_item(new))
+    except MalformedTask:
         return None
-    return task_id, episode

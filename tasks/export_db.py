@@ -3,6 +3,13 @@
 The table is read one Scan page at a time and written through gzip to a temporary file,
 so memory stays flat however large the table is. The object key is derived from the
 task's idempotency key: a retried export overwrites the same object.
+
+The link is a bearer credential for the whole table, so an export is mailed only to a
+recipient `TASK_RUNNER_EXPORT_RECIPIENTS` allows (an address, or `@domain`); with none
+allowed, every export fails. A presigned URL stops working when the credentials that
+signed it expire, whatever its own expiry says, and a Lambda cannot know when its role's
+session ends: the mail promises "up to" the URL's own expiry, and `export-link
+--task-id ID` signs a fresh link with the caller's credentials.
 """
 
 from __future__ import annotations
@@ -15,15 +22,57 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, EmailStr
 
+from runner.config import Settings
 from runner.context import TaskContext
-from runner.errors import ConfigurationError, RetryableTaskError
+from runner.errors import ConfigurationError, PermanentTaskError, RetryableTaskError
 from runner.items import deserialize_image
 from runner.registry import TaskDefinition
 
 # Items per Scan page: small enough to bound memory, large enough to be cheap.
 SCAN_PAGE_SIZE = 500
-# How long the e-mailed link works.
-LINK_EXPIRY_SECONDS = 24 * 3600
+# The e-mailed link's own expiry: an upper bound (it also ends with the signing session).
+LINK_EXPIRY_SECONDS = 3600
+# The longest a presigned link can be valid (SigV4).
+MAX_LINK_SECONDS = 7 * 24 * 3600
+
+
+class RecipientNotAllowed(PermanentTaskError):
+    """The export's recipient is not in TASK_RUNNER_EXPORT_RECIPIENTS."""
+
+
+def recipient_allowed(address: str, allowed: tuple[str, ...]) -> bool:
+    """True if `address` is listed, or its domain is (`@example.org`), case-insensitively."""
+    address = address.strip().lower()
+    domain = "@" + address.rpartition("@")[2]
+    return any(entry.lower() in (address, domain) for entry in allowed)
+
+
+def check_recipient(address: str, settings: Settings) -> None:
+    if not settings.export_recipients:
+        raise RecipientNotAllowed(
+            "exports are refused: TASK_RUNNER_EXPORT_RECIPIENTS allows no recipient"
+        )
+    if not recipient_allowed(address, settings.export_recipients):
+        # Not the address itself: errors are stored and logged, addresses are data.
+        raise RecipientNotAllowed(
+            "this recipient is not allowed: add it (or its @domain) to "
+            "TASK_RUNNER_EXPORT_RECIPIENTS"
+        )
+
+
+def presigned_link(s3: Any, bucket: str, key: str, seconds: int = LINK_EXPIRY_SECONDS) -> str:
+    """A GET link for the export, signed with `s3`'s credentials, for at most `seconds`."""
+    if not 1 <= seconds <= MAX_LINK_SECONDS:
+        raise ValueError(f"a link is valid for 1 to {MAX_LINK_SECONDS} seconds")
+    url: str = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+    )
+    return url
+
+
+def _hours(seconds: int) -> str:
+    hours = seconds / 3600
+    return f"{hours:g} hour" + ("" if hours == 1 else "s")
 
 
 class ExportDbInput(BaseModel):
@@ -44,6 +93,7 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
         raise ConfigurationError(
             "EXPORT_DB needs TASK_RUNNER_EXPORT_BUCKET and TASK_RUNNER_SENDER_EMAIL"
         )
+    check_recipient(str(data.email), settings)
     dynamodb, s3, ses = ctx.clients.dynamodb, ctx.clients.s3, ctx.clients.ses
     key = export_key(ctx)
     rows = pages = 0
@@ -68,10 +118,11 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
                 key,
                 extra_args={"ContentType": "application/x-ndjson", "ContentEncoding": "gzip"},
             ).result()
-    url = s3.generate_presigned_url(
-        "get_object",
-        Params={"Bucket": settings.export_bucket, "Key": key},
-        ExpiresIn=LINK_EXPIRY_SECONDS,
+    url = presigned_link(s3, settings.export_bucket, key)
+    body = (
+        f"{rows} tasks exported. Download (valid for up to {_hours(LINK_EXPIRY_SECONDS)}; "
+        "it may stop earlier, when the credentials that signed it expire):\n"
+        f"{url}\n\nFor a fresh link: task-runner export-link --task-id {ctx.task_id}\n"
     )
     try:
         ses.send_email(
@@ -79,13 +130,13 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
             Destination={"ToAddresses": [str(data.email)]},
             Message={
                 "Subject": {"Data": "Your task table export is ready"},
-                "Body": {
-                    "Text": {"Data": f"{rows} tasks exported. Download (valid 24 h):\n{url}\n"}
-                },
+                "Body": {"Text": {"Data": body}},
             },
         )
     except ClientError as exc:
-        raise RetryableTaskError(f"could not send the export e-mail: {exc}") from exc
+        # Only the code: SES's message names the addresses it refused.
+        code = exc.response.get("Error", {}).get("Code", "unknown")
+        raise RetryableTaskError(f"could not send the export e-mail: {code}") from exc
     ctx.logger.info("export written", extra={"task_id": ctx.task_id, "rows": rows, "pages": pages})
     return {"bucket": settings.export_bucket, "key": key, "rows": rows, "pages": pages}
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from moto import mock_aws
 
+from runner import runtime
 from runner.app import App, get_app
 from runner.aws import AwsClients
 from runner.config import Settings
@@ -37,6 +38,7 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     get_app.cache_clear()
     demo_tasks.EFFECTS.clear()
+    runtime.forget_abandoned()  # threads an earlier test's handlers left running
     yield
     get_app.cache_clear()
 
@@ -65,6 +67,7 @@ def settings() -> Settings:
         region="us-east-1",
         export_bucket="exports-test",
         sender_email="noreply@example.com",
+        export_recipients=("@example.com",),
         state_machine_arn=None,
     )
 

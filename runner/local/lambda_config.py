@@ -19,6 +19,8 @@ from runner.local.template import ROOT
 
 # The Python runtime the template names, reported in AWS_EXECUTION_ENV.
 RUNTIME = "python3.12"
+# The Runtime API's address in every Lambda environment (AWS_LAMBDA_RUNTIME_API).
+RUNTIME_API = "127.0.0.1:9001"
 # Variables Lambda sets itself; a function configuration that sets one is refused.
 RESERVED_VARIABLES = (
     "_HANDLER",
@@ -50,6 +52,9 @@ class FunctionConfig:
     timeout: float
     memory_mb: int = 1024
     reserved_concurrency: int | None = None
+    # Without a reserved concurrency: the environments the function may have at once
+    # (None: the service's default), e.g. as many as its stream mappings can keep busy.
+    unreserved_concurrency: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
     account: str = "123456789012"
@@ -65,6 +70,7 @@ class FunctionConfig:
             "timeout": self.timeout,
             "memory_mb": self.memory_mb,
             "reserved_concurrency": self.reserved_concurrency,
+            "unreserved_concurrency": self.unreserved_concurrency,
             "environment": dict(self.environment),
             "region": self.region,
             "account": self.account,
@@ -73,12 +79,14 @@ class FunctionConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FunctionConfig:
         concurrency = values.get("reserved_concurrency")
+        unreserved = values.get("unreserved_concurrency")
         return cls(
             name=str(values["name"]),
             handler=str(values["handler"]),
             timeout=float(values["timeout"]),
             memory_mb=int(values.get("memory_mb", 1024)),
             reserved_concurrency=None if concurrency is None else int(concurrency),
+            unreserved_concurrency=None if unreserved is None else int(unreserved),
             environment={str(k): str(v) for k, v in values.get("environment", {}).items()},
             region=str(values.get("region", "us-east-1")),
             account=str(values.get("account", "123456789012")),
@@ -122,6 +130,10 @@ def environment_variables(
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            # Where Lambda's runtime finds the Runtime API (the worker speaks over pipes
+            # instead). Set as Lambda sets it: code that ends the runtime when it cannot
+            # stop a handler (runner.runtime) knows by it that it runs in Lambda.
+            "AWS_LAMBDA_RUNTIME_API": RUNTIME_API,
             "AWS_ACCESS_KEY_ID": access_key_id,
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing",

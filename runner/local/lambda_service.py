@@ -133,9 +133,12 @@ class LambdaService:
                 self._stats.setdefault(config.name, FunctionStats())
 
     def concurrency(self, name: str) -> int:
+        """The function's reserved concurrency; without one, the stack's stand-in for the
+        account's unreserved pool: the default, or what its stream mappings can use."""
         config = self._functions[name]
-        reserved = config.reserved_concurrency
-        return self.default_concurrency if reserved is None else reserved
+        if config.reserved_concurrency is not None:
+            return config.reserved_concurrency
+        return max(self.default_concurrency, config.unreserved_concurrency or 0)
 
     # --- invoking ------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 Moto's own event source mappings need Docker and ignore filters and batch settings, so
 the local stack replaces each mapping of the template with a `StreamPoller` that applies
 the mapping's settings as Lambda's poller does for one shard (records in order, one
-batch in flight), and invokes the function synchronously through the endpoint's Lambda
-service (runner.local.lambdas.LambdaInvoker), so the batch runs in one of the function's
-execution environments with its timeout, and a timeout or crash is a function error:
+batch in flight per ParallelizationFactor lane), and invokes the function synchronously
+through the endpoint's Lambda service (runner.local.lambdas.LambdaInvoker), so the
+batch runs in one of the function's execution environments with its timeout, and a
+timeout or crash is a function error:
 
 - FilterCriteria: a record is delivered if any pattern matches the record as Lambda
   shapes it; records matching none are dropped (and count as processed), as on AWS.
@@ -19,6 +20,8 @@ execution environments with its timeout, and a timeout or crash is a function er
   and, with an OnFailure SQS destination, its metadata (never the records) is sent there.
   A throttled invocation (the function's concurrency is reached) is retried without
   counting against MaximumRetryAttempts: the batch never reached the function.
+- ParallelizationFactor: N > 1 batches of the shard in flight at once, records spread
+  over them by partition key, each key's in order (runner.local.stream_lanes).
 
 Chaos (runner.local.chaos): with `stream[.function].redeliver`, a batch that succeeded is
 delivered once more, as a stream may do on AWS (at least once).
@@ -39,6 +42,7 @@ from typing import Any
 from runner.local.chaos import FaultPlan
 from runner.local.lambdas import Invoker, InvokeThrottled
 from runner.local.stack import StreamMapping
+from runner.local.stream_lanes import Lanes
 from runner.local.stream_records import (
     Record,
     RecordFilter,
@@ -56,6 +60,8 @@ GET_RECORDS_LIMIT = 1000
 DEFAULT_POLL_INTERVAL = 0.05
 # Lambda's pause between retries of a failed stream batch grows to about this.
 MAX_RETRY_DELAY = 2.0
+# A throttled invocation's pause grows this many steps of `retry_delay` (to 0.4 s).
+THROTTLED_BACKOFF_STEPS = 3
 
 
 def retry_delay(attempt: int) -> float:
@@ -114,6 +120,18 @@ class StreamPoller:
         self.backoff = backoff
         self.filter = RecordFilter(mapping.filter_patterns)
         self.stats = PollerStats()
+        self._stats_lock = threading.Lock()  # lanes deliver from threads of their own
+        self._lanes = (
+            Lanes(
+                mapping.parallelization_factor,
+                batch_size=mapping.batch_size,
+                deliver=self._deliver_batch,
+                name=f"poller-{mapping.function_logical_id}",
+                max_queued=2 * GET_RECORDS_LIMIT,
+            )
+            if mapping.parallelization_factor > 1
+            else None
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._iterator: str | None = None
@@ -125,6 +143,8 @@ class StreamPoller:
     def start(self) -> None:
         """Take the starting position now (as creating the mapping does), then poll."""
         self._iterator = self._new_iterator()
+        if self._lanes is not None:
+            self._lanes.start()
         self._thread = threading.Thread(
             target=self._run, name=f"poller-{self.mapping.function_logical_id}", daemon=True
         )
@@ -132,13 +152,19 @@ class StreamPoller:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        if self._lanes is not None:
+            self._lanes.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 
     @property
     def caught_up(self) -> bool:
         """True when the last read found nothing new and every batch was delivered."""
-        return self._caught_up.is_set()
+        return self._caught_up.is_set() and (self._lanes is None or self._lanes.idle)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + amount)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -186,17 +212,24 @@ class StreamPoller:
             return 0
         self._caught_up.clear()
         matching = [r for r in records if self.filter.matches(r)]
-        self.stats.filtered_out += len(records) - len(matching)
+        self._count("filtered_out", len(records) - len(matching))
+        if self._lanes is not None:
+            self._lanes.put(matching)
+            return len(records)
         for batch in batches(matching, max(1, self.mapping.batch_size)):
             if self._stop.is_set():
                 break
-            self._deliver(batch, retries=0)
-            if self.faults is not None and self.faults.decide(
-                "stream", self.mapping.function_name, "redeliver", f"{len(batch)} records"
-            ):
-                self.stats.redelivered += 1
-                self._deliver(batch, retries=0)
+            self._deliver_batch(batch)
         return len(records)
+
+    def _deliver_batch(self, batch: list[Record]) -> None:
+        """One batch, to success or its limits; again if a chaos fault redelivers it."""
+        self._deliver(batch, retries=0)
+        if self.faults is not None and self.faults.decide(
+            "stream", self.mapping.function_name, "redeliver", f"{len(batch)} records"
+        ):
+            self._count("redelivered")
+            self._deliver(batch, retries=0)
 
     # --- delivering ------------------------------------------------------------------
 
@@ -227,7 +260,7 @@ class StreamPoller:
                     self._give_up(batch, condition, retries + 1)
                     return
                 half = len(batch) // 2
-                self.stats.retries += 1
+                self._count("retries")
                 self._deliver(batch[:half], retries=retries + 1)
                 self._deliver(batch[half:], retries=retries + 1)
                 return
@@ -237,7 +270,7 @@ class StreamPoller:
             if condition:
                 self._give_up(batch, condition, retries)
                 return
-            self.stats.retries += 1
+            self._count("retries")
             self._stop.wait(self.backoff(retries))
 
     def _exhausted(self, batch: list[Record], retries: int) -> str | None:
@@ -269,16 +302,18 @@ class StreamPoller:
                 invocation = self.invoke({"Records": batch})
                 break
             except InvokeThrottled:
-                # Not a retry of the batch: it never reached the function.
-                self.stats.throttled += 1
+                # Not a retry of the batch: it never reached the function. Tried again
+                # soon (at most 0.4 s apart): with ParallelizationFactor several batches
+                # of a shard wait for the function's few local environments.
+                self._count("throttled")
                 attempt += 1
-                if self._stop.wait(self.backoff(min(attempt, 5))):
+                if self._stop.wait(self.backoff(min(attempt, THROTTLED_BACKOFF_STEPS))):
                     return _Attempt(failed_from=0, function_error=False)
             except Exception:
                 log.exception("invoking %s failed; retrying the batch", self.mapping.function_name)
                 return _Attempt(failed_from=0, function_error=True)
-        self.stats.invocations += 1
-        self.stats.delivered += len(batch)
+        self._count("invocations")
+        self._count("delivered", len(batch))
         if invocation.function_error:
             payload = invocation.payload if isinstance(invocation.payload, dict) else {}
             log.warning(
@@ -294,7 +329,7 @@ class StreamPoller:
         return _Attempt(failed_from=first_failed_index(batch, response), function_error=False)
 
     def _give_up(self, batch: list[Record], condition: str, retries: int) -> None:
-        self.stats.discarded += len(batch)
+        self._count("discarded", len(batch))
         log.error("%s: skipping %d records (%s)", self.mapping.function_name, len(batch), condition)
         if self.sqs is None or not self.mapping.on_failure_physical_id:
             return
@@ -302,7 +337,7 @@ class StreamPoller:
             QueueUrl=self.mapping.on_failure_physical_id,
             MessageBody=json.dumps(self.failure_message(batch, condition, retries)),
         )
-        self.stats.on_failure_messages += 1
+        self._count("on_failure_messages")
 
     def failure_message(self, batch: list[Record], condition: str, retries: int) -> Record:
         """The invocation record Lambda sends to an OnFailure destination: metadata only."""

@@ -31,14 +31,19 @@ class FunctionInfo:
     memory_mb: int = 128
     reserved_concurrency: int | None = None  # the template's ReservedConcurrentExecutions
 
-    def config(self, region: str, account: str) -> FunctionConfig:
-        """What the endpoint's Lambda service needs to run it."""
+    def config(
+        self, region: str, account: str, *, stream_batches: int | None = None
+    ) -> FunctionConfig:
+        """What the endpoint's Lambda service needs to run it; `stream_batches`: how many
+        batches its stream mappings can have in flight at once (ParallelizationFactor times
+        shards), each of which AWS gives an environment of its own."""
         return FunctionConfig(
             name=self.name,
             handler=self.handler,
             timeout=self.timeout,
             memory_mb=self.memory_mb,
             reserved_concurrency=self.reserved_concurrency,
+            unreserved_concurrency=stream_batches,
             environment=dict(self.environment),
             region=region,
             account=account,

@@ -158,7 +158,11 @@ class LocalStack:
             apply_time_to_live(session, endpoint, region, created, template)
             server.ttl(ttl_lag)
             overlay = function_overlay(region, endpoint, modules, log_level)
-            configs = [info.config(region, ACCOUNT).as_dict() for info in functions.values()]
+            batches = stream_batches(session, endpoint, created)
+            configs = [
+                info.config(region, ACCOUNT, stream_batches=batches.get(logical_id)).as_dict()
+                for logical_id, info in functions.items()
+            ]
             server.register(configs, overlay)
             env = client_environment(functions, EXPORTED)
             env.update(base_env, AWS_ENDPOINT_URL=endpoint, **{TASK_MODULES_ENV: modules})
@@ -347,6 +351,24 @@ class LocalStack:
                 waiting = sorted(str(t.get("id")) for t in tasks if not is_settled(t))
                 raise LocalStackError(f"not settled after {timeout:.0f} s: {waiting}")
             time.sleep(interval)
+
+
+def stream_batches(
+    session: boto3.Session, endpoint: str, created: cfn.LocalStack
+) -> dict[str, int]:
+    """Per function (logical id): the stream batches its mappings can have in flight at
+    once: ParallelizationFactor times the stream's shards."""
+    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+    streams = session.client("dynamodbstreams", endpoint_url=endpoint)
+    found: dict[str, int] = {}
+    for mapping in created.stream_mappings:
+        table = created.resources[mapping.source_logical_id]
+        arn = dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+        shards = len(streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"])
+        found[mapping.function_logical_id] = (
+            found.get(mapping.function_logical_id, 0) + mapping.parallelization_factor * shards
+        )
+    return found
 
 
 def is_settled(task: Mapping[str, Any]) -> bool:

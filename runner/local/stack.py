@@ -4,7 +4,8 @@
 function zip. `create_stack` uploads the zip, adapts the template to moto (see
 `adapt_for_moto`) and creates the stack; it returns the stack's outputs and the settings
 of the event source mappings it had to leave out, so a local stream poller can honour
-them (batch size, filters, starting position, retries, on-failure destination, handler).
+them (batch size, filters, starting position, retries, on-failure destination,
+parallelization factor, handler).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class StreamMapping:
     on_failure_logical_id: str | None
     # Physical id of the on-failure resource (an SQS queue URL), once the stack exists.
     on_failure_physical_id: str | None = None
+    # Batches of one shard in flight at once (AWS's default 1, at most 10).
+    parallelization_factor: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def stream_mappings(template: Template) -> tuple[StreamMapping, ...]:
                 report_batch_item_failures="ReportBatchItemFailures"
                 in props.get("FunctionResponseTypes", []),
                 on_failure_logical_id=_logical_id(on_failure),
+                parallelization_factor=int(props.get("ParallelizationFactor", 1)),
             )
         )
     return tuple(mappings)

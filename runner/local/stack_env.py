@@ -33,6 +33,10 @@ EXPORTED = (
     "TASK_RUNNER_STATE_MACHINE_ARN",
     "TASK_RUNNER_EXPORT_BUCKET",
     "TASK_RUNNER_SENDER_EMAIL",
+    # run-task of an EXPORT_DB in that shell mails only whom the stack's functions may.
+    "TASK_RUNNER_EXPORT_RECIPIENTS",
+    # The CLI's `sweep` replays the stream batches the mappings gave up on, as `sweep` does.
+    "TASK_RUNNER_FAILED_BATCH_QUEUE_URL",
     "TASK_RUNNER_TASK_MODULES",
 )
 

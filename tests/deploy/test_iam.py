@@ -20,10 +20,10 @@ STREAM_READ = {
     f"dynamodb:{action}": {"TasksTable.StreamArn"}
     for action in ("DescribeStream", "GetRecords", "GetShardIterator", "ListStreams")
 }
-RUN_TASKS = {
-    "dynamodb:GetItem": {TABLE},
-    "dynamodb:UpdateItem": {TABLE},
-    "dynamodb:Scan": {TABLE},  # EXPORT_DB
+TASK_WRITES = {"dynamodb:GetItem": {TABLE}, "dynamodb:UpdateItem": {TABLE}}
+# EXPORT_DB, in its own function: the only role that may read the whole table.
+EXPORTS = {
+    "dynamodb:Scan": {TABLE},
     "s3:PutObject": {"ExportBucket.Arn/*"},
     "s3:GetObject": {"ExportBucket.Arn/*"},
     "ses:SendEmail": {SES_IDENTITIES},
@@ -31,6 +31,18 @@ RUN_TASKS = {
 }
 ON_FAILURE = {"sqs:SendMessage": {"StreamOnFailureQueue.Arn"}}
 START_RETRY = {"states:StartExecution": {"RetryStateMachine"}}
+DESCRIBE_RETRIES = {
+    "states:DescribeExecution": {
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+        ":execution:task-runner-retry-test:*"
+    }
+}
+REPLAY = {
+    "sqs:ReceiveMessage": {"StreamOnFailureQueue.Arn"},
+    "sqs:DeleteMessage": {"StreamOnFailureQueue.Arn"},
+    "dynamodb:GetShardIterator": {"TasksTable.StreamArn"},
+    "dynamodb:GetRecords": {"TasksTable.StreamArn"},
+}
 LOG_DELIVERY = {
     f"logs:{action}": {"*"}
     for action in (
@@ -46,26 +58,45 @@ LOG_DELIVERY = {
 }
 
 EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
-    "processStream": {**XRAY, **STREAM_READ, **RUN_TASKS, **ON_FAILURE},
+    # Runs tasks, and hands those longer than it can give to the retry workflow.
+    "processStream": {
+        **XRAY,
+        **STREAM_READ,
+        **TASK_WRITES,
+        **START_RETRY,
+        **DESCRIBE_RETRIES,
+        **ON_FAILURE,
+    },
     "routeFailed": {
         **XRAY,
         **STREAM_READ,
         **ON_FAILURE,
         **START_RETRY,
-        "dynamodb:UpdateItem": {TABLE},
+        **DESCRIBE_RETRIES,
+        **TASK_WRITES,
     },
-    "runTask": {**XRAY, **RUN_TASKS},
-    # The sweeper lists by status, then claims and runs what it finds (EXPORT_DB too).
+    "runTask": {**XRAY, **TASK_WRITES},
+    "runExport": {**XRAY, **TASK_WRITES, **EXPORTS},
+    # The sweeper lists by status, replays failed stream batches, runs what it finds
+    # (never EXPORT_DB: that goes to the workflow) and restarts stranded retries.
     "sweep": {
         **XRAY,
-        **RUN_TASKS,
+        **TASK_WRITES,
         **START_RETRY,
+        **DESCRIBE_RETRIES,
+        **REPLAY,
         "dynamodb:Query": {"TasksTable.Arn/index/by-status"},
     },
 }
 EXPECTED_STATE_MACHINE_GRANTS: Grants = {
-    "lambda:InvokeFunction": {"RunTaskLambdaFunction.Arn", "RunTaskLambdaFunction.Arn:*"},
-    "dynamodb:UpdateItem": {TABLE},
+    # runTask also makes the final "retries exhausted" write: the state machine touches
+    # no table itself.
+    "lambda:InvokeFunction": {
+        "RunTaskLambdaFunction.Arn",
+        "RunTaskLambdaFunction.Arn:*",
+        "RunExportLambdaFunction.Arn",
+        "RunExportLambdaFunction.Arn:*",
+    },
     "xray:PutTraceSegments": {"*"},
     "xray:PutTelemetryRecords": {"*"},
     "xray:GetSamplingRules": {"*"},
@@ -147,8 +178,17 @@ def test_each_function_has_its_own_role_and_no_shared_role_is_left(packaged: Pac
     assert "IamRoleLambdaExecution" not in packaged.template["Resources"]
 
 
+def test_only_the_export_function_may_scan_the_table(packaged: Packaged) -> None:
+    scanners = [
+        name
+        for name in EXPECTED_FUNCTION_GRANTS
+        if "dynamodb:Scan" in grants(function_role(packaged, name))
+    ]
+    assert scanners == ["runExport"]
+
+
 def test_ses_is_allowed_only_from_the_sender_address(packaged: Packaged) -> None:
-    for name in ("processStream", "runTask", "sweep"):
+    for name in ("runExport",):
         [statement] = [
             s for s in statements(function_role(packaged, name)) if "ses:SendEmail" in s["Action"]
         ]

@@ -41,15 +41,15 @@ def test_packaged_template_reaches_create_complete(packaged: Packaged) -> None:
                 "definition"
             ]
         )
-        run_task = definition["States"]["RunTask"]["Parameters"]["FunctionName"]
-        table = definition["States"]["MarkRetriesExhausted"]["Parameters"]["TableName"]
+        run_task = definition["States"]["UseTaskFunction"]["Result"]
+        run_export = definition["States"]["UseExportFunction"]["Result"]
         assert run_task.endswith(":function:task-runner-test-runTask")
-        assert table == "task-runner-tasks-test"
+        assert run_export.endswith(":function:task-runner-test-runExport")
         # ... and nothing else changed (moto's Fn::Sub variable map turns `$$` into `$`)
         from runner.local.statemachine import load_definition
 
         assert definition == json.loads(
-            load_definition({"RunTaskFunctionArn": run_task, "TasksTableName": table})
+            load_definition({"RunTaskFunctionArn": run_task, "ExportFunctionArn": run_export})
         )
 
         # The functions exist with the uploaded code
@@ -57,7 +57,7 @@ def test_packaged_template_reaches_create_complete(packaged: Packaged) -> None:
         names = {f["FunctionName"] for f in lambdas.list_functions()["Functions"]}
         assert names == {
             f"task-runner-test-{name}"
-            for name in ("processStream", "routeFailed", "runTask", "sweep")
+            for name in ("processStream", "routeFailed", "runTask", "runExport", "sweep")
         }
 
 

@@ -26,7 +26,9 @@ ASL_PATH = ROOT / "statemachine" / "retry.asl.json"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z][A-Za-z0-9_]*)\}")
 SAMPLE_VALUES = {
     "RunTaskFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:task-runner-test-runTask",
-    "TasksTableName": "task-runner-tasks-test",
+    "ExportFunctionArn": (
+        "arn:aws:lambda:us-east-1:123456789012:function:task-runner-test-runExport"
+    ),
 }
 
 

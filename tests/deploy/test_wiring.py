@@ -19,6 +19,7 @@ HANDLERS = {
     "ProcessStreamLambdaFunction": "handler.process_stream",
     "RouteFailedLambdaFunction": "handler.route_failed",
     "RunTaskLambdaFunction": "handler.run_task",
+    "RunExportLambdaFunction": "handler.run_export",
     "SweepLambdaFunction": "handler.sweep",
 }
 INSERT_PENDING = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["PENDING"]}}}}
@@ -69,6 +70,8 @@ def test_process_stream_gets_only_new_pending_tasks(packaged: Packaged) -> None:
 
     assert filters(mapping) == [INSERT_PENDING, PUT_AGAIN_AS_PENDING]
     assert mapping["BatchSize"] == 100
+    # A slow task holds up one of ten batches of its shard, not the shard
+    assert mapping["ParallelizationFactor"] == 10
     assert_bounded_stream_settings(mapping)
 
 
@@ -89,10 +92,34 @@ def test_functions_run_python312_on_arm64_with_active_tracing(packaged: Packaged
         assert props["Runtime"] == "python3.12", logical_id
         assert props["Architectures"] == ["arm64"], logical_id
         assert props["TracingConfig"] == {"Mode": "Active"}, logical_id
-    # The state machine's RunTask state must outlive the function's own timeout
-    run_task_timeout = functions["RunTaskLambdaFunction"]["Properties"]["Timeout"]
+    # The state machine's RunTask state must outlive the functions' own timeouts
     asl = json.loads((ROOT / "statemachine" / "retry.asl.json").read_text())
-    assert asl["States"]["RunTask"]["TimeoutSeconds"] > run_task_timeout
+    for name in ("RunTaskLambdaFunction", "RunExportLambdaFunction"):
+        timeout = functions[name]["Properties"]["Timeout"]
+        assert asl["States"]["RunTask"]["TimeoutSeconds"] > timeout
+
+
+def test_task_timeouts_fit_the_functions_that_run_them(packaged: Packaged) -> None:
+    """The registry's limits are the template's timeouts less the runner's margins."""
+    from runner.executor import RECORDING_MARGIN_SECONDS
+    from runner.registry import (
+        DEFAULT_TASK_TIMEOUT_SECONDS,
+        LONGEST_FUNCTION_SECONDS,
+        MAX_TASK_TIMEOUT_SECONDS,
+    )
+    from runner.runtime import DEADLINE_MARGIN_SECONDS
+    from tasks import build_registry
+
+    functions = packaged.resources_of_type("AWS::Lambda::Function")
+    timeout = {k: f["Properties"]["Timeout"] for k, f in functions.items()}
+    margins = DEADLINE_MARGIN_SECONDS + RECORDING_MARGIN_SECONDS
+    assert timeout["RunTaskLambdaFunction"] == LONGEST_FUNCTION_SECONDS
+    assert timeout["RunExportLambdaFunction"] == LONGEST_FUNCTION_SECONDS
+    assert LONGEST_FUNCTION_SECONDS - margins == MAX_TASK_TIMEOUT_SECONDS
+    # A task of a default type runs on the stream path; EXPORT_DB cannot
+    stream = timeout["ProcessStreamLambdaFunction"] - margins
+    assert stream >= DEFAULT_TASK_TIMEOUT_SECONDS
+    assert build_registry().get("EXPORT_DB").timeout_seconds > stream
 
 
 def test_functions_get_the_design_environment(packaged: Packaged) -> None:
@@ -102,14 +129,18 @@ def test_functions_get_the_design_environment(packaged: Packaged) -> None:
         assert env["TASK_RUNNER_EXPORT_BUCKET"] == {"Ref": "ExportBucket"}
         assert env["TASK_RUNNER_SENDER_EMAIL"]
         assert env["POWERTOOLS_SERVICE_NAME"] == "task-runner"
-        # Only the functions that start retries know the state machine (runTask cannot:
-        # the state machine already refers to it)
-        expected = (
-            STATE_MACHINE
-            if logical_id in {"RouteFailedLambdaFunction", "SweepLambdaFunction"}
-            else None
-        )
+        assert "TASK_RUNNER_EXPORT_RECIPIENTS" in env
+        # Only the functions that start executions know the state machine (runTask and
+        # runExport cannot: the state machine already refers to them)
+        starters = {
+            "ProcessStreamLambdaFunction",
+            "RouteFailedLambdaFunction",
+            "SweepLambdaFunction",
+        }
+        expected = STATE_MACHINE if logical_id in starters else None
         assert env.get("TASK_RUNNER_STATE_MACHINE_ARN") == expected, logical_id
+    sweep = packaged.resource("SweepLambdaFunction")["Properties"]["Environment"]["Variables"]
+    assert sweep["TASK_RUNNER_FAILED_BATCH_QUEUE_URL"] == {"Ref": "StreamOnFailureQueue"}
 
 
 def test_sweep_runs_every_five_minutes(packaged: Packaged) -> None:
@@ -176,7 +207,7 @@ def test_state_machine_is_standard_traced_and_logged(packaged: Packaged) -> None
     ]
     assert props["DefinitionSubstitutions"] == {
         "RunTaskFunctionArn": {"Fn::GetAtt": ["RunTaskLambdaFunction", "Arn"]},
-        "TasksTableName": TABLE,
+        "ExportFunctionArn": {"Fn::GetAtt": ["RunExportLambdaFunction", "Arn"]},
     }
     assert props["Definition"] == json.loads((ROOT / "statemachine" / "retry.asl.json").read_text())
 
@@ -205,6 +236,26 @@ def test_alarms_watch_failures_lag_and_errors(packaged: Packaged) -> None:
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
         assert alarm["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_alarms_can_notify_through_a_key_cloudwatch_may_use(packaged: Packaged) -> None:
+    """CloudWatch cannot publish to a topic encrypted with the AWS-managed alias/aws/sns
+    (its key policy cannot be changed to allow it): the topic has a key of its own."""
+    topic = packaged.resource("AlarmTopic")["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key = packaged.resource("AlarmTopicKey")["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = key["KeyPolicy"]["Statement"]
+    [cloudwatch] = [s for s in statements if s["Principal"].get("Service")]
+    assert cloudwatch["Effect"] == "Allow"
+    assert cloudwatch["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert cloudwatch["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    }
+    # The account keeps administering its key (else nobody could change the policy)
+    [admin] = [s for s in statements if s["Principal"].get("AWS")]
+    assert admin["Action"] == "kms:*"
 
 
 def test_outputs_name_what_clients_need(packaged: Packaged) -> None:

@@ -3,9 +3,7 @@
 One stack (`serve --sweep-interval 2 --ttl-lag 0 --faults-seed N`), driven only through
 its endpoint and its chaos control endpoint: each test turns a fault on, inserts tasks,
 turns it off, and checks that every task ends final and none runs twice
-(tests/e2e/invariants.py). Scenarios that fail only because of a runner defect the
-hardening issue (11) lists are marked xfail(strict) with the defect, so the mark flips
-when the fix merges.
+(tests/e2e/invariants.py).
 """
 
 from __future__ import annotations
@@ -178,12 +176,6 @@ def _effects(stack: ServedStack, task_id: str) -> list[dict[str, object]]:
     return effects(stack, task_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 defect 4: a sync handler past its timeout is abandoned, not stopped; "
-    "frozen with its environment, it acts again at the environment's next invocation, "
-    "after the retry started",
-)
 def test_a_handler_past_its_timeout_runs_no_second_copy_while_the_first_can_act(
     faults_off: ServedStack,
 ) -> None:
@@ -206,11 +198,6 @@ def test_a_handler_past_its_timeout_runs_no_second_copy_while_the_first_can_act(
     assert violations(stack, {slow: final[slow]}, one_run_each=False) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 defect 3: a routing record that runs out of retries while "
-    "StartExecution is down strands its task FAILED + retryable with no execution",
-)
 def test_with_start_execution_down_for_a_while_every_task_ends_final(
     faults_off: ServedStack,
 ) -> None:
@@ -359,8 +346,11 @@ def test_a_timed_out_run_task_is_lambda_unknown_to_step_functions_and_retried(
     # Then the execution saw Lambda.Unknown (a timed-out invocation), and its Retry ran
     # the task again
     sfn = client(stack, "stepfunctions")
-    arn = f"{stack.state_machine_arn.replace(':stateMachine:', ':execution:')}:{task_id}-1"
     deadline = time.monotonic() + 20
+    while not get_task(stack, task_id).get("executions"):
+        assert time.monotonic() < deadline, get_task(stack, task_id)
+        time.sleep(0.3)
+    (arn,) = get_task(stack, task_id)["executions"]
     while True:
         events = sfn.get_execution_history(executionArn=arn)["events"]
         failed = [e for e in events if e["type"] == "TaskFailed"]

@@ -79,6 +79,7 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
         "AWS_LAMBDA_FUNCTION_VERSION",
         "AWS_LAMBDA_LOG_GROUP_NAME",
         "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_RUNTIME_API",
         "_HANDLER",
         "LAMBDA_TASK_ROOT",
         "AWS_ACCESS_KEY_ID",
@@ -102,6 +103,8 @@ def test_each_function_has_its_own_variables_the_overlay_and_lambdas_reserved_on
     assert one["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
     assert one["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/one"
     assert one["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.12"
+    # Set as Lambda sets it (runner.runtime ends a runtime it finds it in)
+    assert one["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
     assert one["_HANDLER"] == f"{HANDLERS}.echo"
     assert one["LAMBDA_TASK_ROOT"] and one["TZ"] == ":UTC"
     # Each environment signs with a key id of its own, so the endpoint can tell them apart
@@ -155,6 +158,34 @@ def test_a_reserved_concurrency_of_one_refuses_a_second_invocation_at_once(
     with pytest.raises(FunctionThrottled):
         invoke(service, "one-at-a-time", {"seconds": 0})
     blocker.join()
+
+
+def test_a_function_its_stream_mappings_keep_busy_gets_as_many_environments(
+    service: LambdaService,
+) -> None:
+    # Given functions without a reserved concurrency, one fed by mappings that can have
+    # three batches in flight (ParallelizationFactor x shards), and one with a reserve
+    service.register(
+        [
+            config("lanes", "sleep", timeout=10, unreserved_concurrency=3),
+            config(
+                "reserved", "sleep", timeout=10, reserved_concurrency=1, unreserved_concurrency=3
+            ),
+            config("plain", "sleep", timeout=10),
+        ]
+    )
+
+    # Then each may have that many environments at once (a reserve always wins)
+    assert [service.concurrency(n) for n in ("lanes", "reserved", "plain")] == [3, 1, 2]
+    calls = [
+        threading.Thread(target=invoke, args=(service, "lanes", {"seconds": 0.5})) for _ in range(3)
+    ]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+    assert service.stats()["lanes"]["throttles"] == 0
+    assert service.stats()["lanes"]["peak_concurrency"] == 3
 
 
 def test_the_functions_timeout_kills_the_invocation_with_lambdas_error_and_resets(

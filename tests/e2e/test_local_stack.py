@@ -95,9 +95,12 @@ def test_flaky_task_retry_execution_is_listed_by_the_aws_cli(local_stack: Served
         local_stack.state_machine_arn,
     )
     assert listed.returncode == 0, listed.stderr
+    from runner.executions import execution_name
+
     executions = {e["name"]: e for e in json.loads(listed.stdout)["executions"]}
-    assert executions[f"{task_id}-1"]["status"] == "SUCCEEDED"
-    assert task["executions"] == [executions[f"{task_id}-1"]["executionArn"]]
+    name = execution_name(task_id, task["created_at"], 1)
+    assert executions[name]["status"] == "SUCCEEDED"
+    assert task["executions"] == [executions[name]["executionArn"]]
 
 
 def test_always_failing_task_ends_failed_with_its_retries_exhausted(
@@ -166,12 +169,16 @@ def test_the_executing_state_machine_is_the_asl_file_with_the_stacks_names(
 
     lambdas = local_stack.client("lambda")
     run_task = lambdas.get_function(FunctionName="task-runner-e2e-runTask")["Configuration"]
+    run_export = lambdas.get_function(FunctionName="task-runner-e2e-runExport")["Configuration"]
     described = local_stack.client("stepfunctions").describe_state_machine(
         stateMachineArn=local_stack.state_machine_arn
     )
 
     expected = load_definition(
-        {"RunTaskFunctionArn": run_task["FunctionArn"], "TasksTableName": local_stack.table_name}
+        {
+            "RunTaskFunctionArn": run_task["FunctionArn"],
+            "ExportFunctionArn": run_export["FunctionArn"],
+        }
     )
+    # Equal to the file, so nothing was lost (moto's Fn::Sub would turn a `$$` into `$`)
     assert json.loads(described["definition"]) == json.loads(expected)
-    assert "$$.State.EnteredTime" in described["definition"]  # moto's Fn::Sub would drop a $

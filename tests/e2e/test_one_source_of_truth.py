@@ -53,11 +53,13 @@ def copy_service(target: Path, edit: dict[str, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def edited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedStack]:
-    """processStream with batchSize 1 and a filter that also requires EXAMPLE_TASK."""
+    """processStream with batchSize 1, one batch of a shard at a time (a factor of 1),
+    and a filter that also requires EXAMPLE_TASK."""
     service = copy_service(
         tmp_path_factory.mktemp("service") / "task-runner",
         {
             "batchSize: 100": "batchSize: 1",
+            "parallelizationFactor: 10": "parallelizationFactor: 1",
             PROCESS_STREAM_FILTER: PROCESS_STREAM_FILTER
             + "                  type:\n                    S: [EXAMPLE_TASK]\n",
         },

@@ -332,3 +332,76 @@ def test_the_mappings_starting_position_is_taken_then_reads_go_on_after_the_last
         "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
         "SequenceNumber": "1001",
     }
+
+
+def test_a_parallelization_factor_lets_other_keys_pass_a_slow_batch_and_keeps_each_keys_order() -> (
+    None
+):
+    # Given a shard whose first record's batch is slow, then 30 records of 10 keys (each
+    # key three times: t1 t2 ... t10 t1 t2 ...)
+    import threading
+    import time
+
+    from runner.local.stream_lanes import lane_of
+
+    slow = raw_record(0)
+    records = [slow]
+    for n in range(30):
+        record = raw_record(n + 1)
+        key = f"t{n % 10 + 1}"
+        record["dynamodb"]["Keys"] = {"id": {"S": key}}
+        record["dynamodb"]["NewImage"]["id"] = {"S": key}
+        records.append(record)
+    release = threading.Event()
+    lock = threading.Lock()
+    delivered: list[tuple[float, str, str]] = []  # (time, key, sequence)
+
+    def function(event: dict[str, Any]) -> Invocation:
+        keys = [r["dynamodb"]["Keys"]["id"]["S"] for r in event["Records"]]
+        if "t0" in keys:
+            assert release.wait(10)
+        with lock:
+            for r, key in zip(event["Records"], keys, strict=True):
+                delivered.append((time.monotonic(), key, r["dynamodb"]["SequenceNumber"]))
+        return Invocation({"batchItemFailures": []})
+
+    mapping = replace(MAPPING, parallelization_factor=4, batch_size=3)
+    poller = StreamPoller(
+        mapping,
+        function,
+        streams=FakeStreams(records),
+        sqs=None,
+        stream_arn=STREAM_ARN,
+        shard_id="shardId-1",
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:processStream",
+        region="us-east-1",
+        backoff=lambda attempt: 0.0,
+    )
+
+    # When the poller delivers them, 4 batches at a time
+    poller.start()
+    try:
+        slow_lane = lane_of(slow, 4)
+        others = [r for r in records[1:] if lane_of(r, 4) != slow_lane]
+        deadline = time.monotonic() + 10
+        while len(delivered) < len(others):  # every other lane's records, slow one held
+            assert time.monotonic() < deadline, delivered
+            time.sleep(0.01)
+        assert not poller.caught_up  # the slow batch is still in flight
+        release.set()
+        while not poller.caught_up:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+
+    # Then every record came once, each key's records in their order, and records of
+    # the keys the slow batch did not hold up went past it
+    assert sorted(seq for _, _, seq in delivered) == sorted(
+        r["dynamodb"]["SequenceNumber"] for r in records
+    )
+    by_key: dict[str, list[int]] = {}
+    for _, key, seq in delivered:
+        by_key.setdefault(key, []).append(int(seq))
+    assert all(seqs == sorted(seqs) for seqs in by_key.values())
+    assert len({lane_of(r, 4) for r in records}) > 1  # the keys do spread over lanes

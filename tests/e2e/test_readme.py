@@ -82,7 +82,7 @@ def test_run_task_under_the_stack_says_the_stream_took_the_task(local_stack: Ser
 
 
 def test_a_task_put_over_a_retried_one_is_retried_too(local_stack: ServedStack) -> None:
-    # Given a task that failed once, was retried by execution <id>-1, and is DONE
+    # Given a task that failed once, was retried by execution <id>-<digest>-1, and is DONE
     dynamodb = local_stack.client("dynamodb")
     task_id = f"again-{uuid.uuid4().hex[:8]}"
     item = {
@@ -93,21 +93,25 @@ def test_a_task_put_over_a_retried_one_is_retried_too(local_stack: ServedStack) 
     }
     dynamodb.put_item(TableName=local_stack.table_name, Item=item)
     first = local_stack.wait_for(task_id, {"DONE"}, timeout=60)
-    assert [arn.rsplit(":", 1)[1] for arn in first["executions"]] == [f"{task_id}-1"]
+    (first_name,) = [arn.rsplit(":", 1)[1] for arn in first["executions"]]
+    assert re.fullmatch(rf"{task_id}-[0-9a-f]{{16}}-1", first_name)
 
     # When the same task is put again over it (no condition), failing once again
     dynamodb.put_item(TableName=local_stack.table_name, Item=item)
 
-    # Then it runs, fails, and is retried to DONE by an execution of its own
+    # Then it runs, fails, and is retried to DONE by an execution of its own (its name's
+    # digest is of the id and the new task's created_at)
     deadline = time.monotonic() + 60
     while True:
         second = local_stack.get_task(task_id)
         names = [arn.rsplit(":", 1)[1] for arn in second.get("executions", [])]
-        if second["status"] == "DONE" and names == [f"{task_id}-2"]:
+        if second["status"] == "DONE" and len(names) == 1 and names != [first_name]:
             break
         assert time.monotonic() < deadline, f"stuck: {second['status']}, executions {names}"
         time.sleep(0.1)
-    assert second["attempts"] == 2 and second["episode"] == 2
+    assert re.fullmatch(rf"{task_id}-[0-9a-f]{{16}}-1", names[0])
+    assert second["attempts"] == 2 and second["episode"] == 1
+    assert second["created_at"] != first["created_at"]
 
 
 # --- the example task, added to a scratch copy ------------------------------------------------

@@ -146,7 +146,8 @@ def test_the_same_sweep_without_the_bad_flag_does_run(server_env: dict[str, str]
         server_env["AWS_DYNAMO_DB_TABLE_NAME"],
         pending("t-1", "NOOP_TASK", {}),
     )
-    assert ok(server_env, "sweep") == {"expired_leases": 0, "orphans_run": 1}
+    report = ok(server_env, "sweep")
+    assert (report["expired_leases"], report["orphans_run"], report["errors"]) == (0, 1, 0)
 
 
 def test_list_tasks_with_a_misspelt_filter_lists_nothing(server_env: dict[str, str]) -> None:
@@ -221,7 +222,7 @@ def test_npm_run_silent_prints_only_the_json(server_env: dict[str, str]) -> None
         (("get-task", "--taskid", "x"), 2, "--taskid (did you mean --task-id?)"),
         (("create-task", "example-task"), 2, "missing --message (Text to log)"),
         (("create-task", "example-taks"), 2, "(did you mean example-task?); known: "),
-        (("frobnicate",), 2, "commands: create-task, get-task, history, list-tasks, retry-task"),
+        (("frobnicate",), 2, "commands: create-task, export-link, get-task, history, list-tasks"),
         (("list-tasks", "--status", "BOGUS"), 2, "PENDING, PROCESSING, DONE, FAILED, RETRYING"),
         (("list-tasks", "--limit"), 2, "--limit needs a value (a whole number)"),
         (("list-tasks", "--limit", "1e3"), 2, "valid integer, unable to parse string"),
@@ -421,6 +422,7 @@ def test_help_shows_dashed_names_and_plain_types(server_env: dict[str, str]) -> 
         ("list-tasks",),
         ("retry-task",),
         ("history",),
+        ("export-link",),
         ("sweep",),
     ],
 )
@@ -428,3 +430,30 @@ def test_help_works_on_every_command(server_env: dict[str, str], args: tuple[str
     done = cli(server_env, *args, "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: task-runner")
+
+
+def test_export_link_signs_a_fresh_link_for_a_finished_export(server_env: dict[str, str]) -> None:
+    import boto3
+
+    from runner.items import serialize
+
+    endpoint = server_env["AWS_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="exports-cli")
+    s3.put_object(Bucket="exports-cli", Key="exports/task-x.jsonl.gz", Body=b"{}")
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    done = {
+        "id": "x",
+        "type": "EXPORT_DB",
+        "status": "DONE",
+        "data": {"email": "ops@example.com"},
+        "result": {"bucket": "exports-cli", "key": "exports/task-x.jsonl.gz", "rows": 1},
+    }
+    dynamodb.put_item(TableName=server_env["AWS_DYNAMO_DB_TABLE_NAME"], Item=serialize(done))
+
+    link = ok(server_env, "export-link", "--task-id", "x", "--hours", "2")
+
+    assert link["valid_for_up_to_hours"] == 2
+    assert "X-Amz-Expires=7200" in link["url"] and "exports/task-x.jsonl.gz" in link["url"]
+    refused = cli(server_env, "export-link", "--task-id", "x", "--hours", "200")
+    assert refused.returncode == 2 and "--hours" in refused.stderr

@@ -46,3 +46,47 @@ def test_export_without_configuration_fails_permanently(app: App) -> None:
     outcome = client.run_task(task.id)
     assert outcome.status is TaskStatus.FAILED and outcome.error
     assert outcome.error.type == "ConfigurationError" and not outcome.error.retryable
+
+
+def _export_app(app: App, recipients: tuple[str, ...]) -> App:
+    from dataclasses import replace
+
+    app.clients.s3.create_bucket(Bucket="exports-test")
+    app.clients.ses.verify_email_identity(EmailAddress="noreply@example.com")
+    return App.build(replace(app.settings, export_recipients=recipients), app.registry, app.clients)
+
+
+@pytest.mark.parametrize(
+    ("recipients", "address"),
+    [((), "ops@example.com"), (("ops@example.com", "@example.org"), "eve@evil.example")],
+)
+def test_an_export_to_a_recipient_not_allowed_fails_permanently_and_sends_nothing(
+    app: App, recipients: tuple[str, ...], address: str
+) -> None:
+    client = TaskRunnerClient(_export_app(app, recipients))
+    task = client.create_task("export-db", {"email": address})
+
+    outcome = client.run_task(task.id)
+
+    assert outcome.status is TaskStatus.FAILED and outcome.error
+    assert outcome.error.type == "RecipientNotAllowed" and not outcome.error.retryable
+    assert "TASK_RUNNER_EXPORT_RECIPIENTS" in outcome.error.message
+    assert address not in outcome.error.message  # an address is data: never stored
+    assert ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages == []
+    assert app.clients.s3.list_objects_v2(Bucket="exports-test").get("KeyCount") == 0
+
+
+def test_an_allowed_domain_gets_a_link_whose_stated_validity_is_true(app: App) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    client = TaskRunnerClient(_export_app(app, ("ops@example.com", "@Example.org")))
+    task = client.create_task("export-db", {"email": "Team@example.org"})
+
+    assert client.run_task(task.id).status is TaskStatus.DONE
+
+    [mail] = ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
+    assert "valid for up to 1 hour" in mail.body
+    assert f"export-link --task-id {task.id}" in mail.body
+    url = next(line for line in mail.body.splitlines() if line.startswith("http"))
+    assert parse_qs(urlparse(url).query)["X-Amz-Expires"] == [str(export_db.LINK_EXPIRY_SECONDS)]
+    assert export_db.LINK_EXPIRY_SECONDS == 3600

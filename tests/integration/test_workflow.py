@@ -24,6 +24,8 @@ from tests.helpers import FakeLambdaContext, StreamReader, create_tasks_table, p
 
 ACCOUNT = "123456789012"
 RUN_TASK_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:runTask"
+RUN_EXPORT_ARN = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:runExport"
+ARNS = {"RunTaskFunctionArn": RUN_TASK_ARN, "ExportFunctionArn": RUN_EXPORT_ARN}
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 
 
@@ -53,6 +55,12 @@ class Workflow:
                 "batchItemFailures": []
             }
 
+    def name(self, task_id: str, episode: int) -> str:
+        """The execution name of one episode of a task, as the runner gives it."""
+        from runner.executions import execution_name
+
+        return execution_name(task_id, self.app.store.get(task_id).created_at or "", episode)
+
     def executions(self) -> list[dict[str, Any]]:
         sfn = self.app.clients.stepfunctions
         found: list[dict[str, Any]] = sfn.list_executions(
@@ -79,9 +87,7 @@ def _build(monkeypatch: pytest.MonkeyPatch, *, instant: bool) -> Iterator[Workfl
         settings = Settings(table_name="tasks-wf", region="us-east-1")
         clients = AwsClients(settings)
         stream_arn = create_tasks_table(clients.dynamodb, settings.table_name)
-        definition = load_definition(
-            {"RunTaskFunctionArn": RUN_TASK_ARN, "TasksTableName": settings.table_name}
-        )
+        definition = load_definition(ARNS)
         arn = clients.stepfunctions.create_state_machine(
             name="task-runner-retry-test",
             definition=definition,
@@ -106,6 +112,7 @@ def _build(monkeypatch: pytest.MonkeyPatch, *, instant: bool) -> Iterator[Workfl
                 retrier_decl, "time", types.SimpleNamespace(sleep=flow.sleeps.append)
             )
         flow.dispatcher.register("runTask", handler.run_task, timeout_seconds=60)
+        flow.dispatcher.register("runExport", handler.run_export, timeout_seconds=60)
         with flow.dispatcher.installed():
             yield flow
 
@@ -133,7 +140,7 @@ def test_fails_twice_then_succeeds_after_exactly_three_attempts(flow: Workflow) 
         TaskStatus.RETRYING,
         TaskStatus.DONE,
     ]
-    assert [r["name"] for r in runs] == ["flaky-1"]
+    assert [r["name"] for r in runs] == [flow.name("flaky", 1)]
     assert runs[0]["status"] == "SUCCEEDED"
     assert task.executions == [runs[0]["executionArn"]]
 
@@ -160,7 +167,7 @@ def test_backoff_follows_the_policy(flow: Workflow) -> None:
     )
     flow.pump()
     flow.wait()
-    asl = json.loads(load_definition({"RunTaskFunctionArn": "x", "TasksTableName": "y"}))
+    asl = json.loads(load_definition(ARNS))
     policy = asl["States"]["RunTask"]["Retry"][0]
     expected = [
         min(policy["IntervalSeconds"] * policy["BackoffRate"] ** n, policy["MaxDelaySeconds"])
@@ -187,7 +194,7 @@ def test_failed_record_delivered_twice_starts_one_execution(flow: Workflow) -> N
     for _ in range(2):
         handler.route_failed({"Records": modifies + modifies}, FakeLambdaContext())
     runs = flow.wait()
-    assert [r["name"] for r in runs] == ["twice-1"]
+    assert [r["name"] for r in runs] == [flow.name("twice", 1)]
     assert flow.app.store.get("twice").executions == [runs[0]["executionArn"]]
 
 
@@ -210,7 +217,7 @@ def test_retry_task_redrives_an_exhausted_task_in_a_new_execution(flow: Workflow
     outcome = TaskRunnerClient(flow.app).retry_task("again")
     assert outcome["episode"] == 2
     runs = flow.wait()
-    assert sorted(r["name"] for r in runs) == ["again-1", "again-2"]
+    assert sorted(r["name"] for r in runs) == sorted([flow.name("again", 1), flow.name("again", 2)])
     task = flow.app.store.get("again")
     assert task.status is TaskStatus.FAILED and task.retries_exhausted and task.episode == 2
     assert len(task.executions) == 2
@@ -225,7 +232,7 @@ def test_retry_task_refuses_a_task_that_is_not_failed(flow: Workflow) -> None:
 
     flow.insert("fine", "NOOP_TASK", {})
     flow.pump()
-    with pytest.raises(TaskConflict, match="not FAILED"):
+    with pytest.raises(TaskConflict, match="only a FAILED task"):
         TaskRunnerClient(flow.app).retry_task("fine")
     assert flow.executions() == []
 

@@ -109,7 +109,8 @@ def test_step_functions_down_while_routing_is_retried_not_forgotten(
             {
                 "RunTaskFunctionArn": "arn:aws:lambda:us-east-1:"
                 f"{DEFAULT_ACCOUNT_ID}:function:runTask",
-                "TasksTableName": app.settings.table_name,
+                "ExportFunctionArn": "arn:aws:lambda:us-east-1:"
+                f"{DEFAULT_ACCOUNT_ID}:function:runExport",
             }
         ),
     )["stateMachineArn"]
@@ -149,4 +150,7 @@ def test_step_functions_down_while_routing_is_retried_not_forgotten(
         "batchItemFailures": []
     }
     runs = sfn.list_executions(stateMachineArn=arn)["executions"]
-    assert [r["name"] for r in runs] == ["flaky-1"]
+    from runner.executions import execution_name
+
+    created = app.store.get("flaky").created_at or ""
+    assert [r["name"] for r in runs] == [execution_name("flaky", created, 1)]

@@ -9,6 +9,7 @@ import pytest
 
 import handler
 from runner.app import App
+from runner.attempts import AttemptInput
 from runner.client import TaskRunnerClient
 from runner.items import utcnow
 from runner.local import demo_tasks
@@ -61,14 +62,15 @@ def test_crash_between_claim_and_completion_is_recovered_for_retry(swept_app: Ap
     # And after it expires, the task is FAILED (retryable, timed out) in a new episode
     _later(app, 120)
     report = handler.sweep({}, FakeLambdaContext())
-    assert report == {"expired_leases": 1, "orphans_run": 0}
+    assert (report["expired_leases"], report["orphans_run"], report["errors"]) == (1, 0, 0)
     recovered = app.store.get(task.id)
     assert recovered.status is TaskStatus.FAILED and recovered.retryable
     assert recovered.error and recovered.error.type == "TaskTimedOut"
     assert recovered.episode == 1 and recovered.claim_token is None
     # Which is exactly the change routeFailed starts a retry for
     modify = [r for r in stream.read() if r["eventName"] == "MODIFY"][-1]
-    assert routable(modify) == (task.id, 1)
+    ref = routable(modify)
+    assert ref is not None and (ref.task_id, ref.episode) == (task.id, 1)
     # And the dead claim, should it wake up, can no longer record anything
     from runner.errors import TaskConflict
     from runner.model import AttemptRecord
@@ -103,11 +105,11 @@ def test_a_workflow_attempt_waits_out_a_live_lease(swept_app: App) -> None:
     app.store.claim_for_retry("held", episode=1, lease_seconds=600)
     # When the state machine's next attempt comes, it is told to wait, not to fail
     with pytest.raises(TaskLeaseHeld):
-        app.runner.run_retry("held", 1)
+        app.attempts.run(AttemptInput("held", 1))
     assert app.store.get("held").attempts == 1 and demo_tasks.EFFECTS == {}
     # And once the lease has expired, the attempt runs
     _later(app, 3600)
-    assert app.runner.run_retry("held", 1).status is TaskStatus.DONE
+    assert app.attempts.run(AttemptInput("held", 1)).status is TaskStatus.DONE
 
 
 def test_pending_tasks_the_stream_missed_are_run(swept_app: App) -> None:
@@ -131,7 +133,7 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
         put_raw(
             app.clients.dynamodb, app.settings.table_name, pending(f"lost-{n}", "NOOP_TASK", {})
         )
-    sweeper = Sweeper(app.store, app.runner, scan_segments=13)
+    sweeper = Sweeper(app.store, app.dispatcher, scan_segments=13)
     scanned = _record_scan_segments(app)
 
     # When the schedule runs it 13 times, 5 minutes apart
@@ -147,9 +149,17 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
     assert {f"task:lost-{n}": 1 for n in range(40)} == demo_tasks.EFFECTS
 
 
-def test_the_scheduled_sweep_scans_the_segment_of_its_scheduled_minute(swept_app: App) -> None:
-    # Given the scheduled event EventBridge sends at 08:05 (the function starts later)
-    app = swept_app
+def test_the_scheduled_sweep_scans_the_segment_of_its_scheduled_minute(
+    swept_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a sweeper configured to Scan in 13 segments, and the scheduled event
+    # EventBridge sends at 08:05 (the function starts later)
+    from dataclasses import replace
+
+    app = App.build(
+        replace(swept_app.settings, orphan_scan_segments=13), swept_app.registry, swept_app.clients
+    )
+    monkeypatch.setattr("runner.app.get_app", lambda: app)
     scanned = _record_scan_segments(app)
     event = {"source": "aws.events", "time": "2026-11-29T08:05:00Z"}
 
@@ -166,7 +176,7 @@ def test_lease_comes_from_the_lambdas_remaining_time(swept_app: App) -> None:
     task = TaskRunnerClient(app).create_task("NOOP_TASK", {})
     before = int(utcnow().timestamp())
     claimed = app.store.claim_pending(
-        task.id, source=ClaimSource.STREAM, lease_seconds=app.runner._lease_seconds(None, 42.0)
+        task.id, source=ClaimSource.STREAM, lease_seconds=app.runner.lease_seconds(None, 42.0)
     )
     assert claimed.lease_expires_at is not None
     assert 42 <= claimed.lease_expires_at - before <= 42 + 30 + 2

@@ -1,0 +1,224 @@
+"""Outcomes: the claim's final write (DONE, FAILED, RETRYING), and failing items the
+runner cannot run at all. Each write is checked against DynamoDB's 400 KB before it is
+sent: a result that cannot be stored becomes a short permanent error instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.errors import ItemTooLarge, MalformedTask, StoreError, TaskAlreadyClaimed, TaskConflict
+from runner.items import iso, task_to_item
+from runner.limits import claim_problem, fits, storable_json
+from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
+from runner.store.base import StoreBase, attempt_log_value, bounded_error
+
+S = TaskStatus
+# The error recorded when a result cannot be stored beside its task.
+RESULT_NOT_STORABLE = "ResultNotStorable"
+
+
+class OutcomeWrites(StoreBase):
+    """The final write of a claim, and failing unreadable or oversized items."""
+
+    def record_outcome(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        result: Any = None,
+        error: TaskErrorInfo | None = None,
+        attempt: AttemptRecord,
+        new_episode: bool = False,
+        lease_until: int | None = None,
+    ) -> Task:
+        """PROCESSING → DONE/FAILED/RETRYING, only while this claim (attempt) still holds.
+
+        A result DynamoDB cannot store (NaN, a number out of its range, or too large
+        for the item) is not written: the task is FAILED, permanently, with a short
+        `ResultNotStorable` error. `lease_until` keeps a lease on the outcome (epoch
+        seconds): an attempt whose handler could not be stopped holds the task until
+        its process can no longer act; every claim waits for it.
+        """
+        if result is not None:
+            try:
+                result = storable_json(result)
+            except ValueError as exc:
+                return self.record_outcome(
+                    task,
+                    S.FAILED,
+                    error=TaskErrorInfo(
+                        type=RESULT_NOT_STORABLE,
+                        message=f"the task's result cannot be stored: {exc}",
+                        retryable=False,
+                    ),
+                    attempt=attempt.model_copy(update={"outcome": S.FAILED}),
+                    lease_until=lease_until,
+                )
+        if error is not None:
+            error = bounded_error(error)
+            attempt = attempt.model_copy(update={"error": error})
+        now = self.clock()
+        sets: dict[str, Any] = {
+            **self._status_sets(task.id, status, now),
+            "finished_at": iso(now),
+            "attempt_log": attempt_log_value(task, attempt),
+        }
+        removes: list[str] = []
+        if lease_until is None:
+            removes.append("lease_expires_at")
+        else:
+            sets["lease_expires_at"] = lease_until
+        if status in (S.DONE, S.FAILED):
+            sets["expires_at"] = self._expiry(now)
+        if result is not None:
+            sets["result"] = result
+        if error is not None:
+            sets["error"] = error.model_dump(mode="json")
+            sets["retryable"] = error.retryable
+        else:
+            removes += ["error", "retryable"]
+        if new_episode:
+            sets["episode"] = task.episode + 1
+            sets["episode_attempts"] = 0
+        projected = {**task_to_item(task), **sets}
+        for name in removes:
+            projected.pop(name, None)
+        too_large = TaskErrorInfo(
+            type=RESULT_NOT_STORABLE,
+            message="the task's result is too large for its item (400 KB)",
+            retryable=False,
+        )
+        if result is not None and not fits(projected):
+            return self.record_outcome(
+                task,
+                S.FAILED,
+                error=too_large,
+                attempt=attempt.model_copy(update={"outcome": S.FAILED}),
+                lease_until=lease_until,
+            )
+        try:
+            return self._update(
+                task.id,
+                sets,
+                removes=tuple(removes),
+                condition="#status = :processing AND claim_token = :token",
+                values={":processing": S.PROCESSING.value, ":token": task.claim_token},
+                return_old_on_conflict=True,
+            )
+        except StoreError as exc:
+            if exc.code != "ValidationException":
+                raise
+            if result is None:
+                # The item leaves no room even for this (claimed before the runner kept
+                # its reserve): fail it in a write that fits.
+                return self._fail_claimed_oversized(task)
+            # Attributes the model does not know (a producer's own) count too.
+            return self.record_outcome(
+                task,
+                S.FAILED,
+                error=too_large,
+                attempt=attempt.model_copy(update={"outcome": S.FAILED}),
+                lease_until=lease_until,
+            )
+        except TaskConflict as exc:
+            old = exc.old
+            # Only this claim holds the token (the sweeper removes it when it takes over).
+            if (
+                isinstance(old, Task)
+                and old.claim_token == task.claim_token
+                and old.status is status
+            ):
+                return old  # recorded by an earlier try whose reply was lost
+            raise TaskConflict(
+                f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)"
+            ) from exc
+
+    def fail_unreadable(self, task_id: str, message: str) -> None:
+        """PENDING → FAILED (non-retryable) for an item the runner cannot read as a task.
+
+        If DynamoDB refuses even that (the item is at its size limit), the item's `data`
+        is dropped with it, so the task still reaches a final status.
+        """
+        error = bounded_error(
+            TaskErrorInfo(type=MalformedTask.__name__, message=message, retryable=False)
+        )
+        try:
+            self._fail_pending(task_id, error, drop_data=False)
+        except StoreError as exc:
+            if exc.code != "ValidationException":
+                raise
+            self._fail_pending(task_id, error, drop_data=True)
+
+    def _fail_pending(self, task_id: str, error: TaskErrorInfo, *, drop_data: bool) -> None:
+        now = self.clock()
+        try:
+            self._update_values(  # not parsed: the item is not a valid task
+                task_id,
+                {
+                    **self._status_sets(task_id, S.FAILED, now),
+                    "finished_at": iso(now),
+                    "error": error.model_dump(mode="json"),
+                    "retryable": False,
+                    "expires_at": self._expiry(now),
+                },
+                removes=("data",) if drop_data else (),
+                condition="#status = :pending",
+                values={":pending": S.PENDING.value},
+            )
+        except TaskConflict as exc:
+            raise TaskAlreadyClaimed(f"task {task_id} is not PENDING") from exc
+
+    def _fail_claimed_oversized(self, task: Task, *, expired_only: bool = False) -> Task:
+        """A claimed task whose outcome DynamoDB refused for its size → FAILED ItemTooLarge."""
+        values = self.get_values(task.id) or {}
+        message = claim_problem(values) or "task item too large to record its outcome"
+        self.fail_oversized(
+            task.id, message, values, token=task.claim_token, expired_only=expired_only
+        )
+        return self.get(task.id)
+
+    def fail_oversized(
+        self,
+        task_id: str,
+        message: str,
+        values: dict[str, Any],
+        *,
+        token: str | None = None,
+        expired_only: bool = False,
+    ) -> None:
+        """Fail an item too large to run (non-retryable `ItemTooLarge`), in a write that
+        fits: no attempt log entry, and without the item's `data` if even that would not
+        fit. `token`: the claim that found it so, whose lease must have expired if
+        `expired_only` (else the item must be PENDING, FAILED or RETRYING)."""
+        now = self.clock()
+        error = bounded_error(
+            TaskErrorInfo(type=ItemTooLarge.__name__, message=message, retryable=False)
+        )
+        sets: dict[str, Any] = {
+            **self._status_sets(task_id, S.FAILED, now),
+            "finished_at": iso(now),
+            "error": error.model_dump(mode="json"),
+            "retryable": False,
+            "expires_at": self._expiry(now),
+        }
+        removes = ["lease_expires_at", "claim_token"]
+        projected = {k: v for k, v in {**values, **sets}.items() if k not in removes}
+        if not fits(projected):
+            removes.append("data")
+            sets["error"] = {**sets["error"], "message": error.message + "; its data was dropped"}
+        if token is not None:
+            condition = "#status = :processing AND claim_token = :token"
+            condition_values: dict[str, Any] = {":processing": S.PROCESSING.value, ":token": token}
+            if expired_only:
+                condition += " AND lease_expires_at < :now_epoch"
+                condition_values[":now_epoch"] = int(now.timestamp())
+        else:
+            condition = "#status IN (:pending, :failed, :retrying)"
+            condition_values = {
+                ":pending": S.PENDING.value,
+                ":failed": S.FAILED.value,
+                ":retrying": S.RETRYING.value,
+            }
+        self._update_values(
+            task_id, sets, removes=tuple(removes), condition=condition, values=condition_values
+        )
