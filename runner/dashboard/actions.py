@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from runner.dashboard.forms import form_fields, read_form
@@ -121,7 +121,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         except TaskRunnerError as exc:
             return refused(request, exc, back)
         dashboard.reads.forget()
-        return RedirectResponse(f"{back}&done=retried", status_code=303)
+        return dashboard.redirect(f"{back}&done=retried")
 
     # --- cancel ----------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         except TaskRunnerError as exc:
             return refused(request, exc, back)
         dashboard.reads.forget()
-        return RedirectResponse(f"{back}&done=cancelled", status_code=303)
+        return dashboard.redirect(f"{back}&done=cancelled")
 
     # --- create ----------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         except TaskRunnerError as exc:  # invalid input, too large, an id that exists, ...
             return refused(request, exc, "/new")
         dashboard.reads.forget()
-        return RedirectResponse(f"/task?{urlencode({'id': task.id})}&done=created", status_code=303)
+        return dashboard.redirect(f"/task?{urlencode({'id': task.id})}&done=created")
 
     return [
         Route("/task/retry", retry_confirm, methods=["GET"]),

@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -58,6 +58,10 @@ class Dashboard:
         return self.templates.TemplateResponse(
             request, name, {**base, **context}, status_code=status_code
         )
+
+    def redirect(self, path: str) -> Response:
+        """303 to one of the dashboard's pages (`path` as the routes name it)."""
+        return RedirectResponse(self.settings.prefix + path, status_code=303)
 
     def message(
         self, request: Request, title: str, *lines: str, status_code: int, back: str = "/"
@@ -122,7 +126,8 @@ def _static_versions() -> dict[str, str]:
     }
 
 
-def make_templates() -> Jinja2Templates:
+def make_templates(prefix: str) -> Jinja2Templates:
+    """The templates; `prefix`: the path every page is under (`DashboardSettings.prefix`)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,
@@ -130,7 +135,8 @@ def make_templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     versions = _static_versions()
-    env.globals["static"] = lambda name: f"/static/{name}?v={versions.get(name, '0')}"
+    env.globals["root"] = prefix  # every href is {{ root }}/...: macros see it too
+    env.globals["static"] = lambda name: f"{prefix}/static/{name}?v={versions.get(name, '0')}"
     env.filters["duration"] = _duration
     env.filters["bytes"] = _bytes
     env.filters["thousands"] = lambda n: f"{int(n):,}"
@@ -149,7 +155,7 @@ def create_app(
         settings=settings,
         reads=reads or DashboardReads(client.app, settings),
         client=client,
-        templates=make_templates(),
+        templates=make_templates(settings.prefix),
     )
     routes = [
         *pages.routes(dashboard),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from runner.dashboard.payloads import field_value, payload_view, to_json
@@ -79,7 +79,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
     def search(request: Request) -> Response:
         task_id = (request.query_params.get("id") or "").strip()
         if not task_id:
-            return RedirectResponse("/tasks", status_code=303)
+            return dashboard.redirect("/tasks")
         try:
             dashboard.reads.items.item(task_id)
         except TaskNotFound:
@@ -92,7 +92,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
                 status_code=404,
                 back="/tasks",
             )
-        return RedirectResponse(f"/task?{_query(task_id)}", status_code=303)
+        return dashboard.redirect(f"/task?{_query(task_id)}")
 
     def task_page(request: Request) -> Response:
         view = _load(request)

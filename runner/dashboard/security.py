@@ -2,10 +2,15 @@
 
 - **Host check** (DNS rebinding): a page on evil.example whose name was re-pointed at
   127.0.0.1 sends `Host: evil.example`; only the address the dashboard serves passes.
-- **Token**: every request, reads and static files included, carries the process's token:
-  once in the URL that was printed (`/?token=...`), which sets an HttpOnly, SameSite=Strict
-  cookie and redirects to the same page without it, then in the cookie; or, for scripts,
-  in `Authorization: Bearer ...`.
+- **Path**: every page is under a random prefix (`/d/<random>/`, `DashboardSettings.prefix`);
+  anything else is 404. Cookies ignore ports, so the session cookie is scoped to that
+  path: a server on another port of this host (the moto endpoint, a developer's app)
+  never receives it, as it does not know the prefix.
+- **Token**: every request, reads and static files included, is authenticated: once by
+  the process's token in the URL that was printed (`.../?token=...`), which starts a
+  session (an HttpOnly, SameSite=Strict cookie holding a random session id, *not* the
+  token) and redirects to the same page without it; then by that cookie; or, for
+  scripts, by the token in `Authorization: Bearer ...`.
 - **CSRF**: a request that changes something (any method but GET and HEAD) and is
   authenticated by the cookie must come from the dashboard's own origin (Origin and
   Sec-Fetch-Site, where the browser sends them) and carry the CSRF token, derived from
@@ -19,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from runner.dashboard.settings import DashboardSettings
 
@@ -37,6 +44,10 @@ CSRF_FIELD = "csrf"
 # Forms are small: a create-task form carries one input (at most DynamoDB's 400 KB).
 MAX_BODY_BYTES = 512 * 1024
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Sessions a process remembers (each login through the printed URL starts one); past
+# this the oldest is forgotten and its browser must open the URL again.
+MAX_SESSIONS = 1000
+SESSION_BYTES = 32
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -79,13 +90,34 @@ def _same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _cookies(header: str) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _cookie_values(header: str, wanted: str) -> list[str]:
+    """Every value the browser sent under `wanted`: a page elsewhere on this host may set
+    a cookie of the same name (with a narrower Path it comes first), so all are tried."""
+    found: list[str] = []
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name:
-            found.setdefault(name, value)
+        if name == wanted:
+            found.append(value)
     return found
+
+
+class Sessions:
+    """The session ids this process handed out, newest last (at most MAX_SESSIONS)."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def start(self) -> str:
+        session = secrets.token_urlsafe(SESSION_BYTES)
+        self._ids[session] = None
+        while len(self._ids) > MAX_SESSIONS:
+            self._ids.popitem(last=False)
+        return session
+
+    def valid(self, given: str) -> bool:
+        # Membership in a dict of random ids: a guess cannot be timed closer (the hash of
+        # the guess decides the bucket, not its shared prefix with a real id).
+        return given in self._ids
 
 
 class Guard:
@@ -98,14 +130,23 @@ class Guard:
         self.origins = frozenset(f"http://{host}" for host in self.hosts)
         self.cookie = cookie_name(settings)
         self.csrf = csrf_token(settings.token)
+        self.prefix = settings.prefix
+        self.sessions = Sessions()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a WebSocket: the dashboard has none
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if headers.get("host", "") not in self.hosts:
             await _plain(send, 403, "This dashboard answers only at its own address.")
+            return
+        path = scope.get("path", "/")
+        if not (path == self.prefix or path.startswith(self.prefix + "/")):
+            await _plain(send, 404, "Not found: open the URL the dashboard printed.")
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = dict(query).get("token")
@@ -114,7 +155,10 @@ class Guard:
             return
         bearer = headers.get("authorization", "")
         by_header = bearer.startswith("Bearer ") and _same(bearer[7:], self.settings.token)
-        by_cookie = _same(_cookies(headers.get("cookie", "")).get(self.cookie), self.settings.token)
+        by_cookie = any(
+            self.sessions.valid(value)
+            for value in _cookie_values(headers.get("cookie", ""), self.cookie)
+        )
         if not (by_header or by_cookie):
             await _plain(
                 send,
@@ -136,7 +180,7 @@ class Guard:
             if refusal is not None:
                 await _plain(send, 403, f"Refused: {refusal}.")
                 return
-        await self.app(scope, receive, _with_headers(send))
+        await self.app(_inside(scope, self.prefix), receive, _with_headers(send))
 
     def _cross_site(self, headers: dict[str, str]) -> str | None:
         origin = headers.get("origin")
@@ -156,8 +200,13 @@ class Guard:
             await _plain(send, 401, "Wrong token: open the URL the dashboard printed.")
             return
         rest = urlencode([(k, v) for k, v in query if k != "token"])
-        location = scope.get("path", "/") + (f"?{rest}" if rest else "")
-        cookie = f"{self.cookie}={self.settings.token}; Path=/; HttpOnly; SameSite=Strict"
+        # The path as the browser sent it (still percent-encoded), which begins with the
+        # prefix: never a decoded one (not latin-1 encodable) or one that names a host.
+        raw = scope.get("raw_path") or quote(scope.get("path", "/")).encode()
+        location = raw.decode("latin-1").split("?", 1)[0] + (f"?{rest}" if rest else "")
+        cookie = (
+            f"{self.cookie}={self.sessions.start()}; Path={self.prefix}; HttpOnly; SameSite=Strict"
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -171,6 +220,23 @@ class Guard:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+
+
+def _inside(scope: Scope, prefix: str) -> Scope:
+    """The request as the routes see it: the prefix taken off the path."""
+    inner = dict(scope)
+    inner["path"] = scope["path"][len(prefix) :] or "/"
+    raw = scope.get("raw_path")
+    if raw is not None:
+        # The prefix is URL-safe characters, so a browser sends it as it is; a request
+        # that spelt it percent-encoded gets its path re-encoded instead.
+        encoded = prefix.encode()
+        inner["raw_path"] = (
+            raw[len(encoded) :] or b"/"
+            if raw.startswith(encoded)
+            else quote(inner["path"]).encode()
+        )
+    return inner
 
 
 def _with_headers(send: Send) -> Send:

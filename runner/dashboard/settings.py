@@ -15,7 +15,8 @@ from typing import Any
 from runner.config import Settings
 from runner.errors import ConfigurationError
 
-# Set by `runner.local serve` so it can print the URL of the dashboard it starts.
+# A fixed token from outside (a script that must know it before the dashboard starts);
+# without it each process draws its own.
 TOKEN_ENV = "TASK_RUNNER_DASHBOARD_TOKEN"
 # 32 random bytes; a token given from outside must be at least this long in characters.
 TOKEN_BYTES = 32
@@ -34,8 +35,17 @@ TABLE_OUTPUT = "TasksTableName"
 STATE_MACHINE_OUTPUT = "RetryStateMachineArn"
 
 
+# Every page is served under /d/<random>/: the session cookie is scoped to that path, so
+# a server on another port of this host (cookies ignore ports) never receives it.
+PREFIX_BYTES = 16
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_prefix() -> str:
+    return f"/d/{secrets.token_urlsafe(PREFIX_BYTES)}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class DashboardSettings:
     # Hide task data: inputs, results, error messages, progress messages, step results.
     redact_data: bool = False
     token: str = field(default_factory=new_token, repr=False)
+    # The path every page is under ("/d/<random>", no trailing slash).
+    prefix: str = field(default_factory=new_prefix, repr=False)
     count_cap: int = DEFAULT_COUNT_CAP
     count_ttl_seconds: float = DEFAULT_COUNT_TTL_SECONDS
     task_poll_seconds: float = TASK_POLL_SECONDS
@@ -59,6 +71,12 @@ class DashboardSettings:
             raise ConfigurationError(
                 f"the dashboard token must be at least {MIN_TOKEN_CHARS} characters"
             )
+        if not (
+            self.prefix.startswith("/d/")
+            and len(self.prefix) > 3
+            and all(c.isalnum() or c in "-_" for c in self.prefix[3:])
+        ):
+            raise ConfigurationError("the dashboard prefix must be /d/ and URL-safe characters")
         if self.count_cap < 1:
             raise ConfigurationError("the count cap must be at least 1")
 
@@ -69,11 +87,13 @@ class DashboardSettings:
         return cls(token=token, **overrides)
 
     def url(self, path: str = "/") -> str:
+        """The address of a page (`path` as the routes name it: "/tasks")."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{path}"
+        return f"http://{host}:{self.port}{self.prefix}{path}"
 
     def login_url(self) -> str:
-        """The URL to open: the token in it is swapped for a cookie on the first visit."""
+        """The URL to open: the token in it is swapped for a session cookie on the first
+        visit."""
         return self.url(f"/?token={self.token}")
 
 

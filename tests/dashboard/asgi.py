@@ -35,6 +35,9 @@ class Browser:
     app: Any
     host: str = HOST
     cookies: dict[str, str] = field(default_factory=dict)
+    # The dashboard's path prefix: put in front of a path that does not start with it,
+    # so tests name pages as the routes do ("/tasks"); `outside=True` sends it as given.
+    prefix: str = ""
 
     def request(
         self,
@@ -43,7 +46,10 @@ class Browser:
         *,
         form: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        outside: bool = False,
     ) -> Reply:
+        if self.prefix and not outside and not url.startswith(self.prefix):
+            url = self.prefix + url
         parts = urlsplit(url)
         body = urlencode(form).encode() if form is not None else b""
         sent = {"host": self.host, **(headers or {})}

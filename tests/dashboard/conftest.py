@@ -23,6 +23,7 @@ from tests.dashboard.asgi import Browser
 
 TOKEN = "test-token-" + "x" * 32
 PORT = 8600
+PREFIX = "/d/test-prefix"
 PASS_STATE = {"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}}
 
 
@@ -35,7 +36,7 @@ class Served:
     reads: DashboardReads
 
     def browser(self, *, logged_in: bool = True) -> Browser:
-        browser = Browser(self.asgi)
+        browser = Browser(self.asgi, prefix=PREFIX)
         if logged_in:
             reply = browser.get(f"/?token={TOKEN}")
             assert reply.status == 303, reply.text
@@ -56,7 +57,7 @@ class Served:
 
 
 def serve(app: App, **options: Any) -> Served:
-    settings = DashboardSettings(port=PORT, token=TOKEN, **options)
+    settings = DashboardSettings(port=PORT, token=TOKEN, prefix=PREFIX, **options)
     client = TaskRunnerClient(app)
     reads = DashboardReads(app, settings)
     return Served(app, client, settings, create_app(settings, client, reads), reads)

@@ -14,7 +14,7 @@ import pytest
 from runner.dashboard.payloads import INLINE_PAYLOAD_CHARS
 from runner.items import serialize
 from runner.model import status_shard
-from tests.dashboard.conftest import Served, serve
+from tests.dashboard.conftest import PREFIX, Served, serve
 from tests.helpers import put_raw
 
 
@@ -111,11 +111,13 @@ def test_the_list_pages_by_cursor_and_no_page_scans(served: Served, calls: Count
     calls.clear()
 
     first = browser.get("/tasks?status=PENDING").text
-    ids = set(re.findall(r'href="/task\?id=([^"]+)"', first))
-    cursor = re.search(r'rel="next" href="/tasks\?status=PENDING&amp;cursor=([^"]+)"', first)
+    ids = set(re.findall(r'href="/d/test-prefix/task\?id=([^"]+)"', first))
+    cursor = re.search(
+        r'rel="next" href="/d/test-prefix/tasks\?status=PENDING&amp;cursor=([^"]+)"', first
+    )
     assert cursor, "no next page"
     second = browser.get(f"/tasks?status=PENDING&cursor={cursor.group(1)}").text
-    ids |= set(re.findall(r'href="/task\?id=([^"]+)"', second))
+    ids |= set(re.findall(r'href="/d/test-prefix/task\?id=([^"]+)"', second))
 
     assert ids == made
     for page in ("/", "/tasks", "/tasks?status=DONE", f"/task?id={min(made)}", "/new"):
@@ -130,7 +132,7 @@ def test_search_finds_an_exact_id_and_says_plainly_when_there_is_none(served: Se
 
     found = browser.get("/search?id=order%3A42%2Fa+b")
     assert found.status == 303
-    assert found.headers["location"] == "/task?id=order%3A42%2Fa+b"
+    assert found.headers["location"] == f"{PREFIX}/task?id=order%3A42%2Fa+b"
     assert task.id in browser.get(found.headers["location"]).text
     missing = browser.get("/search?id=order")
     assert missing.status == 404
@@ -144,7 +146,7 @@ def test_a_task_page_shows_its_input_attempts_and_error(served: Served) -> None:
     assert "ALWAYS_FAILING_TASK" in page
     assert '"reason": "boom"' in page
     assert "RetryableTaskError" in page and "retryable" in page
-    assert 'href="/task/retry?id=' in page  # FAILED: it can be retried
+    assert f'href="{PREFIX}/task/retry?id=' in page  # FAILED: it can be retried
     assert 'hx-trigger="every' in page  # retryable and not exhausted: still live
 
 
@@ -218,7 +220,7 @@ def test_create_a_task_from_the_form_its_model_makes(served: Served) -> None:
     assert created.status == 303
     (task,) = served.client.list_tasks()[0]
     assert task.type == "SLEEP_TASK" and task.data == {"seconds": 0.5}
-    assert created.headers["location"].startswith(f"/task?id={task.id}")
+    assert created.headers["location"].startswith(f"{PREFIX}/task?id={task.id}")
 
 
 def test_a_large_payload_is_linked_not_inlined(served: Served) -> None:
@@ -228,7 +230,7 @@ def test_a_large_payload_is_linked_not_inlined(served: Served) -> None:
 
     page = browser.get(f"/task?id={task.id}").text
     assert big not in page
-    assert f'href="/task/payload?id={task.id}&amp;field=data"' in page
+    assert f'href="{PREFIX}/task/payload?id={task.id}&amp;field=data"' in page
     full = browser.get(f"/task/payload?id={task.id}&field=data")
     assert full.status == 200 and big in full.text
     assert browser.get(f"/task/payload?id={task.id}&field=nope").status == 404

@@ -11,7 +11,7 @@ from runner.dashboard.security import Guard, csrf_token
 from runner.dashboard.settings import DashboardSettings
 from runner.errors import ConfigurationError
 from tests.dashboard.asgi import Browser
-from tests.dashboard.conftest import PORT, TOKEN, Served, serve
+from tests.dashboard.conftest import PORT, PREFIX, TOKEN, Served, serve
 
 CALLS: list[str] = []
 
@@ -27,7 +27,9 @@ async def echo(scope: Any, receive: Any, send: Any) -> None:
 @pytest.fixture
 def guarded() -> Browser:
     CALLS.clear()
-    return Browser(Guard(echo, DashboardSettings(port=PORT, token=TOKEN)))
+    return Browser(
+        Guard(echo, DashboardSettings(port=PORT, token=TOKEN, prefix=PREFIX)), prefix=PREFIX
+    )
 
 
 def test_every_request_needs_the_token_reads_and_static_files_included(guarded: Browser) -> None:
@@ -47,13 +49,97 @@ def test_the_printed_url_sets_a_strict_cookie_and_drops_the_token_from_the_url(
 
     # Then the browser is sent to the same page without the token, with a cookie
     assert reply.status == 303
-    assert reply.headers["location"] == "/task?id=a+b"
+    assert reply.headers["location"] == f"{PREFIX}/task?id=a+b"
     cookie = reply.headers["set-cookie"]
-    assert cookie.startswith(f"task_runner_dashboard_{PORT}={TOKEN};")
+    assert cookie.startswith(f"task_runner_dashboard_{PORT}=")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    # And the cookie alone lets it in from then on
+    # Scoped to the dashboard's random path (cookies ignore ports: a server on another
+    # port of this host must not receive it), and holding a session id, not the token
+    assert f"Path={PREFIX};" in cookie
+    session = guarded.cookies[f"task_runner_dashboard_{PORT}"]
+    assert TOKEN not in cookie and len(session) >= 32
+    stranger = Browser(guarded.app, prefix=PREFIX)
+    assert stranger.get("/", headers={"authorization": f"Bearer {session}"}).status == 401
+    # And the cookie alone lets it in from then on (the routes see the path without the
+    # prefix)
     assert guarded.get("/tasks").status == 200
     assert CALLS == ["GET /tasks "]
+
+
+def test_nothing_is_served_outside_the_random_prefix(guarded: Browser) -> None:
+    guarded.get(f"/?token={TOKEN}")
+    bearer = {"authorization": f"Bearer {TOKEN}"}
+    for path in ("/", "/tasks", "/static/htmx.min.js", "/d/", "/d/other/tasks", PREFIX + "x/"):
+        assert guarded.get(path, headers=bearer, outside=True).status == 404, path
+    # Not even the login: a URL without the prefix cannot start a session
+    assert guarded.get(f"/?token={TOKEN}", outside=True).status == 404
+    assert CALLS == []
+
+
+def test_each_login_starts_its_own_session_and_an_unknown_one_is_refused(
+    guarded: Browser,
+) -> None:
+    guarded.get(f"/?token={TOKEN}")
+    first = dict(guarded.cookies)
+    guarded.get(f"/?token={TOKEN}")
+    assert guarded.cookies != first
+    other = Browser(guarded.app, prefix=PREFIX, cookies=first)
+    assert other.get("/tasks").status == 200  # the earlier session still works
+    forged = Browser(
+        guarded.app, prefix=PREFIX, cookies={f"task_runner_dashboard_{PORT}": "x" * 43}
+    )
+    assert forged.get("/tasks").status == 401
+
+
+def test_a_same_name_cookie_tossed_in_front_does_not_lock_the_operator_out(
+    guarded: Browser,
+) -> None:
+    # A page elsewhere on this host set a cookie of the same name with a narrower Path:
+    # the browser sends it first
+    guarded.get(f"/?token={TOKEN}")
+    name = f"task_runner_dashboard_{PORT}"
+    real = guarded.cookies[name]
+    header = {"cookie": f"{name}=tossed; {name}={real}"}
+    assert guarded.get("/tasks", headers=header).status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        # a path that is not latin-1 once decoded: the raw (encoded) path is used
+        ("/%E2%82%AC", "/%E2%82%AC"),
+        # a path that would name a host if it came first: it never does (the prefix)
+        ("//evil.example/", "//evil.example/"),
+    ],
+)
+def test_the_login_redirect_keeps_the_raw_path_under_the_prefix(
+    guarded: Browser, path: str, location: str
+) -> None:
+    reply = guarded.get(f"{path}?token={TOKEN}")
+    assert reply.status == 303
+    assert reply.headers["location"] == PREFIX + location
+
+
+def test_a_websocket_is_refused() -> None:
+    import asyncio
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    reached: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    guard = Guard(app, DashboardSettings(port=PORT, token=TOKEN, prefix=PREFIX))
+    scope = {"type": "websocket", "path": PREFIX + "/", "headers": [(b"host", b"127.0.0.1:8600")]}
+    asyncio.run(guard(scope, receive, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
 
 
 def test_a_bearer_token_works_for_scripts(guarded: Browser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import shutil
 import tempfile
 import threading
@@ -22,13 +23,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from runner.dashboard.counts import counted_statuses
 from tests.e2e.conftest import ROOT, ServedStack
 
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = ROOT / ".artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Any chromium and chromedriver on PATH, as `make browser` accepts (Debian's by default).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # The flags this machine's Chromium needs (no sandbox as root; no calls to Google's hosts,
 # which the closed network refuses).
 FLAGS = (
@@ -54,6 +57,7 @@ def _driver(profile: str) -> Any:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     return driver
@@ -72,12 +76,34 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def dashboard(local_stack: ServedStack, browser: Any) -> str:
-    """The dashboard's base URL, the browser logged in through the printed URL."""
+    """The dashboard's base URL (its random prefix included), the browser logged in
+    through the printed URL."""
     assert local_stack.dashboard_url, "serve printed no dashboard URL"
     login = urlsplit(local_stack.dashboard_url)
     browser.get(local_stack.dashboard_url)
     assert "token" not in browser.current_url  # swapped for the cookie at once
-    return f"{login.scheme}://{login.netloc}"
+    return f"{login.scheme}://{login.netloc}{login.path.rstrip('/')}"
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors(browser: Any, dashboard: str) -> Iterator[None]:
+    """Every test ends with nothing at SEVERE on the console from the dashboard: a
+    Content-Security-Policy violation (an inline script or style) or a file it could not
+    load (an unvendored one). The refusals the tests provoke (401, 403) and other
+    servers' pages are not the dashboard's errors."""
+    browser.get_log("browser")  # what earlier tests left
+    yield
+
+    def the_dashboards(entry: dict[str, Any]) -> bool:
+        message = str(entry.get("message", ""))
+        if entry.get("source") != "network":
+            return True
+        return message.startswith(dashboard) and not re.search(r"status of 40[13]", message)
+
+    severe = [
+        e for e in browser.get_log("browser") if e.get("level") == "SEVERE" and the_dashboards(e)
+    ]
+    assert not severe, severe
 
 
 def shoot(browser: Any, name: str) -> None:
@@ -147,7 +173,9 @@ def test_the_overview_shows_counts_and_updates_by_itself(
     statuses = [
         e.get_attribute("data-status") for e in browser.find_elements(By.CSS_SELECTOR, "a.card")
     ]
-    assert statuses == ["PENDING", "PROCESSING", "RETRYING"]
+    # The non-final statuses, in the model's order, whatever statuses it has
+    assert statuses == [s.value for s in counted_statuses()]
+    assert "PENDING" in statuses and "DONE" not in statuses
     mark_page(browser)
 
     def processing() -> int:
@@ -231,9 +259,11 @@ def test_retry_a_failed_task_and_see_its_new_execution_appear(
     until(lambda: "Retry task" in browser.page_source, 10, "the confirmation")
     browser.find_element(By.ID, "confirm").click()
 
-    # Then the new execution is on the page, and its state history grows by itself
+    # Then the new execution is on the page, and its state history grows by itself: it is
+    # first seen RUNNING (the retry workflow's first attempt waits), then closed
     until(lambda: browser.find_elements(By.CSS_SELECTOR, "details.execution"), 10, "an execution")
     mark_page(browser)
+    assert text_of(browser, "details.execution summary .badge") == "RUNNING"
     assert "Retry started" in browser.page_source
     (execution,) = local_stack.get_task(task_id)["executions"]
     assert execution.rsplit(":", 1)[-1] in browser.page_source
@@ -298,3 +328,50 @@ def test_an_action_without_the_token_is_refused(
     task = local_stack.get_task(task_id)
     assert task["status"] == "FAILED" and not task.get("executions")
     browser.get(local_stack.dashboard_url)  # log in again for whatever runs next
+
+
+def test_a_server_on_another_port_never_receives_the_session_or_the_token(
+    local_stack: ServedStack, browser: Any, dashboard: str
+) -> None:
+    """Cookies ignore ports: a cookie scoped to Path=/ would go to every server on
+    127.0.0.1 (the moto endpoint, a developer's app) once the operator opens one. The
+    session cookie is scoped to the dashboard's random prefix and is not the token."""
+    seen: list[str] = []
+
+    class Thief(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(f"{self.path}\n{self.headers}")
+            body = b"<p id='here'>elsewhere</p><img src='/d/'><img src='/anything/deeper'>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Thief)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    thief = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        # Given a logged-in operator on a dashboard page
+        browser.get(f"{dashboard}/tasks")
+        assert "tasks" in browser.title
+        cookies = browser.get_cookies()
+
+        # When they open a page of another server on this host, from the dashboard's
+        # page and directly, and it loads more from its own server
+        browser.execute_script("window.location = arguments[0]", f"{thief}/from-dashboard")
+        until(lambda: "elsewhere" in browser.page_source, 10, "the other server's page")
+        browser.get(f"{thief}/")
+        until(lambda: len(seen) >= 5, 10, "the other server's requests")
+    finally:
+        server.shutdown()
+
+    # Then no request it received carried the session, the token or the prefix
+    token = urlsplit(local_stack.dashboard_url).query.removeprefix("token=")
+    prefix = urlsplit(dashboard).path
+    received = "\n".join(seen)
+    assert "task_runner_dashboard" not in received, received
+    assert token not in received and prefix not in received, received
+    assert cookies and all(c["path"] == prefix for c in cookies)

@@ -5,6 +5,7 @@ by make's death."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,7 +116,7 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         # And the dashboard's URL, with its token, which it answers (and only with it)
         (login,) = [line for line in lines if line.startswith("Dashboard: ")]
         url = login.removeprefix("Dashboard: ")
-        assert url.startswith(f"http://127.0.0.1:{dashboard_port}/?token=")
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{dashboard_port}/d/[\w-]+/\?token=[\w-]+", url)
         assert dashboard_status(url) == 303
         assert dashboard_status(url.split("?", 1)[0]) == 401
         stack = descendants(make.pid)
