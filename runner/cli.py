@@ -237,7 +237,7 @@ def load_registry() -> TaskRegistry:
 
     modules = Settings.from_env().task_modules
     try:
-        return default_registry(modules)
+        return default_registry(modules, required=False)
     except Exception as exc:  # a malformed definition, a module that does not import
         named = f" (TASK_RUNNER_TASK_MODULES={','.join(modules)})" if modules else ""
         raise TaskRunnerError(

@@ -24,9 +24,9 @@ class TaskRunnerClient:
 
     def __init__(self, app: App | None = None) -> None:
         if app is None:
-            from runner.app import get_app
+            from runner.app import producer_app
 
-            app = get_app()
+            app = producer_app()
         self.app = app
 
     def create_task(

@@ -70,6 +70,10 @@ def test_the_readmes_producer_example_runs_with_the_installed_package(
         " sys.modules if m.split('.')[0] in ('moto', 'starlette', 'uvicorn', 'jinja2', 'tasks'))}))"
     )
     app.write_text(f"{match['code']}\nimport json, sys, runner\n{report}\n")
+    # with a top-level `tasks` package of the application's own (a Celery app, say),
+    # which the runner must not import (it would run its side effects, and fail here)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text("raise RuntimeError('the app tasks ran')\n")
 
     # When it runs there
     ran = subprocess.run(

@@ -4,17 +4,19 @@ registry) the client validates first, as it always has."""
 
 from __future__ import annotations
 
-import builtins
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from runner.app import App, default_registry
+import handler
+from runner.app import App, default_registry, get_app
 from runner.client import TaskRunnerClient
-from runner.errors import InvalidTaskInput, UnknownTaskType
+from runner.errors import ConfigurationError, InvalidTaskInput, UnknownTaskType
 from runner.model import ClaimSource, TaskStatus
 from runner.registry import TaskRegistry
+from tests.helpers import FakeLambdaContext, pending, put_raw, stream_record
 
 
 class Hello(BaseModel):
@@ -25,19 +27,59 @@ def producer(app: App) -> TaskRunnerClient:
     return TaskRunnerClient(App(app.settings, app.clients, TaskRegistry(complete=False)))
 
 
-def test_without_tasks_the_default_registry_is_incomplete(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = builtins.__import__
-
-    def no_tasks(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "tasks":
-            raise ModuleNotFoundError("No module named 'tasks'", name="tasks")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tasks)
-    registry = default_registry(("runner.local.demo_tasks",))
+def test_without_tasks_the_producers_registry_is_incomplete(tmp_path: Path) -> None:
+    # An installed package: runner/ in site-packages, no handler.py or tasks/ beside it
+    registry = default_registry(("runner.local.demo_tasks",), required=False, root=tmp_path)
     assert not registry.complete
     assert "NOOP_TASK" in registry and "EXAMPLE_TASK" not in registry
     assert default_registry.__module__ == "runner.app"
+
+
+def test_what_runs_tasks_refuses_to_start_without_tasks(tmp_path: Path) -> None:
+    # A Lambda zip that lost tasks/: a configuration error, never a registry that turns
+    # every task into an UnknownTaskType failure
+    (tmp_path / "handler.py").write_text("")
+    with pytest.raises(ConfigurationError, match="task types are missing"):
+        default_registry(root=tmp_path)
+
+
+def test_a_deployed_function_without_tasks_fails_its_invocation_and_fails_no_task(
+    app: App, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given the stream function's code without tasks/ (handler.py and runner/ only)
+    (tmp_path / "handler.py").write_text("")
+    monkeypatch.setattr("runner.app.DEPLOYMENT_ROOT", tmp_path)
+    monkeypatch.setattr(
+        "runner.app.Settings.from_env", classmethod(lambda cls, env=None: app.settings)
+    )
+    get_app.cache_clear()
+    values = put_raw(
+        app.clients.dynamodb,
+        app.settings.table_name,
+        pending("lost-tasks", "EXAMPLE_TASK", {"message": "hi"}),
+    )
+
+    # When a batch arrives, the invocation fails (Lambda retries the batch, bisects it,
+    # and the sweeper finds what stays PENDING) ...
+    with pytest.raises(ConfigurationError, match="task types"):
+        handler.process_stream({"Records": [stream_record(values)]}, FakeLambdaContext())
+    # ... and the task is untouched: not FAILED as an unknown type
+    assert app.store.get("lost-tasks").status is TaskStatus.PENDING
+    # An App handed an incomplete registry refuses to run tasks too
+    incomplete = App(app.settings, app.clients, TaskRegistry(complete=False))
+    for part in ("stream", "attempts", "sweeper"):
+        with pytest.raises(ConfigurationError, match="needs the deployment's task types"):
+            getattr(incomplete, part)
+
+
+def test_a_producers_own_tasks_package_is_never_imported(tmp_path: Path) -> None:
+    # A producer application with a top-level `tasks` of its own (a Celery app, say)
+    # beside the installed package: loading the registry must not import it
+    site = tmp_path / "site-packages"
+    (site / "tasks").mkdir(parents=True)
+    (site / "tasks" / "__init__.py").write_text("raise RuntimeError('the producer tasks ran')\n")
+    registry = default_registry(required=False, root=site)
+    assert not registry.complete and len(registry) == 0
 
 
 def test_with_tasks_the_registry_is_complete_and_unknown_types_are_refused(app: App) -> None:
