@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from runner.app import App
 from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
@@ -168,7 +169,11 @@ def _unvalidated(task_type: str, data: Any) -> tuple[str, dict[str, Any]]:
         kind = type(data).__name__
         raise InvalidTaskInput(f"the input of a task must be a JSON object, not {kind}")
     try:
-        stored: dict[str, Any] = json.loads(json.dumps(data, allow_nan=False))
+        # As a model's JSON mode would turn them (datetime, Decimal, UUID: strings), so a
+        # known and an unknown type take the same values; then NaN and Infinity refused.
+        stored: dict[str, Any] = json.loads(
+            json.dumps(to_jsonable_python(data), allow_nan=False)
+        )
     except (TypeError, ValueError) as exc:
         raise InvalidTaskInput(f"the input of a {name} task is not JSON: {exc}") from exc
     return name, stored

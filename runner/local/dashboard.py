@@ -11,7 +11,8 @@ from runner.errors import TaskRunnerError
 
 NOT_INSTALLED = (
     "Dashboard: not installed (its dependencies are the [dashboard] extra:"
-    " pip install 'task-runner[dashboard]', or requirements-dashboard.txt)"
+    " pip install '.[dashboard]' in this repository, or -r requirements-dashboard.txt;"
+    " the name task-runner on PyPI is someone else's)"
 )
 
 

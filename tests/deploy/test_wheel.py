@@ -68,3 +68,21 @@ def test_each_range_admits_the_pinned_version() -> None:
             f"{requirement}: the lower bound is not the pin {pinned[name]}"
         )
         assert re.search(r",<[\d.]+", requirement), f"{requirement}: bound the next major"
+
+
+def test_the_wheel_says_its_types_are_checked() -> None:
+    # PEP 561: a producer's mypy reads the client's annotations only with py.typed
+    with zipfile.ZipFile(built_wheel()) as wheel:
+        assert "runner/py.typed" in wheel.namelist()
+
+
+def test_no_hint_tells_anyone_to_install_the_name_from_pypi() -> None:
+    # `task-runner` on PyPI is an unrelated package: every install hint names this
+    # repository (a path or "."), never the bare distribution name
+    bare = re.compile(r"pip install\s+['\"]?task-runner\b")
+    sources = [*ROOT.glob("runner/**/*.py"), ROOT / "README.md", ROOT / "docs" / "DEPLOY.md"]
+    offending = [str(p) for p in sources if bare.search(p.read_text())]
+    assert offending == []
+    from runner.local.dashboard import NOT_INSTALLED
+
+    assert "pip install '.[dashboard]'" in NOT_INSTALLED

@@ -134,3 +134,13 @@ def test_what_no_runner_could_read_is_refused_before_anything_is_written(
     with pytest.raises(error):
         client.create_task(task_type, data)
     assert client.list_tasks()[0] == []
+
+
+def test_a_producer_sends_dates_and_decimals_as_a_validating_client_would(app: App) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    when = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    task = producer(app).create_task("NOT_DEPLOYED", {"when": when, "amount": Decimal("1.5")})
+    assert task.data == {"when": "2026-12-01T12:00:00Z", "amount": "1.5"}
+    assert app.store.get(task.id).data == task.data
