@@ -171,9 +171,7 @@ def _unvalidated(task_type: str, data: Any) -> tuple[str, dict[str, Any]]:
     try:
         # As a model's JSON mode would turn them (datetime, Decimal, UUID: strings), so a
         # known and an unknown type take the same values; then NaN and Infinity refused.
-        stored: dict[str, Any] = json.loads(
-            json.dumps(to_jsonable_python(data), allow_nan=False)
-        )
+        stored: dict[str, Any] = json.loads(json.dumps(to_jsonable_python(data), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidTaskInput(f"the input of a {name} task is not JSON: {exc}") from exc
     return name, stored
