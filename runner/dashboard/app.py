@@ -3,6 +3,7 @@ templates with their filters, the vendored static files, all behind `security.Gu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from starlette.templating import Jinja2Templates
 from runner.dashboard.reads import DashboardReads
 from runner.dashboard.security import Guard, csrf_token
 from runner.dashboard.settings import DashboardSettings
+from runner.errors import StoreError, WorkflowError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
@@ -145,6 +147,19 @@ def make_templates(prefix: str) -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+def _aws_unavailable(dashboard: Dashboard, request: Request, exc: Exception) -> Response:
+    """DynamoDB or Step Functions refused or throttled a read the page needs: a page that
+    says so (503, so a poll's htmx keeps what it shows and the page marks it not
+    current), never a bare 500. The text is the error code only, never AWS's message."""
+    return dashboard.message(
+        request,
+        "AWS did not answer",
+        str(exc),
+        "The page is shown again once it does: reload in a moment.",
+        status_code=503,
+    )
+
+
 def create_app(
     settings: DashboardSettings, client: Any, reads: DashboardReads | None = None
 ) -> Any:
@@ -162,6 +177,12 @@ def create_app(
         *actions.routes(dashboard),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            StoreError: functools.partial(_aws_unavailable, dashboard),
+            WorkflowError: functools.partial(_aws_unavailable, dashboard),
+        },
+    )
     app.state.dashboard = dashboard
     return Guard(app, settings)

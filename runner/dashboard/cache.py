@@ -1,5 +1,6 @@
 """A small time-bounded cache: a value is computed once per key and reused for a few
-seconds, however many pages ask at once (one computes, the others wait for it)."""
+seconds, however many pages ask at once (one computes; the others wait for it, or, with
+`stale_ok`, take the last value at once rather than wait behind a slow computation)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,20 @@ class TtlCache(Generic[T]):
         self._locks: dict[Hashable, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], T]) -> Cached[T]:
+    def get(self, key: Hashable, compute: Callable[[], T], *, stale_ok: bool = False) -> Cached[T]:
         hit = self._lookup(key)
         if hit is not None:
             return hit
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # one computes; the others find its value when they get the lock
+        if not lock.acquire(blocking=False):
+            # Another request is computing it (slow: DynamoDB retrying a throttle, say):
+            # with `stale_ok`, the last value now rather than a thread held until then.
+            last = self.last(key) if stale_ok else None
+            if last is not None:
+                return last
+            lock.acquire()
+        try:  # one computes; the others find its value when they get the lock
             hit = self._lookup(key)
             if hit is not None:
                 return hit
@@ -53,6 +61,14 @@ class TtlCache(Generic[T]):
                     self._values.pop(next(iter(self._values)))
                 self._values[key] = (now, value)
             return Cached(value, now, True)
+        finally:
+            lock.release()
+
+    def last(self, key: Hashable) -> Cached[T] | None:
+        """The last value computed, however old (not fresh)."""
+        with self._guard:
+            found = self._values.get(key)
+        return None if found is None else Cached(found[1], found[0], False)
 
     def peek(self, key: Hashable) -> Cached[T] | None:
         """The value if it is there and fresh; computes nothing."""

@@ -20,6 +20,8 @@ from runner.model import TaskStatus
 if TYPE_CHECKING:
     from runner.dashboard.app import Dashboard
 
+# DynamoDB's limit on a partition key value: no task can have a longer id.
+MAX_ID_BYTES = 2048
 # What an action's redirect tells the page to say (a code, never free text from the URL).
 NOTICES = {
     "retried": "Retry started: the new execution is below.",
@@ -61,7 +63,20 @@ def routes(dashboard: Dashboard) -> list[Route]:
                 decode_cursor(cursor)
         except ValueError as exc:
             return dashboard.message(request, "Bad request", str(exc), status_code=400)
-        found, next_cursor = dashboard.reads.page(status, cursor)
+        try:
+            found, next_cursor = dashboard.reads.page(status, cursor)
+        except StoreError as exc:
+            if cursor and not exc.transient:
+                # A cursor that decodes but names positions the index refuses (edited,
+                # or from another table): the request's fault
+                return dashboard.message(
+                    request,
+                    "Bad request",
+                    f"The table refused this page's cursor ({exc.code or exc}).",
+                    status_code=400,
+                    back="/tasks",
+                )
+            raise
         return dashboard.render(
             request,
             "tasks.html",
@@ -80,6 +95,14 @@ def routes(dashboard: Dashboard) -> list[Route]:
         task_id = (request.query_params.get("id") or "").strip()
         if not task_id:
             return dashboard.redirect("/tasks")
+        if len(task_id.encode()) > MAX_ID_BYTES:
+            return dashboard.message(
+                request,
+                "Bad request",
+                f"A task id is at most {MAX_ID_BYTES} bytes (DynamoDB's limit for a key).",
+                status_code=400,
+                back="/tasks",
+            )
         try:
             dashboard.reads.items.item(task_id)
         except TaskNotFound:
