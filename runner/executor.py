@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from runner import runtime
+from runner import metrics, runtime
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.context import TaskContext
@@ -237,6 +237,8 @@ class TaskRunner:
             error: TaskErrorInfo | None = None
             lease_until: int | None = None
             abandoned: tuple[threading.Thread, ...] = ()
+            metrics.claimed(task, source, started)
+            began = self._monotonic()
             try:
                 result = self._execute(task, remaining_seconds)
             except TaskTimedOut as exc:
@@ -249,6 +251,7 @@ class TaskRunner:
                     )
             except Exception as exc:
                 error = describe_error(exc)
+            metrics.handler_duration(task.type, self._monotonic() - began)
             try:
                 outcome = self.record(
                     task,
@@ -320,6 +323,7 @@ class TaskRunner:
             self.log.warning("outcome not recorded: claim lost", extra=fields)
             return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
         status, error = recorded.status, recorded.error if recorded.status is not S.DONE else None
+        metrics.recorded(task.type, status.value, error)
         level = self.log.info if status is S.DONE else self.log.warning
         level(
             f"task {status.value.lower()}",
