@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from runner import metrics
-from tests.integration.test_workflow import Workflow, flow  # noqa: F401  (the fixture)
+from tests.integration.test_workflow import Workflow, _build
 
 
 def documents(out: str) -> list[dict[str, Any]]:
@@ -41,6 +42,11 @@ def by_dimensions(docs: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...
                 "Milliseconds" if metric["Name"] in metrics.DURATIONS else "Count"
             )
     return merged
+
+
+@pytest.fixture
+def flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workflow]:
+    yield from _build(monkeypatch, instant=True)
 
 
 @pytest.fixture
