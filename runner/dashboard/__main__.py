@@ -9,6 +9,7 @@ to open, with the process's token in it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from runner.dashboard.settings import (
     DEFAULT_COUNT_CAP,
     LOOPBACK_HOST,
+    METRICS_NAMESPACE_OUTPUT,
     DashboardSettings,
     runner_settings,
     stack_outputs,
@@ -59,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connect(args: argparse.Namespace) -> Any:
-    """The runner's client for what the arguments and the environment name, checked."""
+def connect(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """The runner's client for what the arguments and the environment name, checked,
+    and the stack's outputs (with --stack)."""
     import botocore.session
 
     from runner.app import App
@@ -79,11 +82,12 @@ def connect(args: argparse.Namespace) -> Any:
     settings = runner_settings(**given)
     clients = AwsClients(settings, session)
     check_configuration(settings, session, clients.dynamodb.meta.endpoint_url)
+    outputs: dict[str, str] = {}
     if args.stack:
         outputs = stack_outputs(clients.client("cloudformation"), args.stack)
         settings = runner_settings(**given, stack_outputs=outputs)
         clients = AwsClients(settings, session)
-    return TaskRunnerClient(App(settings, clients, load_registry()))
+    return TaskRunnerClient(App(settings, clients, load_registry())), outputs
 
 
 def banner(settings: DashboardSettings, client: Any) -> list[str]:
@@ -114,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             redact_data=args.redact_data,
             count_cap=args.count_cap,
         )
-        client = connect(args)
+        client, outputs = connect(args)
+        namespace = outputs.get(METRICS_NAMESPACE_OUTPUT)
+        if namespace:
+            settings = dataclasses.replace(settings, metrics_namespace=namespace)
         settings, sock = bound_settings(settings)
     except TaskRunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)

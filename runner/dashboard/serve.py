@@ -44,7 +44,8 @@ def build_app(settings: DashboardSettings, client: Any) -> Any:
     from runner.dashboard.reads import DashboardReads
     from runner.dashboard.throughput import throughput_source
 
-    reads = DashboardReads(client.app, settings, throughput=throughput_source(client.app))
+    throughput = throughput_source(client.app, settings.metrics_namespace)
+    reads = DashboardReads(client.app, settings, throughput=throughput)
     return create_app(settings, client, reads)
 
 

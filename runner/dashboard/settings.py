@@ -33,6 +33,7 @@ DEFAULT_PAGE_SIZE = 25
 # The stack's outputs that name what the dashboard reads (infra/resources.yml).
 TABLE_OUTPUT = "TasksTableName"
 STATE_MACHINE_OUTPUT = "RetryStateMachineArn"
+METRICS_NAMESPACE_OUTPUT = "MetricsNamespace"
 
 
 # Every page is served under /d/<random>/: the session cookie is scoped to that path, so
@@ -65,6 +66,9 @@ class DashboardSettings:
     task_poll_seconds: float = TASK_POLL_SECONDS
     overview_poll_seconds: float = OVERVIEW_POLL_SECONDS
     page_size: int = DEFAULT_PAGE_SIZE
+    # Where the functions' metrics are (the stack's MetricsNamespace output); None: the
+    # POWERTOOLS_METRICS_NAMESPACE variable, else runner.metrics' default.
+    metrics_namespace: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.token) < MIN_TOKEN_CHARS:

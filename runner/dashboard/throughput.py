@@ -13,13 +13,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from runner import metrics as runner_metrics
 from runner.dashboard.cache import TtlCache
 
-# The metrics' namespace: Powertools' variable, as the functions read it.
-NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
-DEFAULT_NAMESPACE = "TaskRunner"
-SUCCEEDED_METRIC = "TaskSucceeded"
-FAILED_METRIC = "TaskFailed"
+# The metrics' namespace: Powertools' variable, as the functions read it (serverless.yml
+# sets TaskRunner/<stage>; the stack's output MetricsNamespace names it).
+NAMESPACE_ENV = runner_metrics.NAMESPACE_ENV
+DEFAULT_NAMESPACE = runner_metrics.DEFAULT_NAMESPACE
+SUCCEEDED_METRIC = runner_metrics.SUCCEEDED
+FAILED_METRIC = runner_metrics.FAILED
+# The dimension set each is printed with (runner.metrics): only those are summed, so a
+# dimension set added later (an aggregate, say) is never counted twice.
+DIMENSION_NAMES = {
+    SUCCEEDED_METRIC: frozenset({runner_metrics.TYPE}),
+    FAILED_METRIC: frozenset({runner_metrics.TYPE, runner_metrics.OUTCOME}),
+}
 WINDOW_MINUTES = 60
 PERIOD_SECONDS = 60
 # Per-minute figures change once a minute; CloudWatch bills GetMetricData per metric read.
@@ -79,9 +87,14 @@ class CloudWatchThroughput:
     def _metrics(self, name: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"Namespace": self.namespace, "MetricName": name}
+        wanted = DIMENSION_NAMES[name]
         while True:
             page = self.cloudwatch.list_metrics(**kwargs)
-            found += page.get("Metrics", [])
+            found += [
+                m
+                for m in page.get("Metrics", [])
+                if frozenset(d["Name"] for d in m.get("Dimensions", [])) == wanted
+            ]
             token = page.get("NextToken")
             if not token:
                 return found
@@ -95,7 +108,7 @@ class CloudWatchThroughput:
         try:
             metrics = [(SUCCEEDED_METRIC, m) for m in self._metrics(SUCCEEDED_METRIC)]
             metrics += [(FAILED_METRIC, m) for m in self._metrics(FAILED_METRIC)]
-            sums = self._sums(metrics[:MAX_QUERIES], start, end)
+            sums = self._sums(metrics, start, end)
         except (ClientError, BotoCoreError) as exc:
             return Throughput(False, f"CloudWatch could not be read: {exc}", [], self.namespace)
         if not metrics:
@@ -120,8 +133,17 @@ class CloudWatchThroughput:
         self, metrics: list[tuple[str, dict[str, Any]]], start: datetime, end: datetime
     ) -> dict[str, dict[datetime, float]]:
         sums: dict[str, dict[datetime, float]] = {SUCCEEDED_METRIC: {}, FAILED_METRIC: {}}
-        if not metrics:
-            return sums
+        for first in range(0, len(metrics), MAX_QUERIES):  # at most 500 per call
+            self._sum_into(sums, metrics[first : first + MAX_QUERIES], start, end)
+        return sums
+
+    def _sum_into(
+        self,
+        sums: dict[str, dict[datetime, float]],
+        metrics: list[tuple[str, dict[str, Any]]],
+        start: datetime,
+        end: datetime,
+    ) -> None:
         queries = [
             {
                 "Id": f"m{i}",
@@ -147,11 +169,12 @@ class CloudWatchThroughput:
                     into[minute] = into.get(minute, 0.0) + float(value)
             token = page.get("NextToken")
             if not token:
-                return sums
+                return
             kwargs["NextToken"] = token
 
 
-def throughput_source(app: Any) -> CloudWatchThroughput:
-    """The throughput of the runner `app` talks to (its endpoint, region, credentials)."""
-    namespace = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+def throughput_source(app: Any, namespace: str | None = None) -> CloudWatchThroughput:
+    """The throughput of the runner `app` talks to (its endpoint, region, credentials), in
+    `namespace`, else POWERTOOLS_METRICS_NAMESPACE's, else the default."""
+    namespace = namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
     return CloudWatchThroughput(app.clients.client("cloudwatch"), namespace)

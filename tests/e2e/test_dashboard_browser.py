@@ -233,6 +233,29 @@ def test_a_task_is_followed_from_creation_to_done_on_its_page_without_reloading(
     shoot(browser, "task-done")
 
 
+def test_the_functions_metrics_reach_cloudwatch_as_on_aws(local_stack: ServedStack) -> None:
+    """The EMF lines processStream printed became CloudWatch metrics (runner.local.emf
+    plays CloudWatch Logs' part), in the namespace the template gives the functions, with
+    the dimensions runner.metrics prints: what the overview's per-minute chart reads."""
+    from runner import metrics
+
+    namespace = local_stack.env[metrics.NAMESPACE_ENV]
+    assert namespace.startswith("TaskRunner/")
+    cloudwatch = local_stack.client("cloudwatch")
+
+    def succeeded() -> list[Any]:
+        found = cloudwatch.list_metrics(Namespace=namespace, MetricName=metrics.SUCCEEDED)
+        return [
+            m
+            for m in found["Metrics"]
+            if m["Dimensions"] == [{"Name": "type", "Value": "SLEEP_TASK"}]
+        ]
+
+    until(succeeded, 10, "a TaskSucceeded metric for SLEEP_TASK")
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=namespace)["Metrics"]}
+    assert {metrics.SUCCEEDED, metrics.HANDLER_DURATION, metrics.QUEUE_LATENCY} <= names
+
+
 def test_retry_a_failed_task_and_see_its_new_execution_appear(
     local_stack: ServedStack, browser: Any, dashboard: str
 ) -> None:
