@@ -19,12 +19,17 @@ from runner.dashboard.forms import form_fields, read_form
 from runner.dashboard.payloads import to_json
 from runner.dashboard.reads import TaskView
 from runner.errors import ConfigurationError, TaskNotFound, TaskRunnerError, UnknownTaskType
+from runner.model import TaskStatus
 
 if TYPE_CHECKING:
     from runner.dashboard.app import Dashboard
 
-# Statuses a cancel request applies to (the runner decides; this only offers the button).
-CANCELLABLE = frozenset({"PENDING", "SCHEDULED", "PROCESSING", "FAILED", "RETRYING"})
+# Statuses a cancel request applies to (the runner decides; this only offers the button):
+# every status the model has but the ones a task is finished in (whatever issue 13 adds).
+NOT_CANCELLABLE = frozenset({"DONE", "CANCELLED"})
+CANCELLABLE = frozenset(s.value for s in TaskStatus) - NOT_CANCELLABLE
+# The create form names a model's field f.<name>: never the form's own csrf, __type.
+FIELD_PREFIX = "f."
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
                 "fields": form_fields(definition.input_model) if definition else [],
                 "errors": {},
                 "values": {},
+                "field_prefix": FIELD_PREFIX,
             },
             section="new",
         )
@@ -201,7 +207,12 @@ def routes(dashboard: Dashboard) -> list[Route]:
             definition = dashboard.client.app.registry.get(values.get("__type", ""))
         except UnknownTaskType as exc:
             return refused(request, exc, "/new")
-        result = read_form(definition.input_model, values)
+        # The model's fields are named f.<name> in the form: a field called csrf or
+        # __type must not collide with the form's own.
+        fields = {
+            k.removeprefix(FIELD_PREFIX): v for k, v in values.items() if k.startswith(FIELD_PREFIX)
+        }
+        result = read_form(definition.input_model, fields)
         if result.data is None:
             return dashboard.render(
                 request,

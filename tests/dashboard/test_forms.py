@@ -4,6 +4,7 @@ accepts: the form never decides what is valid, the model does."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, EmailStr, Field
 
@@ -96,3 +97,28 @@ def test_what_the_model_refuses_comes_back_by_field_with_the_values_as_typed() -
 def test_a_string_field_keeps_what_was_typed() -> None:
     result = read_form(Everything, {"key": "42", "width": "1", "email": "a@example.org"})
     assert result.data is not None and result.data["key"] == "42"
+
+
+def test_a_field_named_like_the_forms_own_does_not_collide(routed_app: Any) -> None:
+    from pydantic import BaseModel
+
+    from runner.registry import TaskDefinition
+    from tests.dashboard.conftest import serve
+
+    class Clashing(BaseModel):
+        csrf: str
+        type: str
+
+    routed_app.registry.register(
+        TaskDefinition(type="CLASHING_TASK", input_model=Clashing, handler=lambda data, ctx: None)
+    )
+    served = serve(routed_app)
+    browser = served.browser()
+    form = browser.get("/new?type=CLASHING_TASK").text
+    assert 'name="f.csrf"' in form and 'name="f.type"' in form
+    reply = browser.post(
+        "/new/confirm",
+        {"__type": "CLASHING_TASK", "f.csrf": "mine", "f.type": "also mine", "csrf": served.csrf},
+    )
+    assert reply.status == 200, reply.text
+    assert '"csrf": "mine"' in reply.page and '"type": "also mine"' in reply.page

@@ -197,18 +197,18 @@ def test_create_a_task_from_the_form_its_model_makes(served: Served) -> None:
     assert "SLEEP_TASK" in types and "EXAMPLE_TASK" in types
 
     form = browser.get("/new?type=SLEEP_TASK").text
-    assert 'name="seconds"' in form and 'type="number"' in form
+    assert 'name="f.seconds"' in form and 'type="number"' in form
 
     # A value the model refuses comes back beside its field, and nothing is created
     bad = browser.post(
-        "/new/confirm", {"__type": "SLEEP_TASK", "seconds": "-1", "csrf": served.csrf}
+        "/new/confirm", {"__type": "SLEEP_TASK", "f.seconds": "-1", "csrf": served.csrf}
     )
     assert bad.status == 422 and "field-error" in bad.text
     assert served.client.list_tasks()[0] == []
 
     # A good one is shown for confirmation, then created
     good = browser.post(
-        "/new/confirm", {"__type": "SLEEP_TASK", "seconds": "0.5", "csrf": served.csrf}
+        "/new/confirm", {"__type": "SLEEP_TASK", "f.seconds": "0.5", "csrf": served.csrf}
     )
     assert good.status == 200 and '"seconds": 0.5' in good.page
     data = re.search(r'name="__data" value="([^"]+)"', good.text)

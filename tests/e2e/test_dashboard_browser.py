@@ -204,7 +204,7 @@ def test_a_task_is_followed_from_creation_to_done_on_its_page_without_reloading(
 
     # Given the form the SLEEP_TASK's input model makes
     browser.get(f"{dashboard}/new?type=SLEEP_TASK")
-    field = browser.find_element(By.NAME, "seconds")
+    field = browser.find_element(By.NAME, "f.seconds")
     field.clear()
     field.send_keys("3")
     shoot(browser, "new-task")
