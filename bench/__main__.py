@@ -34,6 +34,7 @@ SECTIONS = {
     "7": "bench.slow_neighbour",
     "8": "bench.runtime_exit",
     "9": "bench.dashboard",
+    "10": "bench.metrics",
     "4": "bench.local_stack",
 }
 
