@@ -180,7 +180,15 @@ class Guard:
             if refusal is not None:
                 await _plain(send, 403, f"Refused: {refusal}.")
                 return
-        await self.app(_inside(scope, self.prefix), receive, _with_headers(send))
+        started: list[bool] = []
+        try:
+            await self.app(_inside(scope, self.prefix), receive, _with_headers(send, started))
+        except Exception as exc:
+            # Here, not in uvicorn: its traceback would print the exception's text, which
+            # may quote task data (a pydantic error's input_value) despite --redact-data.
+            _report(exc, redact=self.settings.redact_data)
+            if not started:
+                await _plain(send, 500, "The dashboard failed on this request (see its log).")
 
     def _cross_site(self, headers: dict[str, str]) -> str | None:
         origin = headers.get("origin")
@@ -239,9 +247,25 @@ def _inside(scope: Scope, prefix: str) -> Scope:
     return inner
 
 
-def _with_headers(send: Send) -> Send:
+def _report(exc: Exception, *, redact: bool) -> None:
+    """An unhandled error on stderr: with --redact-data only its type and where it was
+    raised, never its text."""
+    import sys
+    import traceback
+
+    if not redact:
+        traceback.print_exception(exc, file=sys.stderr)
+        return
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    print(f"dashboard: unhandled {type(exc).__name__}{where} (text hidden)", file=sys.stderr)
+
+
+def _with_headers(send: Send, started: list[bool] | None = None) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
+            if started is not None:
+                started.append(True)
             present = {name.lower() for name, _ in message.get("headers", [])}
             extra = [h for h in SECURITY_HEADERS if h[0] not in present]
             if b"cache-control" not in present:

@@ -252,3 +252,19 @@ def test_read_only_refuses_every_action_and_offers_none(routed_app: Any) -> None
     assert served.client.get_task(task.id).status.value == "FAILED"
     assert served.client.get_task(task.id).executions == []
     assert len(served.client.list_tasks()[0]) == 1
+
+
+@pytest.mark.parametrize("redact", [True, False])
+def test_an_unhandled_error_never_prints_task_data_with_redact_data(
+    redact: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError("input_value='the secret task data'")
+
+    settings = DashboardSettings(port=PORT, token=TOKEN, prefix=PREFIX, redact_data=redact)
+    browser = Browser(Guard(failing, settings), prefix=PREFIX)
+    reply = browser.get("/", headers={"authorization": f"Bearer {TOKEN}"})
+    assert reply.status == 500 and "secret" not in reply.text
+    err = capsys.readouterr().err
+    assert "ValueError" in err
+    assert ("the secret task data" in err) is not redact
