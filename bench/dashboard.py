@@ -28,6 +28,10 @@ CACHED_P95_TARGET_S = 0.300
 # Share of each status among the table's tasks.
 MIX = (("DONE", 60), ("FAILED", 20), ("PENDING", 12), ("PROCESSING", 5), ("RETRYING", 3))
 TOKEN = "bench-token-" + "b" * 32
+PREFIX = "/d/bench"
+# The task page with retry executions: this many, each read (description and history).
+EXECUTIONS = 3
+PASS_STATE = '{"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": true}}}'
 
 
 def _items(count: int) -> list[dict[str, Any]]:
@@ -92,7 +96,7 @@ def _replay(raw: dict[str, Any], calls: list[tuple[str, str, dict[str, Any]]]) -
 def _get(port: int, path: str) -> tuple[float, int]:
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+    connection.request("GET", PREFIX + path, headers={"Authorization": f"Bearer {TOKEN}"})
     response = connection.getresponse()
     response.read()
     connection.close()
@@ -123,31 +127,60 @@ def run(quick: bool) -> list[Figure]:
         settings = Settings(table_name="bench-dashboard", region="us-east-1", endpoint_url=endpoint)
         clients = AwsClients(settings)
         create_tasks_table(clients.dynamodb, settings.table_name)
+        machine = clients.stepfunctions.create_state_machine(
+            name="bench-retry",
+            definition=PASS_STATE,
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )["stateMachineArn"]
+        settings = Settings(
+            table_name="bench-dashboard",
+            region="us-east-1",
+            endpoint_url=endpoint,
+            state_machine_arn=machine,
+        )
+        clients = AwsClients(settings)
         items = _items(tasks)
         chunks = [items[i : i + 500] for i in range(0, len(items), 500)]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda c: insert_tasks(clients.dynamodb, settings.table_name, c), chunks))
         app = App(settings, clients, build_registry(["runner.local.demo_tasks"]))
         client = TaskRunnerClient(app)
-        dash, sock = bound_settings(DashboardSettings(token=TOKEN, count_ttl_seconds=3600))
+        retried = "bench-000061"  # a FAILED task, given retry executions
+        arns = [
+            clients.stepfunctions.start_execution(
+                stateMachineArn=machine, name=f"{retried}-{n}", input="{}"
+            )["executionArn"]
+            for n in range(EXECUTIONS)
+        ]
+        clients.dynamodb.update_item(
+            TableName=settings.table_name,
+            Key={"id": {"S": retried}},
+            UpdateExpression="SET executions = :e",
+            ExpressionAttributeValues={":e": {"L": [{"S": a} for a in arns]}},
+        )
+        dash, sock = bound_settings(
+            DashboardSettings(token=TOKEN, prefix=PREFIX, count_ttl_seconds=3600)
+        )
         reads = DashboardReads(app, dash, throughput=throughput_source(app))
         uvicorn = _server(create_app(dash, client, reads))
         thread = threading.Thread(target=uvicorn.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not uvicorn.started:
             time.sleep(0.02)
-        recorder = Recorder(clients.dynamodb, clients.client("cloudwatch"))
+        recorder = Recorder(clients.dynamodb, clients.client("cloudwatch"), clients.stepfunctions)
         session = botocore.session.get_session()
         raw = {
             name: session.create_client(name, region_name="us-east-1", endpoint_url=endpoint)
-            for name in ("dynamodb", "cloudwatch")
+            for name in ("dynamodb", "cloudwatch", "stepfunctions")
         }
         server.stats()  # start counting the endpoint's actions from here
         failed_id = "bench-000060"  # the MIX's first FAILED
         pages = {
             "overview": "/",
             "FAILED list": "/tasks?status=FAILED",
+            "all-status list": "/tasks",
             "task page": f"/task?id={failed_id}",
+            f"task page, {EXECUTIONS} executions": f"/task?id={retried}",
         }
         figures: list[Figure] = []
         for name, path in pages.items():
