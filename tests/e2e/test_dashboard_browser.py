@@ -353,6 +353,32 @@ def test_an_action_without_the_token_is_refused(
     browser.get(local_stack.dashboard_url)  # log in again for whatever runs next
 
 
+def test_a_poll_that_is_refused_marks_the_page_not_updating(
+    local_stack: ServedStack, browser: Any, dashboard: str
+) -> None:
+    # Given the overview, polling every 5 s
+    browser.get(f"{dashboard}/")
+    hidden = "const e = document.getElementById('connection'); return e ? e.hidden : null"
+    assert browser.execute_script(hidden) is True
+
+    # When the dashboard no longer knows the browser (as after a restart)
+    browser.delete_all_cookies()
+
+    # Then the next poll's 401 says so on the page, instead of a page that looks live
+    def said() -> bool:
+        return (
+            browser.execute_script(
+                "const e = document.getElementById('connection'); return e && !e.hidden"
+            )
+            is True
+        )
+
+    until(said, 12, "the page to say it is not updating")
+    assert "no longer knows this browser" in text_of(browser, "#connection")
+    assert "disconnected" in attribute(browser, "body", "class")
+    browser.get(local_stack.dashboard_url)  # log in again for whatever runs next
+
+
 def test_a_server_on_another_port_never_receives_the_session_or_the_token(
     local_stack: ServedStack, browser: Any, dashboard: str
 ) -> None:
