@@ -29,12 +29,14 @@ endif
 # `make dev`'s endpoint port: fixed, so the exports pasted in another terminal still work
 # after a restart (the data does not survive one: the local stack keeps it in memory).
 DEV_PORT ?= 4599
+# ... and its dashboard's (the token in its URL changes with every start).
+DASHBOARD_PORT ?= 4600
 
-.PHONY: install test lint typecheck unit demo dev bench bench-full faults package clean lambda-runtime
+.PHONY: install test lint typecheck unit demo dev bench bench-full faults package clean lambda-runtime browser
 
 NO_PYTHON := echo "No Python 3.11 or newer found (PATH, then pyenv): install one, or run make PYTHON=/path/to/python3.x" >&2; exit 1
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-dashboard.txt
 	@test -n "$(PYTHON)" || { $(NO_PYTHON); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -68,9 +70,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy runner tasks handler.py
 
+# The dashboard's browser tests drive Debian's Chromium through chromedriver. Installed with
+# apt when missing and allowed (CI runs as root); otherwise one line says what to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null || exit 1; \
+	else \
+	  echo "The browser tests need chromium and chromedriver: run 'sudo apt-get install chromium chromium-driver' (Debian), then make test again" >&2; \
+	  exit 1; \
+	fi
+
 # The quick benchmark prints its figures and reports targets, never enforces them; it runs
 # before pytest so that pytest's summary is the last line.
-test: install lint typecheck
+test: install lint typecheck browser
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m bench --quick
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/pytest
 
@@ -82,7 +97,7 @@ demo: $(STAMP) $(NPM_STAMP) lambda-runtime
 # stops it if make is killed outright. (make does not pass on a SIGINT or SIGHUP sent to
 # its pid alone: Ctrl-C and a closed terminal signal the whole process group instead.)
 dev: $(STAMP) $(NPM_STAMP) lambda-runtime
-	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT) --exit-with-parent
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" exec $(BIN)/python -m runner.local serve --port $(DEV_PORT) --dashboard-port $(DASHBOARD_PORT) --exit-with-parent
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m bench --quick

@@ -33,6 +33,8 @@ SECTIONS = {
     "6": "bench.memory",
     "7": "bench.slow_neighbour",
     "8": "bench.runtime_exit",
+    "9": "bench.dashboard",
+    "10": "bench.metrics",
     "4": "bench.local_stack",
 }
 

@@ -232,13 +232,12 @@ def default_client(registry: TaskRegistry) -> TaskRunnerClient:
 
 def load_registry() -> TaskRegistry:
     """The deployment's task types plus TASK_RUNNER_TASK_MODULES'; one line if that fails."""
+    from runner.app import default_registry
     from runner.config import Settings
 
     modules = Settings.from_env().task_modules
     try:
-        from tasks import build_registry
-
-        return build_registry(modules)
+        return default_registry(modules, required=False)
     except Exception as exc:  # a malformed definition, a module that does not import
         named = f" (TASK_RUNNER_TASK_MODULES={','.join(modules)})" if modules else ""
         raise TaskRunnerError(

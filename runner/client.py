@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from runner.app import App
 from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
 from runner.executor import Outcome
 from runner.items import iso
 from runner.model import ClaimSource, Task, TaskStatus
+from runner.registry import TaskDefinition, is_type_name, stored_name
 
 # Looks at a task that changes under a redrive before giving up.
 MAX_REDRIVE_TRIES = 3
@@ -20,28 +25,38 @@ class TaskRunnerClient:
 
     def __init__(self, app: App | None = None) -> None:
         if app is None:
-            from runner.app import get_app
+            from runner.app import producer_app
 
-            app = get_app()
+            app = producer_app()
         self.app = app
 
     def create_task(
-        self, task_type: str, data: dict[str, Any], *, task_id: str | None = None
+        self,
+        task_type: str,
+        data: dict[str, Any] | BaseModel,
+        *,
+        task_id: str | None = None,
     ) -> Task:
-        """Validate data against the type's model, then insert the task as PENDING."""
-        definition = self.app.registry.get(task_type)
-        model = definition.parse_input(data)
-        # By alias: the stored data is validated again when the task runs. Validated here
-        # too, so what cannot come back from its JSON form is refused now, not then.
-        stored = model.model_dump(mode="json", by_alias=True)
-        try:
-            definition.parse_input(stored)
-        except InvalidTaskInput as exc:
-            raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
+        """Insert a PENDING task; its input validated here when this process has the type.
+
+        With the deployment's `tasks/` (the repository, the CLI, the dashboard) the input
+        is validated against the type's model and an unknown type is refused. A producer
+        with the installed package has no `tasks/`: a type it does not register is sent
+        as it is (a pydantic model instance as its JSON), and the runner validates it when
+        the task runs: invalid input or an unknown type ends FAILED, permanently.
+        """
+        registry = self.app.registry
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json", by_alias=True)
+        if task_type in registry or registry.complete:
+            definition = registry.get(task_type)
+            stored_type, stored = definition.type, _validated(definition, data)
+        else:
+            stored_type, stored = _unvalidated(task_type, data)
         now = iso(self.app.store.clock())
         task = Task(
             id=task_id or str(uuid.uuid4()),
-            type=definition.type,
+            type=stored_type,
             status=TaskStatus.PENDING,
             data=stored,
             created_at=now,
@@ -130,6 +145,36 @@ class TaskRunnerClient:
                 "state_machine_arn": arn,
             }
         raise TaskConflict(f"task {task_id} kept changing; try again")
+
+
+def _validated(definition: TaskDefinition, data: Any) -> dict[str, Any]:
+    model = definition.parse_input(data)
+    # By alias: the stored data is validated again when the task runs. Validated here
+    # too, so what cannot come back from its JSON form is refused now, not then.
+    stored = model.model_dump(mode="json", by_alias=True)
+    try:
+        definition.parse_input(stored)
+    except InvalidTaskInput as exc:
+        raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
+    return stored
+
+
+def _unvalidated(task_type: str, data: Any) -> tuple[str, dict[str, Any]]:
+    """A type this process does not know: its name checked, its input only for being a
+    JSON object DynamoDB can store; the runner checks the rest when the task runs."""
+    name = stored_name(task_type)
+    if not is_type_name(name):
+        raise UnknownTaskType(f"{task_type!r} is not a task type name (UPPER_SNAKE_CASE)")
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise InvalidTaskInput(f"the input of a task must be a JSON object, not {kind}")
+    try:
+        # As a model's JSON mode would turn them (datetime, Decimal, UUID: strings), so a
+        # known and an unknown type take the same values; then NaN and Infinity refused.
+        stored: dict[str, Any] = json.loads(json.dumps(to_jsonable_python(data), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskInput(f"the input of a {name} task is not JSON: {exc}") from exc
+    return name, stored
 
 
 def _whose(task: Task) -> str:

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from runner import abandoned as abandoned_work
-from runner import runtime
+from runner import metrics, runtime
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.context import TaskContext
@@ -237,10 +237,13 @@ class TaskRunner:
             error: TaskErrorInfo | None = None
             lease_until: int | None = None
             left_running: list[threading.Thread] = []
+            metrics.claimed(task, source, started)
+            began = self._monotonic()
             try:
                 result = self._execute(task, remaining_seconds, left_running=left_running)
             except Exception as exc:
                 error = describe_error(exc)
+            metrics.handler_duration(task.type, self._monotonic() - began)
             # Work left running, whatever the outcome (a timeout, or an async handler's
             # to_thread work that outlived it): no retry may claim while it can act.
             abandoned = tuple(left_running)
@@ -304,6 +307,7 @@ class TaskRunner:
             self.log.warning("outcome not recorded: claim lost", extra=fields)
             return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
         status, error = recorded.status, recorded.error if recorded.status is not S.DONE else None
+        metrics.recorded(task.type, status.value, error)
         level = self.log.info if status is S.DONE else self.log.warning
         level(
             f"task {status.value.lower()}",

@@ -166,6 +166,28 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         positions = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise ValueError("invalid cursor: pass back the cursor list-tasks printed") from exc
-    if not isinstance(positions, dict):
+    if not isinstance(positions, dict) or not all(
+        _cursor_position(shard, at) for shard, at in positions.items()
+    ):
         raise ValueError("invalid cursor: pass back the cursor list-tasks printed")
     return positions
+
+
+_CURSOR_KEYS = frozenset({"id", "status_shard", "updated_at"})
+
+
+def _cursor_position(shard: Any, at: Any) -> bool:
+    """A shard's place as `list` writes it: "end", or the index's key of its last item
+    (strings only), so DynamoDB is never sent a start key of another shape."""
+    if not (isinstance(shard, str) and "#" in shard):
+        return False
+    if at == "end":
+        return True
+    return (
+        isinstance(at, dict)
+        and {"id", "status_shard"} <= at.keys() <= _CURSOR_KEYS
+        and all(
+            isinstance(v, dict) and list(v) == ["S"] and isinstance(v["S"], str)
+            for v in at.values()
+        )
+    )

@@ -52,10 +52,11 @@ class TaskListing(TasksTable):
             kwargs["ExclusiveStartKey"] = start
         return self._call("query", **kwargs)
 
-    def list(
+    def list_items(
         self, status: TaskStatus | None = None, *, limit: int = 20, cursor: str | None = None
-    ) -> tuple[list[Task], str | None]:
-        """Newest first across every shard of the status index; returns (tasks, next cursor)."""
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """`list`'s page as the items read (plain values), valid tasks or not (for a
+        reader that shows what it cannot parse, as the dashboard does)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         statuses = [status] if status else list(TaskStatus)
@@ -85,8 +86,16 @@ class TaskListing(TasksTable):
             if len(mine) == len(returned) and "LastEvaluatedKey" not in page:
                 next_positions[shard] = "end"
         more = any(next_positions.get(s) != "end" for s in shards)
-        tasks = [task_from_item(deserialize_image(item)) for _, item in taken]
-        return tasks, (encode_cursor(next_positions) if more and tasks else None)
+        items = [deserialize_image(item) for _, item in taken]
+        return items, (encode_cursor(next_positions) if more and items else None)
+
+    def list(
+        self, status: TaskStatus | None = None, *, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        """Newest first across every shard of the status index; returns (tasks, next cursor).
+        An item that is not a valid task raises MalformedTask."""
+        items, next_cursor = self.list_items(status, limit=limit, cursor=cursor)
+        return [task_from_item(item) for item in items], next_cursor
 
     def iter_status_items(
         self,

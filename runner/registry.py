@@ -121,10 +121,27 @@ def non_finite_numbers(model: BaseModel) -> list[tuple[tuple[str | int, ...], fl
     return found
 
 
-class TaskRegistry:
-    """Task types by name; rejects duplicates at registration and unknown types at lookup."""
+def stored_name(task_type: str) -> str:
+    """The name a type is stored under: `example-task` → `EXAMPLE_TASK`."""
+    return task_type.strip().upper().replace("-", "_")
 
-    def __init__(self, definitions: list[TaskDefinition] | None = None) -> None:
+
+def is_type_name(name: str) -> bool:
+    return bool(_TYPE_RE.match(name))
+
+
+class TaskRegistry:
+    """Task types by name; rejects duplicates at registration and unknown types at lookup.
+
+    `complete` says whether it holds every type the deployment runs (it was built from the
+    deployment's `tasks/`), or only some (a producer's process, with the installed package
+    and no `tasks/`), so that a type it lacks may still exist where the tasks run.
+    """
+
+    def __init__(
+        self, definitions: list[TaskDefinition] | None = None, *, complete: bool = True
+    ) -> None:
+        self.complete = complete
         self._by_type: dict[str, TaskDefinition] = {}
         for definition in definitions or []:
             self.register(definition)
@@ -144,7 +161,7 @@ class TaskRegistry:
 
     def get(self, task_type: str) -> TaskDefinition:
         """Look a type up by its stored name (EXAMPLE_TASK) or CLI name (example-task)."""
-        key = task_type.strip().upper().replace("-", "_")
+        key = stored_name(task_type)
         try:
             return self._by_type[key]
         except KeyError:
@@ -152,7 +169,7 @@ class TaskRegistry:
             raise UnknownTaskType(f"unknown task type {task_type!r} (known: {known})") from None
 
     def __contains__(self, task_type: str) -> bool:
-        return task_type.strip().upper().replace("-", "_") in self._by_type
+        return stored_name(task_type) in self._by_type
 
     def __iter__(self) -> Iterator[TaskDefinition]:
         return iter(sorted(self._by_type.values(), key=lambda d: d.type))

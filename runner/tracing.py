@@ -107,7 +107,8 @@ def task_span(name: str, **annotations: str | int) -> Iterator[Span]:
 
 
 def lambda_handler(fn: F) -> F:
-    """Trace a Lambda handler (cold start annotation, errors) when tracing is on."""
+    """Trace a Lambda handler (cold start annotation, errors) when tracing is on; print
+    the invocation's metrics at its end (`runner.metrics`)."""
 
     def in_handler_subsegment(event: Any, context: Any) -> Any:
         entity = _tracer().provider.get_trace_entity()
@@ -121,10 +122,15 @@ def lambda_handler(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(event: Any, context: Any) -> Any:
-        if not tracing_enabled():
-            return fn(event, context)
-        return _tracer().capture_lambda_handler(in_handler_subsegment, capture_response=False)(
-            event, context
-        )
+        from runner import metrics
+
+        try:
+            if not tracing_enabled():
+                return fn(event, context)
+            return _tracer().capture_lambda_handler(in_handler_subsegment, capture_response=False)(
+                event, context
+            )
+        finally:
+            metrics.flush()  # what the invocation measured, as EMF log lines
 
     return wrapper  # type: ignore[return-value]

@@ -241,7 +241,11 @@ class RetryWorkflow:
         events: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 200}
+            kwargs: dict[str, Any] = {
+                "executionArn": execution_arn,
+                "maxResults": 200,
+                "includeExecutionData": False,  # the events' names and errors, not data
+            }
             if token:
                 kwargs["nextToken"] = token
             page = self._sfn("get_execution_history", **kwargs)
@@ -259,7 +263,9 @@ class RetryWorkflow:
                 return events
 
     def describe(self, execution_arn: str) -> dict[str, Any]:
-        info = self._sfn("describe_execution", executionArn=execution_arn)
+        info = self._sfn(
+            "describe_execution", executionArn=execution_arn, includedData="METADATA_ONLY"
+        )
         return {
             "arn": execution_arn,
             "status": info.get("status"),

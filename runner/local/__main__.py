@@ -1,8 +1,9 @@
 """`python -m runner.local serve|demo`: the whole service on this machine, no AWS account.
 
 - `serve` (`make dev`): start the local stack and keep it running until Ctrl-C; prints
-  the endpoint, the `export ...` lines for another terminal, and the chaos control
-  endpoint (`--faults SPEC` turns faults on from the start; see runner.local.chaos).
+  the endpoint, the `export ...` lines for another terminal, the chaos control endpoint
+  (`--faults SPEC` turns faults on from the start; see runner.local.chaos) and the
+  operator dashboard's URL (runner.dashboard; `--no-dashboard` leaves it out).
 - `demo` (`make demo`): start it, submit a mix of tasks, show them settle, summarise.
 
 Both register the task modules named in TASK_RUNNER_TASK_MODULES beside the demo tasks.
@@ -11,12 +12,13 @@ Both register the task modules named in TASK_RUNNER_TASK_MODULES beside the demo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -83,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         "--control-port", type=int, default=0, help="port of the chaos control endpoint"
     )
     serve.add_argument(
+        "--dashboard-port", type=int, default=0, help="port of the dashboard (0: a free one)"
+    )
+    serve.add_argument(
+        "--no-dashboard", action="store_true", help="do not start the operator dashboard"
+    )
+    serve.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="stop when the parent process exits, even killed outright (make dev)",
@@ -116,8 +124,10 @@ def serve(
     faults_seed: int | None = None,
     ttl_lag: float | None = DEFAULT_TTL_LAG_SECONDS,
     control_port: int = 0,
+    dashboard_port: int | None = 0,
     exit_with_parent: bool = False,
 ) -> int:
+    """Run the stack until a signal; `dashboard_port=None` starts no dashboard."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -129,18 +139,21 @@ def serve(
     if exit_with_parent:
         watch_parent(stop.set)
     try:
-        with LocalStack.start(
-            port=port,
-            stage=stage,
-            sweep_interval=sweep_interval,
-            log_level=log_level,
-            service_dir=service_dir,
-            faults=faults,
-            faults_seed=faults_seed,
-            ttl_lag=ttl_lag,
-            control_port=control_port,
-            verbose=True,
-        ) as stack:
+        with (
+            LocalStack.start(
+                port=port,
+                stage=stage,
+                sweep_interval=sweep_interval,
+                log_level=log_level,
+                service_dir=service_dir,
+                faults=faults,
+                faults_seed=faults_seed,
+                ttl_lag=ttl_lag,
+                control_port=control_port,
+                verbose=True,
+            ) as stack,
+            _dashboard(dashboard_port) as dashboard_lines,
+        ):
             sweeps = ", ".join(f"{s.function_name} every {s.interval:g} s" for s in stack.schedules)
             python, aws = _typed(sys.executable, "python"), _typed(sys.executable, "aws")
             lines = [
@@ -151,6 +164,7 @@ def serve(
                 " its own; TTL deletes expired items"
                 + (f" {ttl_lag:g} s after expiry" if ttl_lag is not None else ": never"),
                 *chaos_lines(stack),
+                *dashboard_lines,
                 "In another terminal:",
                 *[f"  {line}" for line in stack.exports()],
                 "Then e.g.:",
@@ -167,6 +181,17 @@ def serve(
             signal.signal(signum, handler)
     print("stopped", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _dashboard(port: int | None) -> Iterator[list[str]]:
+    if port is None:
+        yield []
+        return
+    from runner.local.dashboard import dashboard
+
+    with dashboard(port) as lines:
+        yield lines
 
 
 def _typed(executable: str, tool: str) -> str:
@@ -195,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 faults_seed=args.faults_seed,
                 ttl_lag=args.ttl_lag,
                 control_port=args.control_port,
+                dashboard_port=None if args.no_dashboard else args.dashboard_port,
                 exit_with_parent=args.exit_with_parent,
             )
         from runner.local.demo import run_demo

@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:
         sys.path.insert(0, task_root)
+    from runner.local import emf
+
+    emf.install()  # CloudWatch Logs' metric extraction, locally
     with (
         os.fdopen(args.invoke_fd, "r") as invocations,
         os.fdopen(args.reply_fd, "w") as reply,

@@ -187,6 +187,10 @@ def _rename_digit_sub_variables(node: Any) -> Any:
     return node
 
 
+_ALARM_TYPE = "AWS::CloudWatch::Alarm"
+_DASHBOARD_TYPE = "AWS::CloudWatch::Dashboard"
+
+
 def adapt_for_moto(template: Template) -> Template:
     """A copy of `template` that moto 5.2's CloudFormation creates as AWS would.
 
@@ -197,9 +201,23 @@ def adapt_for_moto(template: Template) -> Template:
     - A state machine's `Definition` + `DefinitionSubstitutions` becomes the equivalent
       `DefinitionString` `Fn::Sub`: moto reads only `DefinitionString`.
     - `Fn::Sub` variables starting with a digit are renamed.
+    - A dashboard body's `${SomeAlarm.Arn}` becomes the ARN the alarm would have: moto's
+      CloudFormation does not model alarms (it skips them), so the reference is undefined.
     """
     adapted = copy.deepcopy(template)
     resources: dict[str, Any] = adapted["Resources"]
+    alarms = _resources_of_type(adapted, _ALARM_TYPE)
+    for resource in _resources_of_type(adapted, _DASHBOARD_TYPE).values():
+        body = resource["Properties"].get("DashboardBody")
+        if isinstance(body, dict) and isinstance(body.get("Fn::Sub"), str):
+            text = body["Fn::Sub"]
+            for logical_id in alarms:
+                text = text.replace(
+                    f"${{{logical_id}.Arn}}",
+                    "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}"
+                    f":alarm:{logical_id}",
+                )
+            body["Fn::Sub"] = text
     for logical_id in _resources_of_type(adapted, _ESM_TYPE):
         del resources[logical_id]
     if DEPLOYMENT_BUCKET in resources:

@@ -38,6 +38,8 @@ EXPORTED = (
     # The CLI's `sweep` replays the stream batches the mappings gave up on, as `sweep` does.
     "TASK_RUNNER_FAILED_BATCH_QUEUE_URL",
     "TASK_RUNNER_TASK_MODULES",
+    # The functions' metrics namespace: the dashboard reads its per-minute figures there.
+    "POWERTOOLS_METRICS_NAMESPACE",
 )
 
 

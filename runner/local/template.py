@@ -32,6 +32,9 @@ TEMPLATE_INPUTS = (
     "statemachine",
     "package-lock.json",
     "requirements.txt",
+    # infra/metrics.js makes an alarm per registered task type
+    "tasks",
+    "runner/metrics.py",
 )
 PACKAGE_TIMEOUT_SECONDS = 300
 

@@ -29,7 +29,17 @@ BUNDLED = (
 # The Lambda runtime ships these (serverless.yml noDeploy).
 NOT_BUNDLED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 # Never in the zip: the local stack, tests, tooling, virtualenvs.
-EXCLUDED_PREFIXES = ("runner/local/", "tests/", "bench/", "docs/", "node_modules/", ".venv")
+EXCLUDED_PREFIXES = (
+    "runner/local/",
+    "runner/dashboard/",
+    "tests/",
+    "bench/",
+    "docs/",
+    "node_modules/",
+    ".venv",
+)
+# The dashboard's dependencies (requirements-dashboard.txt), which no function needs.
+DASHBOARD_ONLY = ("starlette", "jinja2", "markupsafe", "uvicorn", "h11", "click", "anyio")
 
 
 def top_level_names(names: list[str]) -> set[str]:
@@ -50,6 +60,13 @@ def test_zip_is_small_and_leaves_out_the_runtime_sdk(packaged: Packaged) -> None
     assert size < MAX_ZIP_BYTES
     present = top_level_names(packaged.zip_names())
     assert not present & set(NOT_BUNDLED)
+
+
+def test_zip_leaves_out_the_dashboard_and_its_dependencies(packaged: Packaged) -> None:
+    names = packaged.zip_names()
+
+    assert not [n for n in names if n.startswith("runner/dashboard/")]
+    assert not top_level_names(names) & set(DASHBOARD_ONLY)
 
 
 def test_zip_carries_the_handler_and_requirements(packaged: Packaged) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from runner.metrics import registered_types
 from tests.deploy.conftest import ROOT, Packaged
 
 pytestmark = pytest.mark.slow
@@ -232,6 +233,8 @@ def test_alarms_watch_failures_lag_and_errors(packaged: Packaged) -> None:
         ("ExecutionsFailed", ref("RetryStateMachine")),
         ("ExecutionsTimedOut", ref("RetryStateMachine")),
         *(("Errors", ref(logical_id)) for logical_id in HANDLERS),
+        # one per registered task type (tests/deploy/test_metrics_resources.py)
+        *(("RetriesExhausted", json.dumps(t)) for t in registered_types()),
     }
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]

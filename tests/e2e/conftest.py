@@ -35,6 +35,7 @@ START_TIMEOUT_SECONDS = 120
 _READY = re.compile(r"^Local stack ready in [\d.]+ s: (?P<url>http://\S+)$")
 _EXPORT = re.compile(r"^\s*export (?P<name>[A-Z_]+)=(?P<value>.*)$")
 _CONTROL = re.compile(r"^Chaos control: (?P<url>http://\S+)/faults\b")
+_DASHBOARD = re.compile(r"^Dashboard: (?P<url>http://\S+)$")
 
 # Measurements shown at the end of the run.
 REPORT: list[str] = []
@@ -81,6 +82,7 @@ class ServedStack:
     started_in: float
     output: list[str] = field(default_factory=list)
     control_url: str = ""
+    dashboard_url: str = ""  # the printed one, with the token
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         """A request to the chaos control endpoint; its JSON reply."""
@@ -177,7 +179,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServedStack
         lines.put(None)
 
     threading.Thread(target=drain, daemon=True).start()
-    endpoint, exports, control = None, {}, ""
+    endpoint, exports, control, dashboard = None, {}, "", ""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while True:
         try:
@@ -193,6 +195,8 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServedStack
             exports[match["name"]] = match["value"]
         elif match := _CONTROL.match(line):
             control = match["url"]
+        elif match := _DASHBOARD.match(line):
+            dashboard = match["url"]
         elif line.startswith("Ctrl-C stops it") and endpoint:
             break
     stack = ServedStack(
@@ -202,6 +206,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[ServedStack
         started_in=time.perf_counter() - started,
         output=output,
         control_url=control,
+        dashboard_url=dashboard,
     )
     REPORT.append(f"stack {' '.join(args) or '(default)'} ready in {stack.started_in:.1f} s")
     try:

@@ -5,6 +5,7 @@ by make's death."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,10 +60,31 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def start_make_dev(port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def dashboard_status(url: str) -> int:
+    """The status of a GET, redirects not followed."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+    connection.request("GET", f"{parts.path}?{parts.query}" if parts.query else parts.path)
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def start_make_dev(
+    port: int, dashboard_port: int | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
     """`make dev` on `port`, and what it printed up to its last line before serving."""
     make = subprocess.Popen(
-        ["make", "--no-print-directory", "dev", f"DEV_PORT={port}"],
+        [
+            "make",
+            "--no-print-directory",
+            "dev",
+            f"DEV_PORT={port}",
+            f"DASHBOARD_PORT={dashboard_port or free_port()}",
+        ],
         cwd=ROOT,
         env=base_env(),
         stdout=subprocess.PIPE,
@@ -81,8 +103,8 @@ def start_make_dev(port: int) -> tuple[subprocess.Popen[str], list[str]]:
 
 def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> None:
     # Given `make dev` on a chosen port
-    port = free_port()
-    make, lines = start_make_dev(port)
+    port, dashboard_port = free_port(), free_port()
+    make, lines = start_make_dev(port, dashboard_port)
     output = "\n".join(lines)
     stack: set[int] = set()
     try:
@@ -91,6 +113,12 @@ def test_make_dev_serves_its_port_and_a_signal_to_make_stops_everything() -> Non
         assert f"export AWS_ENDPOINT_URL=http://127.0.0.1:{port}" in output
         assert "The data is in memory: a restart begins with an empty table." in output
         assert listening(port)
+        # And the dashboard's URL, with its token, which it answers (and only with it)
+        (login,) = [line for line in lines if line.startswith("Dashboard: ")]
+        url = login.removeprefix("Dashboard: ")
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{dashboard_port}/d/[\w-]+/\?token=[\w-]+", url)
+        assert dashboard_status(url) == 303
+        assert dashboard_status(url.split("?", 1)[0]) == 401
         stack = descendants(make.pid)
         assert stack, "no stack processes under make"
 
