@@ -228,6 +228,10 @@ def test_alarms_watch_failures_lag_and_errors(packaged: Packaged) -> None:
             "ApproximateNumberOfMessagesVisible",
             json.dumps({"Fn::GetAtt": ["StreamOnFailureQueue", "QueueName"]}),
         ),
+        (
+            "ApproximateNumberOfMessagesVisible",
+            json.dumps({"Fn::GetAtt": ["StreamOnFailureDeadLetterQueue", "QueueName"]}),
+        ),
         ("IteratorAge", ref("ProcessStreamLambdaFunction")),
         ("IteratorAge", ref("RouteFailedLambdaFunction")),
         ("ExecutionsFailed", ref("RetryStateMachine")),
