@@ -120,9 +120,12 @@ def flush() -> int:
 
 
 def recorded(task_type: str, status: str, error: TaskErrorInfo | None) -> None:
-    """A recorded outcome: DONE, or FAILED / RETRYING with the error's retryability."""
-    if status == "DONE" or error is None:
+    """A recorded outcome: DONE, or FAILED / RETRYING with the error's retryability
+    (another status, CANCELLED say, is neither)."""
+    if status == "DONE":
         _recorder.add(SUCCEEDED, 1, **{TYPE: task_type})
+        return
+    if error is None:
         return
     kind = RETRYABLE if error.retryable else PERMANENT
     _recorder.add(FAILED, 1, **{TYPE: task_type, OUTCOME: kind})
