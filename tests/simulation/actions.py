@@ -215,9 +215,15 @@ def settled(world: World) -> bool:
 
 
 def quiet(world: World) -> bool:
-    """Nothing in flight: no stream record to deliver, no execution, no invocation."""
+    """Nothing in flight: no stream record to deliver, no on-failure message to replay,
+    no execution, no invocation. (TTL's month-long jump needs this: in AWS a month holds
+    thousands of sweeps, and a message left waiting through it would outlive the
+    queue's retention, which the jump's dozen collapsed sweeps come too late for.)"""
     return not (
-        any(q.busy() for q in world.queues) or world.sfn.running() or world.lambdas.running()
+        any(q.busy() for q in world.queues)
+        or world.sqs.waiting()
+        or world.sfn.running()
+        or world.lambdas.running()
     )
 
 
