@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from runner.app import App
@@ -26,9 +27,20 @@ class TaskRunnerClient:
         self.app = app
 
     def create_task(
-        self, task_type: str, data: dict[str, Any], *, task_id: str | None = None
+        self,
+        task_type: str,
+        data: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
-        """Validate data against the type's model, then insert the task as PENDING."""
+        """Validate data against the type's model, then insert the task as PENDING.
+
+        With `idempotency_key`, the id is made from the key (`runner.idempotency`): a
+        second create with the same key returns the task it made, whatever its status;
+        other input raises IdempotencyConflict."""
+        if idempotency_key is not None and task_id is not None:
+            raise ValueError("give a task_id or an idempotency_key, not both")
         definition = self.app.registry.get(task_type)
         model = definition.parse_input(data)
         # By alias: the stored data is validated again when the task runs. Validated here
@@ -39,6 +51,10 @@ class TaskRunnerClient:
         except InvalidTaskInput as exc:
             raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
         now = iso(self.app.store.clock())
+        if idempotency_key is not None:
+            from runner.idempotency import put_idempotent, task_id_for
+
+            task_id = task_id_for(idempotency_key)
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=definition.type,
@@ -46,11 +62,35 @@ class TaskRunnerClient:
             data=stored,
             created_at=now,
             updated_at=now,
+            enqueue_key=idempotency_key,
         )
+        if idempotency_key is not None:
+            return put_idempotent(self.app.store, task)
         return self.app.store.put_new(task)
 
     def get_task(self, task_id: str) -> Task:
         return self.app.store.get(task_id)
+
+    def cancel_task(self, task_id: str) -> dict[str, Any]:
+        """Cancel a task (`runner.cancel`): CANCELLED at once if it waits, its cancel
+        requested if it runs; TaskConflict (one line) if it has finished."""
+        from runner.cancel import Cancellation
+
+        workflow = self.app.workflow if self.app.settings.state_machine_arn else None
+        return Cancellation(self.app.store, workflow).cancel(task_id).as_dict()
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float,
+        on_change: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """The task once it is final (DONE, CANCELLED, FAILED for good); WaitTimedOut
+        (naming its status) after `timeout` seconds, TaskNotFound if there is none."""
+        from runner.waiting import wait_for
+
+        return wait_for(self.app.store, task_id, timeout, on_change=on_change)
 
     def list_tasks(
         self, status: TaskStatus | str | None = None, *, limit: int = 20, cursor: str | None = None

@@ -1,8 +1,10 @@
 """Calling a task's handler, sync or async, bounded by a timeout.
 
-A handler that outlives its timeout raises `TaskTimedOut` here. Async handlers are
-cancelled; work they handed to a thread (`asyncio.to_thread`, `run_in_executor`) and a
-sync handler itself cannot be, so that thread is left running, reported to
+A handler that outlives its timeout raises `TaskTimedOut` here; an async one whose
+cancel was requested is cancelled at its next await and raises `TaskCancelled`. Async
+handlers are cancelled at their timeout; work they handed to a thread
+(`asyncio.to_thread`, `run_in_executor`) and a sync handler itself cannot be, so that
+thread is left running, reported to
 `runner.runtime` (which ends the Lambda runtime before it can act again), and marked on
 the error so its outcome is recorded under a lease that outlasts it.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import threading
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from pydantic import BaseModel
 
 from runner import runtime
 from runner.context import TaskContext
-from runner.errors import TaskTimedOut
+from runner.errors import TaskCancelled, TaskTimedOut
 from runner.registry import TaskDefinition
 
 
@@ -77,19 +80,42 @@ def _invoke_async(
     executor = _TrackingExecutor(f"task-{context.task_id}")
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
-    timed_out = False
+    timed_out = cancelled = False
     result: Any = None
+    main: asyncio.Future[Any] = asyncio.ensure_future(definition.handler(data, context), loop=loop)
+    remove = _cancel_at_next_await(loop, main, context)
     try:
-        result = loop.run_until_complete(
-            asyncio.wait_for(definition.handler(data, context), timeout)
-        )
+        result = loop.run_until_complete(asyncio.wait_for(main, timeout))
     except TimeoutError:
         timed_out = True
+    except asyncio.CancelledError:
+        if not context.cancel_requested:
+            raise
+        cancelled = True
     finally:
+        remove()
         busy = _close(loop, executor)
     if timed_out:
         raise _timed_out(definition, timeout, abandoned=busy)
+    if cancelled:
+        reason = context.control.reason if context.control else "cancel requested"
+        raise TaskCancelled(f"{definition.type} was cancelled at an await ({reason})")
     return result
+
+
+def _cancel_at_next_await(
+    loop: asyncio.AbstractEventLoop, main: asyncio.Future[Any], context: TaskContext
+) -> Callable[[], None]:
+    """Cancel the handler's task (from any thread) once a cancel is requested; returns
+    the hook's remover."""
+    if context.control is None:
+        return lambda: None
+
+    def cancel() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the handler ended
+            loop.call_soon_threadsafe(main.cancel)
+
+    return context.control.on_cancel(cancel)
 
 
 def _close(loop: asyncio.AbstractEventLoop, executor: _TrackingExecutor) -> list[threading.Thread]:
