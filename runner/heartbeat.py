@@ -31,7 +31,7 @@ from runner.control import TaskControl
 from runner.errors import TaskConflict
 from runner.items import parse_iso
 from runner.logs import get_logger
-from runner.progress import ProgressReporter
+from runner.progress import PROGRESS_INTERVAL_SECONDS, ProgressReporter
 
 if TYPE_CHECKING:
     from runner.model import Task
@@ -157,10 +157,11 @@ class Heartbeat:
 class LeasePolicy:
     """How claims lease their tasks and beat: `live_lease_seconds` "auto" takes the live
     lease where the runtime can be ended (`runtime.can_end`), else None (the whole
-    deadline's lease); tests set both."""
+    deadline's lease); tests shorten the intervals."""
 
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     live_lease_seconds: float | Literal["auto"] | None = "auto"
+    progress_seconds: float = PROGRESS_INTERVAL_SECONDS
 
     def live(self) -> float | None:
         if self.live_lease_seconds == "auto":
@@ -182,7 +183,13 @@ class LeasePolicy:
             store.write_progress(task.id, token=token, progress=value)
 
         control = TaskControl(
-            ProgressReporter(write, clock=store.clock, monotonic=monotonic, task_id=task.id)
+            ProgressReporter(
+                write,
+                clock=store.clock,
+                monotonic=monotonic,
+                interval=self.progress_seconds,
+                task_id=task.id,
+            )
         )
         claimed = parse_iso(task.started_at) if task.started_at else store.clock()
         cap = int(claimed.timestamp() + full)
