@@ -234,3 +234,27 @@ def test_a_cancel_requested_claim_whose_lease_expired_ends_cancelled_never_retry
     late = app.runner.record(claimed, ClaimSource.STREAM, result={"late": True})
     assert late.status is None and late.note == "claim lost"
     assert client.get_task(task.id).status is S.CANCELLED
+
+
+def test_a_workflow_attempt_ends_a_dead_cancel_requested_claim_cancelled(
+    app: App, client: TaskRunnerClient
+) -> None:
+    # Given a workflow claim that died (lease expired) after its cancel was requested
+    from runner.attempts import AttemptInput
+
+    task = client.create_task("NOOP_TASK", {})
+    claimed = app.store.claim_for_retry(task.id, episode=0, lease_seconds=-5)
+    client.cancel_task(task.id)
+
+    # When the execution's next attempt comes, it takes nothing over: the task ends
+    # CANCELLED and the attempt says so (the state machine's Cancelled state)
+    with pytest.raises(TaskCancelled):
+        app.attempts.run(AttemptInput(task.id, 0, "NOOP_TASK", claimed.created_at))
+
+    stored = client.get_task(task.id)
+    assert stored.status is S.CANCELLED and stored.attempts == 1
+    # and a later attempt of that execution, or its exhaust, leave it so
+    with pytest.raises(TaskCancelled):
+        app.attempts.run(AttemptInput(task.id, 0, "NOOP_TASK", claimed.created_at))
+    assert app.attempts.exhaust(AttemptInput(task.id, 0), None)["outcome"] == "superseded"
+    assert client.get_task(task.id).status is S.CANCELLED
