@@ -33,6 +33,7 @@ SECTIONS = {
     "6": "bench.memory",
     "7": "bench.slow_neighbour",
     "8": "bench.runtime_exit",
+    "9": "bench.wait_latency",
     "4": "bench.local_stack",
 }
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.executor import TaskRunner
+from runner.heartbeat import LeasePolicy
 from runner.registry import TaskRegistry
 from runner.store import TaskStore
 
@@ -31,7 +32,13 @@ class App:
         self.clients = clients
         self.registry = registry
         self.store = TaskStore(settings, clients)
-        self.runner = TaskRunner(self.store, registry, settings=settings, clients=clients)
+        self.runner = TaskRunner(
+            self.store,
+            registry,
+            settings=settings,
+            clients=clients,
+            leases=LeasePolicy(heartbeat_seconds=settings.heartbeat_seconds),
+        )
 
     @classmethod
     def build(

@@ -8,7 +8,7 @@ task item's attempt log:
   attempt of the same task;
 - I2 no double effect: no effect after the task was DONE, and (where no fault could
   justify a re-run) effects from one attempt only;
-- I3 every task final (DONE, FAILED permanent, FAILED with retries exhausted);
+- I3 every task final (DONE, CANCELLED, FAILED permanent, FAILED with retries exhausted);
 - I4 a final task holds no lease;
 - I5 every final task carries `expires_at`.
 """
