@@ -54,6 +54,8 @@ class ControlWrites(StoreBase):
                 "finished_at": iso(now),
                 "expires_at": self._expiry(now),
             },
+            # A final task holds no lease (I4): CANCELLED already refuses every claim.
+            removes=("lease_expires_at", "claim_token"),
             condition=condition,
             values=values,
         )

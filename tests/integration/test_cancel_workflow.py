@@ -107,7 +107,8 @@ def test_a_task_waiting_in_its_execution_is_cancelled_then_the_execution_stopped
     assert result["status"] == "CANCELLED" and result["was"] == "FAILED"
     assert result["execution_stopped"] == app.store.get("held").executions[0]
     assert _describe(flow, "held")["status"] == "ABORTED"
-    assert app.store.get("held").status is S.CANCELLED
+    cancelled = app.store.get("held")
+    assert cancelled.status is S.CANCELLED and cancelled.lease_expires_at is None  # I4
 
 
 def test_a_workflow_attempt_that_stops_on_a_cancel_ends_its_execution_cancelled(
