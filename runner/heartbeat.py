@@ -21,6 +21,7 @@ to stop (`ctx.cancel_requested`).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from runner.store import TaskStore
 
 HEARTBEAT_SECONDS = 30.0
+# The heartbeat thread wakes this often to see whether it was stopped, or progress is due.
+TICK_SECONDS = 1.0
 # A claim's lease where the runtime can be ended: four beats.
 LIVE_LEASE_SECONDS = 120
 # A beat that fails with less than one interval and this much of its lease left ends
@@ -62,6 +65,8 @@ class Heartbeat:
         live_seconds: float | None,
         interval: float = HEARTBEAT_SECONDS,
         end_runtime: Callable[[str], bool] = runtime.end_now,
+        on_tick: Callable[[], None] | None = None,
+        tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self.store = store
         self.task_id = task_id
@@ -73,7 +78,10 @@ class Heartbeat:
         self.live_seconds = live_seconds
         self.interval = interval
         self._end_runtime = end_runtime
-        self._stop = threading.Event()
+        # Called about every `tick` while the handler runs (progress due to be written).
+        self._on_tick = on_tick
+        self.tick = min(tick_seconds, interval)
+        self._stopped = False
         self._thread: threading.Thread | None = None
         self.beats = 0
         self.failures = 0
@@ -98,16 +106,26 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        """No beat after this returns (one in flight is waited for, briefly)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.interval + 5.0)
+        """No beat starts after this; the thread ends at its next tick, unjoined (the
+        handler's outcome is not held up). A beat already sent may still land: before
+        the outcome's write it only extends the lease; after it, its condition fails,
+        which a stopped heartbeat ignores."""
+        self._stopped = True
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self.beat():
+        # Short sleeps, not an Event: time.sleep is what a simulation (and a test)
+        # replaces with its own clock, and the tick also writes progress that is due.
+        next_beat = time.monotonic() + self.interval
+        while True:
+            time.sleep(max(0.0, min(self.tick, next_beat - time.monotonic())))
+            if self._stopped:
                 return
+            if self._on_tick is not None:
+                self._on_tick()
+            if time.monotonic() >= next_beat:
+                if self._stopped or not self.beat():
+                    return
+                next_beat += self.interval
 
     def next_lease(self, now_epoch: int) -> int:
         """The lease to write now: extended by the live lease, never past the cap, never
@@ -122,9 +140,12 @@ class Heartbeat:
         try:
             cancel = self.store.heartbeat(self.task_id, token=self.token, lease_until=target)
         except TaskConflict:
-            self._lost(CLAIM_LOST)
+            if not self._stopped:  # else the outcome was written meanwhile: all is well
+                self._lost(CLAIM_LOST)
             return False
         except Exception as exc:
+            if self._stopped:
+                return False
             self.failures += 1
             left = self.lease - self.store.now_epoch()
             self.log.warning(
@@ -182,15 +203,14 @@ class LeasePolicy:
         def write(value: dict[str, Any]) -> None:
             store.write_progress(task.id, token=token, progress=value)
 
-        control = TaskControl(
-            ProgressReporter(
-                write,
-                clock=store.clock,
-                monotonic=monotonic,
-                interval=self.progress_seconds,
-                task_id=task.id,
-            )
+        reporter = ProgressReporter(
+            write,
+            clock=store.clock,
+            monotonic=monotonic,
+            interval=self.progress_seconds,
+            task_id=task.id,
         )
+        control = TaskControl(reporter)
         claimed = parse_iso(task.started_at) if task.started_at else store.clock()
         cap = int(claimed.timestamp() + full)
         heartbeat = Heartbeat(
@@ -202,5 +222,7 @@ class LeasePolicy:
             cap=cap,
             live_seconds=self.live(),
             interval=self.heartbeat_seconds,
+            on_tick=reporter.flush_due,
+            tick_seconds=min(TICK_SECONDS, self.progress_seconds),
         )
         return control, heartbeat

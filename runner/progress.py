@@ -2,9 +2,10 @@
 
 The first report is written at once; later ones at most every `PROGRESS_INTERVAL_SECONDS`
 per task, the latest value winning: a report inside the interval is kept and written
-when the interval ends (a timer), or with the claim's final write if the handler ends
-first. Each write is conditional on the claim and leaves `status`, `status_shard` and
-`updated_at` alone (`runner.store.control`); one that fails is logged, never raised.
+once the interval has ended (by the claim's heartbeat thread, which ticks every second:
+`flush_due`), or with the claim's final write if the handler ends first. Each write is
+conditional on the claim and leaves `status`, `status_shard` and `updated_at` alone
+(`runner.store.control`); one that fails is logged, never raised.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._last: float | None = None
         self._pending: dict[str, Any] | None = None
-        self._timer: threading.Timer | None = None
         self._closed = False
         self.writes = 0
 
@@ -79,19 +79,18 @@ class ProgressReporter:
                 self._pending = None
             else:
                 self._pending = value
-                if self._timer is None:
-                    self._timer = threading.Timer(self._last + self.interval - now, self._flush)
-                    self._timer.daemon = True
-                    self._timer.start()
                 return
         self._send(value)
 
-    def _flush(self) -> None:
+    def flush_due(self) -> None:
+        """Write the report kept back, once its interval has ended."""
         with self._lock:
-            value, self._pending, self._timer = self._pending, None, None
-            if value is None or self._closed:
+            if self._pending is None or self._closed or self._last is None:
                 return
-            self._last = self._monotonic()
+            now = self._monotonic()
+            if now - self._last < self.interval:
+                return
+            value, self._pending, self._last = self._pending, None, now
         self._send(value)
 
     def _send(self, value: dict[str, Any]) -> None:
@@ -108,8 +107,5 @@ class ProgressReporter:
         """Stop reporting; the latest report not yet written (for the final write)."""
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             value, self._pending = self._pending, None
         return value
