@@ -41,14 +41,17 @@ class ClaimSource(StrEnum):
 
 S = TaskStatus
 # The only moves the DynamoDB layer will make; each is enforced there by a condition.
-# The README's status table lists the same (tests/unit/test_status_table.py).
-# Into CANCELLED: from a waiting status at once (`runner.store.cancels`), from PROCESSING
-# by the claim's own final write or, once its lease is dead, by whoever recovers it.
+# The README's status table lists the same (a move to the same status, a new episode,
+# is no transition). Into CANCELLED: from a waiting status at once
+# (`runner.store.control`), from PROCESSING by the claim's own final write or, once its
+# lease is dead, by whoever recovers it.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.PENDING: frozenset({S.PROCESSING, S.RETRYING, S.CANCELLED}),
+    # FAILED: a task the runner cannot read or cannot run at its size (fail_unreadable,
+    # fail_oversized); RETRYING: a handed-off task whose execution ended unclaimed.
+    S.PENDING: frozenset({S.PROCESSING, S.FAILED, S.RETRYING, S.CANCELLED}),
     S.PROCESSING: frozenset({S.DONE, S.FAILED, S.RETRYING, S.CANCELLED}),
     S.FAILED: frozenset({S.PROCESSING, S.RETRYING, S.CANCELLED}),
-    S.RETRYING: frozenset({S.PROCESSING, S.FAILED, S.RETRYING, S.CANCELLED}),
+    S.RETRYING: frozenset({S.PROCESSING, S.FAILED, S.CANCELLED}),
     S.DONE: frozenset(),
     S.CANCELLED: frozenset(),
     S.SCHEDULED: frozenset({S.CANCELLED}),
