@@ -222,15 +222,15 @@ def settled(world: World) -> bool:
 
 
 def quiet(world: World) -> bool:
-    """Nothing in flight: no stream record to deliver, no execution, no invocation, and
-    no batch the mappings gave up on still waiting in the on-failure queue for the
-    sweeper (a month jumped past it would trim its records from the stream unread,
-    where the sweeper, every 5 minutes, would have replayed them)."""
+    """Nothing in flight: no stream record to deliver, no on-failure message to replay,
+    no execution, no invocation. (TTL's month-long jump needs this: in AWS a month holds
+    thousands of sweeps, and a message left waiting through it would outlive the
+    queue's retention, which the jump's dozen collapsed sweeps come too late for.)"""
     return not (
         any(q.busy() for q in world.queues)
+        or world.sqs.waiting()
         or world.sfn.running()
         or world.lambdas.running()
-        or world.sqs.waiting()
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from runner.local.stream_records import sequence_number
-from tests.simulation import asl
+from tests.simulation import actions, asl
 from tests.simulation.executions import Execution
 from tests.simulation.faults import TABLE_WIDE, FaultKind, FaultPlan
 from tests.simulation.fibers import EPOCH, Running, Scheduler, SimClock, SimTimeout
@@ -394,3 +394,20 @@ def test_a_failed_scheduled_run_is_retried_a_minute_later_and_may_come_twice() -
         assert sweeps[1].started - (sweeps[0].ended or 0) >= 60
         again = sim.schedules.again(0, None)
         assert again is not None and again.event["id"] == sweeps[0].event["id"]
+
+
+def test_a_month_passes_for_ttl_only_once_the_sweeper_has_replayed_what_waits_for_it() -> None:
+    """The long pass's finding (7 tasks stuck PENDING in 3 of 240 examples): TTL's month
+    jump dropped an on-failure message (14 days' retention) the sweeper would have
+    replayed within 5 minutes. A harness artifact: the jump now waits for the queue."""
+    with simulated() as sim:
+        sim.create("SIM_SYNC")
+        sim.deliver_all()
+        raw = sim.create("SIM_SYNC", shape="raw")
+        sim.stall("hour")
+        sim.deliver_all()  # given up: its message waits in the on-failure queue
+        assert sim.world.sqs.waiting() == 1
+        assert actions.expire_by_ttl(sim.world, sim.schedules) == []  # not quiet yet
+        sim.settle()
+        assert sim.item(raw.id)["status"] == "DONE"
+        assert [v.describe() for v in sim.violations()] == []

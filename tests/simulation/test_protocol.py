@@ -16,7 +16,7 @@ import pytest
 from tests.simulation import campaign, matrix
 
 SEED = int(os.environ.get("SIM_SEED", "20261201"))
-EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("SIM_STEPS", str(campaign.DEFAULT_STEPS)))
 RESULTS = Path(__file__).resolve().parent / "results"
 # Read by this directory's conftest for pytest's terminal summary.
