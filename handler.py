@@ -85,7 +85,8 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
     executions, in flight during a deploy):
 
     - mode "run" (the default): one attempt; returns its outcome, or raises
-      TaskRetryableError, TaskLeaseHeld, RetriesExhausted or TaskFailedPermanently;
+      TaskRetryableError, TaskLeaseHeld, RetriesExhausted, TaskFailedPermanently or
+      TaskCancelled;
     - mode "exhaust" (the Catch, with "error": the error it caught): marks the task
       FAILED with its retries exhausted; returns {"outcome": exhausted|done|superseded}.
 
@@ -96,6 +97,7 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from runner.errors import (
         PermanentTaskError,
         RetriesExhausted,
+        TaskCancelled,
         TaskFailedPermanently,
         TaskInfrastructureError,
         TaskLeaseHeld,
@@ -111,6 +113,7 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
         TaskFailedPermanently,
         TaskInfrastructureError,
         PermanentTaskError,
+        TaskCancelled,
     )
 
     _log_context(context)

@@ -35,6 +35,7 @@ SECTIONS = {
     "8": "bench.runtime_exit",
     "9": "bench.dashboard",
     "10": "bench.metrics",
+    "11": "bench.wait_latency",
     "4": "bench.local_stack",
 }
 

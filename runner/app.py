@@ -14,6 +14,7 @@ from runner.aws import AwsClients
 from runner.config import Settings
 from runner.errors import ConfigurationError
 from runner.executor import TaskRunner
+from runner.heartbeat import LeasePolicy
 from runner.registry import TaskRegistry
 from runner.store import TaskStore
 
@@ -37,7 +38,13 @@ class App:
         self.clients = clients
         self.registry = registry
         self.store = TaskStore(settings, clients)
-        self.runner = TaskRunner(self.store, registry, settings=settings, clients=clients)
+        self.runner = TaskRunner(
+            self.store,
+            registry,
+            settings=settings,
+            clients=clients,
+            leases=LeasePolicy(heartbeat_seconds=settings.heartbeat_seconds),
+        )
 
     @classmethod
     def build(

@@ -3,7 +3,8 @@ make the workflow's final write when it gives up ("exhaust").
 
 Every answer is a signal the state machine matches by name (statemachine/retry.asl.json):
 `TaskRetryableError` (retry with backoff), `TaskLeaseHeld` (wait for a lease),
-`RetriesExhausted` (the Catch: exhaust), `TaskFailedPermanently` (the execution fails).
+`RetriesExhausted` (the Catch: exhaust), `TaskFailedPermanently` (the execution fails),
+`TaskCancelled` (the task was cancelled: the execution ends in its `Cancelled` state).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from runner import metrics
 from runner.errors import (
     ItemTooLarge,
     RetriesExhausted,
+    TaskCancelled,
     TaskConflict,
     TaskFailedPermanently,
     TaskInfrastructureError,
@@ -83,7 +85,7 @@ class WorkflowAttempts:
                 if remaining_seconds is None
                 else remaining_seconds - (self._monotonic() - started)
             )
-            lease = self.runner.lease_seconds(definition, left)
+            lease = self.runner.claim_lease(self.runner.lease_seconds(definition, left))
             try:
                 task = self.store.claim_for_retry(
                     given.task_id,
@@ -114,6 +116,8 @@ class WorkflowAttempts:
         if outcome.status is S.FAILED:
             kind = outcome.error.type if outcome.error else "error"
             raise TaskFailedPermanently(f"the task failed for good ({kind})")
+        if outcome.status is S.CANCELLED:
+            raise TaskCancelled(f"task {given.task_id} was cancelled")
         return outcome
 
     def _waited_for_lease(self, task: Task | None, remaining_seconds: float | None) -> bool:
@@ -146,6 +150,15 @@ class WorkflowAttempts:
             )
             return Outcome(given.task_id, None, note=f"superseded: task is {state}")
         assert old is not None
+        if old.status is S.CANCELLED:
+            raise TaskCancelled(f"task {given.task_id} was cancelled")
+        if old.status is S.PROCESSING and old.cancel_requested and not self._lease_live(old):
+            # Its claim died after a cancel was requested: it ends here, never retried.
+            try:
+                self.store.cancel_expired(old)
+            except TaskConflict as exc:
+                raise TaskInfrastructureError(f"task {given.task_id} changed; look again") from exc
+            raise TaskCancelled(f"task {given.task_id} was cancelled")
         if old.status is S.DONE:
             return Outcome(given.task_id, S.DONE, note="already done", attempt=old.attempts)
         if old.lease_expires_at is not None and old.lease_expires_at >= self.store.now_epoch():
@@ -159,6 +172,9 @@ class WorkflowAttempts:
         if allowed is not None and old.episode_attempts >= allowed:
             raise RetriesExhausted(f"{old.episode_attempts} of {allowed} attempts spent")
         raise TaskInfrastructureError(f"task {given.task_id}: claim refused ({old.status.value})")
+
+    def _lease_live(self, task: Task) -> bool:
+        return task.lease_expires_at is not None and task.lease_expires_at >= self.store.now_epoch()
 
     @staticmethod
     def _superseded(given: AttemptInput, task: Task | None) -> str | None:
@@ -188,6 +204,8 @@ class WorkflowAttempts:
             assert task is not None
             if task.status is S.DONE:
                 return {"outcome": DONE}
+            if task.status is S.CANCELLED:
+                return {"outcome": SUPERSEDED, "found": S.CANCELLED.value}
             if task.status is S.FAILED and task.retries_exhausted:
                 # Marked by this call's write whose reply was lost, or by an invocation
                 # that crashed after its write: counted again rather than never (a

@@ -24,9 +24,11 @@ import fire
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from runner.cli_args import CommandTable, HelpRequest, Invocation
+from runner.cli_control import WaitSeconds, error_exit_code
 from runner.cli_output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_USAGE,
     Output,
     exit_with,
@@ -83,11 +85,18 @@ class CreateTask(_Commands):
 
 
 def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[..., Any]:
+    from runner.cli_control import split_create_options, wait_document
+
     aliases = {name: f.alias or name for name, f in definition.input_model.model_fields.items()}
 
     def command(**values: Any) -> dict[str, Any]:
+        options, values = split_create_options(values)
         data = {aliases[name]: value for name, value in values.items()}
-        return _dump(group._get_client().create_task(definition.type, data))
+        client = group._get_client()
+        task = client.create_task(definition.type, data, idempotency_key=options.idempotency_key)
+        if options.wait is not None:
+            return wait_document(client, task.id, options.wait, follow=False)
+        return _dump(task)
 
     command.__doc__ = definition.description or definition.type
     command.__name__ = definition.cli_name.replace("-", "_")
@@ -115,9 +124,27 @@ class Cli(_Commands):
         """Claim a PENDING task and run it in this process now (when no stream will)."""
         return self._get_client().run_task(task_id).as_dict()
 
-    def get_task(self, task_id: TaskId) -> dict[str, Any]:
-        """Show a task: status, data, result or error, attempts, attempt log, executions."""
+    def get_task(
+        self,
+        task_id: TaskId,
+        wait: WaitSeconds = None,
+        follow: Annotated[
+            bool, Field(description="print each change of status or progress on stderr")
+        ] = False,
+    ) -> dict[str, Any]:
+        """Show a task: status, data, result or error, progress, attempts, attempt log,
+        executions; --wait SECONDS for it to be final (exit 0 DONE, 2 FAILED, 3
+        CANCELLED, 4 not found, 124 timed out), --follow to print its progress."""
+        if wait is not None or follow:
+            from runner.cli_control import wait_document
+
+            return wait_document(self._get_client(), task_id, wait, follow=follow)
         return _dump(self._get_client().get_task(task_id))
+
+    def cancel_task(self, task_id: TaskId) -> dict[str, Any]:
+        """Cancel a task: PENDING, SCHEDULED, FAILED awaiting retry or RETRYING end
+        CANCELLED now (its execution stopped); a PROCESSING one is asked to stop."""
+        return self._get_client().cancel_task(task_id)
 
     def list_tasks(
         self,
@@ -357,9 +384,10 @@ def main(
 
         if isinstance(exc, ValidationError):
             return fail(str(exc.errors()[0]["msg"]), EXIT_FAILED)
-        return fail(explain(exc, Settings.from_env()), EXIT_FAILED)
+        return fail(explain(exc, Settings.from_env()), error_exit_code(exc) or EXIT_FAILED)
     document = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
-    return output.write(document, ran=True)
+    written = output.write(document, ran=True)
+    return getattr(result, "exit_code", EXIT_OK) if written == EXIT_OK else written
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from runner.cli_control import with_create_options
 from runner.errors import UsageError
 from runner.registry import NOT_FINITE, TaskDefinition, TaskRegistry, non_finite_numbers
 
@@ -216,7 +217,7 @@ class CommandTable:
             d.cli_name: Command(
                 words=(CREATE_TASK, d.cli_name),
                 description=d.description or d.type,
-                model=d.input_model,
+                model=with_create_options(d.input_model),
                 fire_path=("create_task", d.cli_name.replace("-", "_")),
                 definition=d,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -36,6 +37,7 @@ class TaskRunnerClient:
         data: dict[str, Any] | BaseModel,
         *,
         task_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Insert a PENDING task; its input validated here when this process has the type.
 
@@ -44,7 +46,13 @@ class TaskRunnerClient:
         with the installed package has no `tasks/`: a type it does not register is sent
         as it is (a pydantic model instance as its JSON), and the runner validates it when
         the task runs: invalid input or an unknown type ends FAILED, permanently.
+
+        With `idempotency_key`, the id is made from the key (`runner.idempotency`): a
+        second create with the same key returns the task it made, whatever its status;
+        other input raises IdempotencyConflict.
         """
+        if idempotency_key is not None and task_id is not None:
+            raise ValueError("give a task_id or an idempotency_key, not both")
         registry = self.app.registry
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json", by_alias=True)
@@ -54,6 +62,10 @@ class TaskRunnerClient:
         else:
             stored_type, stored = _unvalidated(task_type, data)
         now = iso(self.app.store.clock())
+        if idempotency_key is not None:
+            from runner.idempotency import put_idempotent, task_id_for
+
+            task_id = task_id_for(idempotency_key)
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=stored_type,
@@ -61,11 +73,35 @@ class TaskRunnerClient:
             data=stored,
             created_at=now,
             updated_at=now,
+            enqueue_key=idempotency_key,
         )
+        if idempotency_key is not None:
+            return put_idempotent(self.app.store, task)
         return self.app.store.put_new(task)
 
     def get_task(self, task_id: str) -> Task:
         return self.app.store.get(task_id)
+
+    def cancel_task(self, task_id: str) -> dict[str, Any]:
+        """Cancel a task (`runner.cancel`): CANCELLED at once if it waits, its cancel
+        requested if it runs; TaskConflict (one line) if it has finished."""
+        from runner.cancel import Cancellation
+
+        workflow = self.app.workflow if self.app.settings.state_machine_arn else None
+        return Cancellation(self.app.store, workflow).cancel(task_id).as_dict()
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float,
+        on_change: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """The task once it is final (DONE, CANCELLED, FAILED for good); WaitTimedOut
+        (naming its status) after `timeout` seconds, TaskNotFound if there is none."""
+        from runner.waiting import wait_for
+
+        return wait_for(self.app.store, task_id, timeout, on_change=on_change)
 
     def list_tasks(
         self, status: TaskStatus | str | None = None, *, limit: int = 20, cursor: str | None = None

@@ -29,6 +29,8 @@ DEFAULT_ORPHAN_SCAN_SEGMENTS = 0
 # How far back (by `updated_at`) the sweeper looks for FAILED and RETRYING tasks whose
 # retry execution is not running: a bounded Query of the index, not a Scan.
 DEFAULT_REPAIR_WINDOW_HOURS = 24
+# A running handler's heartbeat (runner.heartbeat): its lease kept alive, its cancel read.
+DEFAULT_HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Settings:
     max_concurrency: int | None = None
     orphan_scan_segments: int = DEFAULT_ORPHAN_SCAN_SEGMENTS
     repair_window_hours: float = DEFAULT_REPAIR_WINDOW_HOURS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     # The stream mappings' on-failure queue, which the sweeper replays.
     failed_batch_queue_url: str | None = None
     # Who EXPORT_DB may mail: addresses and `@domain` entries; empty refuses every export.
@@ -82,6 +85,7 @@ class Settings:
                 env.get("TASK_RUNNER_REPAIR_WINDOW_HOURS") or DEFAULT_REPAIR_WINDOW_HOURS
             ),
             failed_batch_queue_url=env.get("TASK_RUNNER_FAILED_BATCH_QUEUE_URL") or None,
+            heartbeat_seconds=_heartbeat(env.get("TASK_RUNNER_HEARTBEAT_SECONDS")),
             export_recipients=_list(env.get("TASK_RUNNER_EXPORT_RECIPIENTS", "")),
         )
 
@@ -89,3 +93,13 @@ class Settings:
 def _list(text: str) -> tuple[str, ...]:
     """A comma-separated setting as its stripped, non-empty entries."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _heartbeat(value: str | None) -> float:
+    """TASK_RUNNER_HEARTBEAT_SECONDS: between 0.1 and 60 (the live lease is 120 s)."""
+    if not value:
+        return DEFAULT_HEARTBEAT_SECONDS
+    seconds = float(value)
+    if not 0.1 <= seconds <= 60:
+        raise ValueError("TASK_RUNNER_HEARTBEAT_SECONDS must be between 0.1 and 60")
+    return seconds

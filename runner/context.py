@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # task modules import this one: `task-runner --help` loads no
 
     from runner.aws import AwsClients
     from runner.config import Settings
+    from runner.control import TaskControl
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class TaskContext:
     `idempotency_key` is the same for every attempt of the task; `attempt` counts claims.
     A handler that has side effects uses the key (e.g. as an S3 object name or an SES
     message tag) so a retried attempt does not repeat them.
+
+    A long handler checks `cancel_requested` (it becomes true within about a heartbeat,
+    30 s, of `cancel-task`) and raises `runner.errors.TaskCancelled` to stop; an async
+    handler is cancelled at its next await instead. `report_progress` stores how far it
+    got on the task (the first report at once, later ones at most every 5 s).
     """
 
     task_id: str
@@ -29,3 +35,15 @@ class TaskContext:
     settings: Settings
     clients: AwsClients
     logger: Logger
+    control: TaskControl | None = None
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once `cancel-task` asked this task to stop (or its claim was lost)."""
+        return self.control is not None and self.control.cancel_requested
+
+    def report_progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Store `progress` = {done, total, message, updated_at} on the task. A report
+        that cannot be written is logged, never raised: it does not fail the task."""
+        if self.control is not None and self.control.progress is not None:
+            self.control.progress.report(done, total, message)

@@ -70,6 +70,18 @@ class TaskAlreadyClaimed(TaskConflict):
     """Another worker (or an earlier delivery of the same record) claimed the task first."""
 
 
+class IdempotencyConflict(TaskConflict):
+    """An idempotency key already names a task with another type or input."""
+
+
+class WaitTimedOut(TaskRunnerError):
+    """`wait` gave up before the task was final; `status` is the one it was last seen in."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # --- Task outcomes ----------------------------------------------------------------------
 
 
@@ -87,6 +99,14 @@ class RetryableTaskError(TaskFailure):
 
 class PermanentTaskError(TaskFailure):
     """A failure no retry can fix; the task ends FAILED."""
+
+    retryable = False
+
+
+class TaskCancelled(TaskFailure):
+    """Raised by a handler that saw `ctx.cancel_requested` and stopped: the task ends
+    CANCELLED (an async handler is cancelled at its next await instead). Also the signal
+    run_task raises when its task was cancelled (the state machine ends the execution)."""
 
     retryable = False
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePath
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from runner import abandoned as abandoned_work
@@ -23,23 +20,22 @@ from runner import metrics, runtime
 from runner.aws import AwsClients
 from runner.config import Settings
 from runner.context import TaskContext
+from runner.control import TaskControl
 from runner.errors import (
-    ConfigurationError,
-    InvalidTaskInput,
     ItemTooLarge,
-    MalformedTask,
     RetryableTaskError,
     TaskAlreadyClaimed,
+    TaskCancelled,
     TaskConflict,
-    TaskFailure,
-    TaskRunnerError,
     TaskTimedOut,
-    UnknownTaskType,
 )
+from runner.failures import describe_error
+from runner.heartbeat import LeasePolicy
 from runner.invoke import invoke_handler
 from runner.items import iso
 from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
+from runner.progress import ProgressReporter
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
 from runner.store import TaskStore
 from runner.tracing import task_span
@@ -49,14 +45,6 @@ S = TaskStatus
 RECORDING_MARGIN_SECONDS = 5.0
 # A lease outlives the task's own timeout by this much before the sweeper may take over.
 LEASE_GRACE_SECONDS = 30.0
-# Errors of the runner's own whose messages are written without task data in them.
-_PERMANENT_RUNNER_ERRORS = (
-    InvalidTaskInput,
-    UnknownTaskType,
-    MalformedTask,
-    ConfigurationError,
-    ItemTooLarge,
-)
 
 
 @dataclass(frozen=True)
@@ -82,61 +70,6 @@ class Outcome:
         return out
 
 
-# The project's root; in the Lambda zip the dependencies live beside these directories.
-_ROOT = Path(__file__).resolve().parents[1]
-_OWN_TOP = frozenset({"tasks", "runner", "handler.py", "tests"})
-
-
-def _is_own(filename: str) -> bool:
-    path = Path(filename)
-    try:
-        top = path.resolve().relative_to(_ROOT).parts[0]
-    except (ValueError, IndexError, OSError):
-        return "site-packages" not in filename and "/lib/python" not in filename
-    return top in _OWN_TOP
-
-
-def _where(exc: BaseException) -> str:
-    """`tasks/x.py:42 in run`: the innermost frame of the project's own code (else the
-    innermost), as a data-free pointer to where an exception was raised."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if _is_own(f.filename)]
-    chosen = own or frames
-    if not chosen:
-        return "an unknown place"
-    frame = chosen[-1]
-    path = PurePath(frame.filename)
-    return f"{'/'.join(path.parts[-2:])}:{frame.lineno} in {frame.name}"
-
-
-def describe_error(exc: BaseException) -> TaskErrorInfo:
-    """A structured, storable account of why a task failed, and whether to retry it.
-
-    Messages of `TaskFailure`s (written by the task's author) and of the runner's own
-    errors are kept. An exception nobody classified may quote anything (an address, a
-    value of the input, AWS's text about a request), so only its type, an AWS error
-    code and where it was raised are kept.
-    """
-    if isinstance(exc, TaskFailure):
-        return TaskErrorInfo(
-            type=type(exc).__name__, message=str(exc) or type(exc).__name__, retryable=exc.retryable
-        )
-    if isinstance(exc, _PERMANENT_RUNNER_ERRORS):
-        return TaskErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
-    if isinstance(exc, TaskRunnerError):
-        return TaskErrorInfo(type=type(exc).__name__, message=str(exc), retryable=True)
-    kind = type(exc).__name__
-    if isinstance(exc, ClientError):
-        kind += f" ({exc.response.get('Error', {}).get('Code', 'unknown code')})"
-    # Unclassified: assumed transient. Retries are bounded per task type, so a real bug
-    # ends FAILED after a few attempts.
-    return TaskErrorInfo(
-        type=type(exc).__name__,
-        message=f"{kind} raised at {_where(exc)}",
-        retryable=True,
-    )
-
-
 class TaskRunner:
     """Runs tasks from the table; every status change goes through TaskStore's conditions."""
 
@@ -149,8 +82,11 @@ class TaskRunner:
         clients: AwsClients | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        leases: LeasePolicy | None = None,
     ) -> None:
         self.store = store
+        # Claims' leases and heartbeats (runner.heartbeat).
+        self.leases = leases or LeasePolicy()
         self.registry = registry
         self.settings = settings or store.settings
         self.clients = clients or store.clients
@@ -164,7 +100,7 @@ class TaskRunner:
         self, task_id: str, *, source: ClaimSource, remaining_seconds: float | None = None
     ) -> Outcome:
         """Claim a PENDING task and run it. A lost claim is a SKIPPED outcome, not an error."""
-        lease = self.lease_seconds(None, remaining_seconds)
+        lease = self.claim_lease(self.lease_seconds(None, remaining_seconds))
         return self._claim_and_run(
             task_id,
             lambda: self.store.claim_pending(task_id, source=source, lease_seconds=lease),
@@ -176,7 +112,9 @@ class TaskRunner:
         self, task: Task, *, source: ClaimSource, remaining_seconds: float | None = None
     ) -> Outcome:
         """Like run_pending, for a task already read (a stream record carries it whole)."""
-        lease = self.lease_seconds(self.definition_or_none(task.type), remaining_seconds)
+        lease = self.claim_lease(
+            self.lease_seconds(self.definition_or_none(task.type), remaining_seconds)
+        )
         return self._claim_and_run(
             task.id,
             lambda: self.store.claim_pending(task.id, source=source, lease_seconds=lease),
@@ -239,8 +177,13 @@ class TaskRunner:
             left_running: list[threading.Thread] = []
             metrics.claimed(task, source, started)
             began = self._monotonic()
+            full = self.lease_seconds(self.definition_or_none(task.type), remaining_seconds)
+            control, heartbeat = self.leases.supervise(self.store, task, full, self._monotonic)
             try:
-                result = self._execute(task, remaining_seconds, left_running=left_running)
+                with heartbeat:
+                    result = self._execute(
+                        task, remaining_seconds, control, left_running=left_running
+                    )
             except Exception as exc:
                 error = describe_error(exc)
             metrics.handler_duration(task.type, self._monotonic() - began)
@@ -252,6 +195,9 @@ class TaskRunner:
                 lease_until = runtime.abandoned_lease(
                     self.store.now_epoch(), left, self.lease_seconds(None, None)
                 )
+            progress = (
+                control.progress.close() if isinstance(control.progress, ProgressReporter) else None
+            )
 
             def write() -> Outcome:
                 return self.record(
@@ -261,6 +207,8 @@ class TaskRunner:
                     error=error,
                     started=started,
                     lease_until=lease_until,
+                    progress=progress,
+                    cancel_requested=control.cancelled_by_request,
                 )
 
             if lease_until is None:
@@ -279,10 +227,21 @@ class TaskRunner:
         error: TaskErrorInfo | None = None,
         started: str | None = None,
         lease_until: int | None = None,
+        progress: dict[str, Any] | None = None,
+        cancel_requested: bool = False,
     ) -> Outcome:
-        """The claim's final write: DONE, FAILED or (in a workflow) RETRYING."""
+        """The claim's final write: DONE, FAILED, (in a workflow) RETRYING, or CANCELLED.
+
+        `TaskCancelled` ends the task CANCELLED. So does a failure a retry would follow
+        once a cancel was requested (known here, or found by the write's condition: one
+        more write, only then); a normal return is DONE, a permanent failure FAILED."""
         fields = {"task_id": task.id, "task_type": task.type, "attempt": task.attempts}
         status = self._status_for(error, source)
+        if status in (S.FAILED, S.RETRYING) and error is not None and error.retryable:
+            if cancel_requested:
+                status = S.CANCELLED
+        elif error is not None and error.type == TaskCancelled.__name__:
+            status = S.CANCELLED
         record = AttemptRecord(
             attempt=task.attempts,
             episode=task.episode,
@@ -293,6 +252,7 @@ class TaskRunner:
             error=error,
         )
         new_episode = status is S.FAILED and error is not None and error.retryable
+        retried = status in (S.FAILED, S.RETRYING) and error is not None and error.retryable
         try:
             recorded = self.store.record_outcome(
                 task,
@@ -302,11 +262,36 @@ class TaskRunner:
                 attempt=record,
                 new_episode=new_episode,
                 lease_until=lease_until,
+                unless_cancel_requested=retried,
+                progress=progress,
             )
-        except TaskConflict:
+        except TaskConflict as exc:
+            old = exc.old
+            if (
+                retried
+                and isinstance(old, Task)
+                and old.cancel_requested
+                and old.status is S.PROCESSING
+                and old.claim_token == task.claim_token
+            ):
+                # A cancel came while it ran: no retry follows, the task ends CANCELLED.
+                return self.record(
+                    task,
+                    source,
+                    result=result,
+                    error=error,
+                    started=started,
+                    lease_until=lease_until,
+                    progress=progress,
+                    cancel_requested=True,
+                )
             self.log.warning("outcome not recorded: claim lost", extra=fields)
             return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
         status, error = recorded.status, recorded.error if recorded.status is not S.DONE else None
+        if status is S.CANCELLED:
+            error = error or TaskErrorInfo(
+                type=TaskCancelled.__name__, message="cancelled", retryable=False
+            )
         metrics.recorded(task.type, status.value, error)
         level = self.log.info if status is S.DONE else self.log.warning
         level(
@@ -331,10 +316,16 @@ class TaskRunner:
             return S.RETRYING  # the workflow owns the task; the stream filter ignores this
         return S.FAILED
 
+    def claim_lease(self, full: float) -> float:
+        """The lease a claim takes: `full` (its deadline's), or less where a heartbeat
+        keeps it alive (`runner.heartbeat`)."""
+        return self.leases.claim_lease(full)
+
     def _execute(
         self,
         task: Task,
         remaining_seconds: float | None,
+        control: TaskControl,
         *,
         left_running: list[threading.Thread],
     ) -> Any:
@@ -352,6 +343,7 @@ class TaskRunner:
             settings=self.settings,
             clients=self.clients,
             logger=self.log,
+            control=control,
         )
         # One deadline for every in-process try: the lease covers one timeout, not one
         # per try.

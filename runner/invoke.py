@@ -1,17 +1,20 @@
 """Calling a task's handler, sync or async, bounded by a timeout.
 
 A handler that outlives its timeout raises `TaskTimedOut` here (a `TimeoutError` of the
-handler's own is its own error). Async handlers are cancelled; work they handed to a
-thread (`asyncio.to_thread`, `run_in_executor`), an event loop they block, and a sync
-handler itself cannot be, so that thread is left running, reported to `runner.runtime`
-(which ends the Lambda runtime before it can act again), and handed back to the caller
-(whatever the outcome) so its outcome is recorded under a lease that outlasts it.
+handler's own is its own error); an async one whose cancel was requested is cancelled at
+its next await and raises `TaskCancelled`. Async handlers are cancelled at their timeout;
+work they handed to a thread (`asyncio.to_thread`, `run_in_executor`), an event loop they
+block, and a sync handler itself cannot be, so that thread is left running, reported to
+`runner.runtime` (which ends the Lambda runtime before it can act again), and handed back
+to the caller (whatever the outcome) so its outcome is recorded under a lease that
+outlasts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import threading
 from collections.abc import Callable
@@ -21,7 +24,7 @@ from pydantic import BaseModel
 
 from runner import runtime
 from runner.context import TaskContext
-from runner.errors import TaskTimedOut
+from runner.errors import TaskCancelled, TaskTimedOut
 from runner.registry import TaskDefinition
 
 # Time a cancelled async handler is given to unwind (its `finally`, an `except
@@ -120,15 +123,23 @@ def _invoke_async(
     def target() -> None:
         loop = asyncio.new_event_loop()
         loop.set_default_executor(executor)
+        main: asyncio.Future[Any] = asyncio.ensure_future(
+            definition.handler(data, context), loop=loop
+        )
+        remove = _cancel_at_next_await(loop, main, context)
         try:
-            box["result"] = loop.run_until_complete(
-                _within(definition.handler(data, context), timeout)
-            )
+            box["result"] = loop.run_until_complete(_within(main, timeout))
         except _DeadlinePassed:
             box["timed_out"] = True
+        except asyncio.CancelledError as exc:
+            if context.cancel_requested:
+                box["cancelled"] = True
+            else:
+                box["error"] = exc
         except BaseException as exc:
             box["error"] = exc
         finally:
+            remove()
             box["busy"] = _close(loop, executor)
 
     thread = threading.Thread(
@@ -149,9 +160,27 @@ def _invoke_async(
     left_running.extend(busy)
     if box.get("timed_out"):
         raise _timed_out(definition, timeout, abandoned=busy)
+    if box.get("cancelled"):
+        reason = context.control.reason if context.control else "cancel requested"
+        raise TaskCancelled(f"{definition.type} was cancelled at an await ({reason})")
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def _cancel_at_next_await(
+    loop: asyncio.AbstractEventLoop, main: asyncio.Future[Any], context: TaskContext
+) -> Callable[[], None]:
+    """Cancel the handler's task (from any thread) once a cancel is requested; returns
+    the hook's remover."""
+    if context.control is None:
+        return lambda: None
+
+    def cancel() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the handler ended
+            loop.call_soon_threadsafe(main.cancel)
+
+    return context.control.on_cancel(cancel)
 
 
 def _close(loop: asyncio.AbstractEventLoop, executor: _TrackingExecutor) -> list[threading.Thread]:

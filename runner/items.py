@@ -31,6 +31,12 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: str) -> datetime:
+    """A timestamp as `iso` writes it (or any ISO-8601 with an offset) → an aware datetime."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _number(value: int | float | Decimal) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("DynamoDB cannot store NaN or infinity")

@@ -60,8 +60,12 @@ RUNNER_ATTRIBUTES = frozenset(
         "expires_at",
         "executions",
         "attempt_log",
+        "cancel_requested",
+        "progress",
     }
 )
+# A progress report's message, cut to this many UTF-8 bytes.
+PROGRESS_MESSAGE_BYTES = 200
 
 
 def cut(text: str, max_bytes: int) -> str:

@@ -125,7 +125,7 @@ def recorded(task_type: str, status: str, error: TaskErrorInfo | None) -> None:
     if status == "DONE":
         _recorder.add(SUCCEEDED, 1, **{TYPE: task_type})
         return
-    if error is None:
+    if error is None or status not in ("FAILED", "RETRYING"):
         return
     kind = RETRYABLE if error.retryable else PERMANENT
     _recorder.add(FAILED, 1, **{TYPE: task_type, OUTCOME: kind})

@@ -24,6 +24,10 @@ class TaskStatus(StrEnum):
     FAILED = "FAILED"
     # A retry workflow owns the task and will run it again.
     RETRYING = "RETRYING"
+    # Stopped on request (`cancel-task`): final, like DONE.
+    CANCELLED = "CANCELLED"
+    # Delayed until its `run_at` (the delayed-tasks work owns it; a cancel may end it).
+    SCHEDULED = "SCHEDULED"
 
 
 class ClaimSource(StrEnum):
@@ -37,15 +41,23 @@ class ClaimSource(StrEnum):
 
 S = TaskStatus
 # The only moves the DynamoDB layer will make; each is enforced there by a condition.
+# The README's status table lists the same (a move to the same status, a new episode,
+# is no transition). Into CANCELLED: from a waiting status at once
+# (`runner.store.control`), from PROCESSING by the claim's own final write or, once its
+# lease is dead, by whoever recovers it.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # FAILED: a task the runner cannot read or cannot run at its size (fail_unreadable,
     # fail_oversized); RETRYING: a handed-off task whose execution ended unclaimed.
-    S.PENDING: frozenset({S.PROCESSING, S.FAILED, S.RETRYING}),
-    S.PROCESSING: frozenset({S.DONE, S.FAILED, S.RETRYING}),
-    S.FAILED: frozenset({S.PROCESSING, S.RETRYING}),
-    S.RETRYING: frozenset({S.PROCESSING, S.FAILED}),
+    S.PENDING: frozenset({S.PROCESSING, S.FAILED, S.RETRYING, S.CANCELLED}),
+    S.PROCESSING: frozenset({S.DONE, S.FAILED, S.RETRYING, S.CANCELLED}),
+    S.FAILED: frozenset({S.PROCESSING, S.RETRYING, S.CANCELLED}),
+    S.RETRYING: frozenset({S.PROCESSING, S.FAILED, S.CANCELLED}),
     S.DONE: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.SCHEDULED: frozenset({S.CANCELLED}),
 }
+# A task in one of these will not run again (FAILED only when it failed for good).
+FINAL_STATUSES = frozenset({S.DONE, S.CANCELLED})
 
 
 def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
@@ -67,6 +79,17 @@ class TaskErrorInfo(BaseModel):
     type: str
     message: str
     retryable: bool
+
+
+class Progress(BaseModel):
+    """How far a running handler says it got (`ctx.report_progress`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    done: float
+    total: float | None = None
+    message: str = ""
+    updated_at: str
 
 
 class AttemptRecord(BaseModel):
@@ -118,11 +141,23 @@ class Task(BaseModel):
     expires_at: int | None = None
     executions: list[str] = []
     attempt_log: list[AttemptRecord] = []
+    # Set by `cancel-task` on a PROCESSING task: its handler is asked to stop.
+    cancel_requested: bool = False
+    progress: Progress | None = None
+    # The producer's `create_task(idempotency_key=...)`, from which the id was made.
+    enqueue_key: str | None = None
 
     @property
     def idempotency_key(self) -> str:
         """Stable across every retry of this task: use it to make side effects idempotent."""
         return f"task:{self.id}"
+
+    @property
+    def is_final(self) -> bool:
+        """True if the task will not run again: DONE, CANCELLED, or FAILED for good."""
+        if self.status in FINAL_STATUSES:
+            return True
+        return self.status is S.FAILED and (self.retryable is not True or self.retries_exhausted)
 
     def with_attempt(self, record: AttemptRecord) -> list[AttemptRecord]:
         """The attempt log with `record` appended, oldest entries dropped past the bound."""

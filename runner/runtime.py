@@ -120,6 +120,26 @@ def set_ender(ender: Callable[[], None] | None) -> None:
     _ender = ender
 
 
+def can_end() -> bool:
+    """True if `end_now` would end the runtime (in Lambda, or an ender is set)."""
+    return _ender is not None or in_lambda()
+
+
+def end_now(reason: str) -> bool:
+    """End the runtime at once, whatever still runs (in Lambda, or with the ender set):
+    a claim that can no longer hold its lease must not act past it. False if it cannot."""
+    if not can_end():
+        return False
+    from runner.logs import get_logger
+
+    get_logger().warning("ending the runtime", extra={"reason": reason})
+    if _ender is not None:
+        _ender()
+    else:
+        _exit_runtime()
+    return True
+
+
 def end_if_abandoned() -> bool:
     """End the runtime if abandoned work is alive; returns True if it asked to (in Lambda
     this does not return). First releases the leases of work that can no longer act."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from runner.dispatch import Dispatcher
 from runner.errors import MalformedTask, StoreError, TaskAlreadyClaimed, WorkflowError
-from runner.executor import Outcome, describe_error
+from runner.executor import Outcome
+from runner.failures import describe_error
 from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import ClaimSource, TaskStatus

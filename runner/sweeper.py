@@ -6,7 +6,8 @@ fails does not stop the others):
 1. **Failed stream batches** (`runner.replay`): the records a mapping gave up on, read
    again from the stream and run or routed.
 2. **Expired leases**: a PROCESSING claim whose Lambda died or timed out → FAILED,
-   retryable, `TaskTimedOut`, so the retry workflow takes it. A workflow claim is left
+   retryable, `TaskTimedOut`, so the retry workflow takes it (CANCELLED instead if a
+   cancel was requested). A workflow claim is left
    to its execution while that runs; once it does not, it is failed the same way.
 3. **PENDING tasks never claimed** (stream record lost), found in the `by-status` index
    by age, and run here or handed to the workflow (`runner.dispatch`); an item that is
@@ -242,9 +243,22 @@ class Sweeper:
         try:
             self.store.expire_lease(task, error, workflow_claim=workflow_claim)
         except TaskConflict:
-            return False  # it finished, or someone else recovered it
+            # A cancel was requested (the index may not show it yet): CANCELLED, not a
+            # retry. Else it finished, or someone else recovered it.
+            return self._cancel_expired(task)
         self.log.warning(
             "lease expired; task marked FAILED for retry",
+            extra={"task_id": task.id, "task_type": task.type},
+        )
+        return True
+
+    def _cancel_expired(self, task: Task) -> bool:
+        try:
+            self.store.cancel_expired(task)
+        except TaskConflict:
+            return False
+        self.log.warning(
+            "lease expired after a cancel was requested; task CANCELLED",
             extra={"task_id": task.id, "task_type": task.type},
         )
         return True

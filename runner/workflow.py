@@ -181,6 +181,21 @@ class RetryWorkflow:
             raise
         return str(info.get("status")) if ref.owns(info.get("input")) else "TAKEN"
 
+    def stop(self, ref: ExecutionRef, *, cause: str) -> str | None:
+        """Stop `ref`'s execution if it is the task's and runs (ABORTED in the console);
+        its ARN if it was stopped. A `runTask` invocation it has started runs on: the
+        task's conditions stop that one (`runner.cancel`)."""
+        if self.status(ref) != RUNNING:
+            return None
+        arn = self.execution_arn(ref.name)
+        try:
+            self._sfn("stop_execution", executionArn=arn, error="TaskCancelled", cause=cause)
+        except WorkflowError as exc:
+            if exc.code == "ExecutionDoesNotExist":
+                return None
+            raise
+        return arn
+
     # --- routing (routeFailed) -----------------------------------------------------------
 
     def route(self, records: Sequence[Any]) -> RouteResult:

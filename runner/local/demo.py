@@ -1,7 +1,8 @@
 """The main demo: a mix of tasks through the local stack, watched until they settle.
 
 Successes, an invalid input, transient failures the retry workflow recovers, one that
-exhausts its retries, and a table export to S3. Exits non-zero if any task ends other
+exhausts its retries, a table export to S3, a `create-task --wait`, and two cancelled
+tasks (one before it ran, one while it ran). Exits non-zero if any task ends other
 than expected.
 """
 
@@ -34,8 +35,9 @@ class DemoTask:
     id: str
     type: str
     data: dict[str, Any]
-    expected: str  # DONE or FAILED
-    via: str = "client"  # client | cli | put-item
+    expected: str  # DONE, FAILED or CANCELLED
+    via: str = "client"  # client | cli | cli-wait (create-task --wait) | put-item
+    cancel: str = ""  # at-once (right after it is created) | running (once PROCESSING)
     note: str = ""
     check: Callable[[Item, LocalStack], str | None] | None = field(default=None, compare=False)
 
@@ -55,6 +57,11 @@ def _export_exists(task: Item, stack: LocalStack) -> str | None:
     except Exception as exc:
         return f"export object missing: {exc}"
     return None if head["ContentLength"] > 0 else "export object is empty"
+
+
+def _cancelled_by_its_handler(task: Item, stack: LocalStack) -> str | None:
+    error = (task.get("error") or {}).get("type")
+    return None if error == "TaskCancelled" else f"ended by {error}, not TaskCancelled"
 
 
 def _attempts(expected: int) -> Callable[[Item, LocalStack], str | None]:
@@ -104,7 +111,34 @@ DEMO_TASKS = (
         note="the tasks table as gzipped JSON Lines in S3",
         check=_export_exists,
     ),
+    DemoTask(
+        "waited-for",
+        "EXAMPLE_TASK",
+        {"message": "create-task --wait"},
+        "DONE",
+        via="cli-wait",
+        note="`create-task ... --wait 30` returned it DONE, exit 0",
+    ),
+    DemoTask(
+        "cancel-pending",
+        "SLEEP_TASK",
+        {"seconds": 20},
+        "CANCELLED",
+        cancel="at-once",
+        note="cancelled right after it was created",
+    ),
+    DemoTask(
+        "cancel-running",
+        "SLEEP_TASK",
+        {"seconds": 20},
+        "CANCELLED",
+        cancel="running",
+        note="cancelled while it ran: its async handler stopped at its next await",
+        check=_cancelled_by_its_handler,
+    ),
 )
+# A running handler learns of a cancel at its next heartbeat: every second in the demo.
+DEMO_HEARTBEAT_SECONDS = "1"
 
 
 def submit(stack: LocalStack, tasks: tuple[DemoTask, ...], out: TextIO) -> dict[str, str]:
@@ -126,21 +160,49 @@ def submit(stack: LocalStack, tasks: tuple[DemoTask, ...], out: TextIO) -> dict[
             task_id = _submit_with_cli(stack, task)
         ids[task_id] = task.id
         print(f"  submitted {task.id:<15} {task.type:<20} via {task.via}", file=out, flush=True)
+        if task.cancel == "at-once":
+            result = client.cancel_task(task_id)
+            print(f"  cancelled {task.id:<15} it was {result['was']}", file=out, flush=True)
     return ids
 
 
-def _submit_with_cli(stack: LocalStack, task: DemoTask) -> str:
-    """`python -m runner.cli create-task ...` in a subprocess, as a user would; its id."""
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in task.data.items()]
-    command = task.type.lower().replace("_", "-")
-    result = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "create-task", command, *flags],
+def cancel_running(stack: LocalStack, tasks: tuple[DemoTask, ...], out: TextIO) -> None:
+    """`cancel-task` (the CLI) on each task to be cancelled while it runs, once it does."""
+    from runner.app import get_app
+
+    store = get_app().store
+    for task in (t for t in tasks if t.cancel == "running"):
+        deadline = time.monotonic() + 15
+        while store.get(task.id).status.value != "PROCESSING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = _cli(stack, "cancel-task", "--task-id", task.id)
+        said = json.loads(result.stdout) if result.returncode == 0 else {}
+        print(
+            f"  cancel-task {task.id}: {said.get('status', result.stderr.strip())}"
+            f"{', cancel requested' if said.get('cancel_requested') else ''}",
+            file=out,
+            flush=True,
+        )
+
+
+def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args],
         env={**os.environ, **stack.env},
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def _submit_with_cli(stack: LocalStack, task: DemoTask) -> str:
+    """`python -m runner.cli create-task ...` in a subprocess, as a user would; its id."""
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in task.data.items()]
+    if task.via == "cli-wait":
+        flags += ["--wait", "30"]
+    command = task.type.lower().replace("_", "-")
+    result = _cli(stack, "create-task", command, *flags)
     if result.returncode != 0:
         raise RuntimeError(f"runner.cli failed: {result.stderr.strip()}")
     # The CLI names tasks itself; the demo tracks them under its own name.
@@ -247,9 +309,14 @@ def run_demo(
     """Start the stack, run the demo tasks, print the outcome; 0 if all went as expected."""
     began = time.perf_counter()
     print("Starting the local stack (moto + serverless.yml's packaged template)...", file=out)
-    with LocalStack.start(
-        port=port, stage=stage, sweep_interval=DEMO_SWEEP_SECONDS, log_level="ERROR"
-    ) as stack:
+    from runner.local.stack_env import patched_environ
+
+    with (
+        patched_environ({"TASK_RUNNER_HEARTBEAT_SECONDS": DEMO_HEARTBEAT_SECONDS}),
+        LocalStack.start(
+            port=port, stage=stage, sweep_interval=DEMO_SWEEP_SECONDS, log_level="ERROR"
+        ) as stack,
+    ):
         print(
             f"Ready in {stack.started_in:.1f} s at {stack.endpoint_url}: table "
             f"{stack.table_name}, {len(stack.pollers)} stream pollers, sweeper every "
@@ -258,6 +325,7 @@ def run_demo(
             flush=True,
         )
         ids = submit(stack, DEMO_TASKS, out)
+        cancel_running(stack, DEMO_TASKS, out)
         print("\nProgress", file=out, flush=True)
         try:
             settled = stack.wait_until_settled(

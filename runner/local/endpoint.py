@@ -205,7 +205,7 @@ def _serve(port: int, report: IO[str]) -> None:
         LambdaService,
     )
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
-    from runner.local.sfn_fidelity import lambda_unknown_errors
+    from runner.local.sfn_fidelity import immediate_stop, lambda_unknown_errors
     from runner.local.ttl import TtlDeleter
 
     def send(message: dict[str, Any]) -> None:
@@ -234,6 +234,7 @@ def _serve(port: int, report: IO[str]) -> None:
         fast_stream_records(),
         dynamodb_fidelity(observe=chaos.on_write),
         lambda_unknown_errors(),
+        immediate_stop(),
         quiet_moto(),
         service.installed(),
     ):

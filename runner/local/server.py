@@ -328,7 +328,7 @@ class LocalStack:
     ) -> list[dict[str, Any]]:
         """Wait until every task (or those named) is final and nothing is in flight.
 
-        Final: DONE, or FAILED with nothing left to retry it. In flight: stream records
+        Final: DONE, CANCELLED, or FAILED with nothing left to retry it. In flight: stream records
         not yet delivered, or retry executions still RUNNING. Returns the tasks.
         """
         deadline = time.monotonic() + timeout
@@ -353,8 +353,8 @@ class LocalStack:
 
 
 def is_settled(task: Mapping[str, Any]) -> bool:
-    """DONE, or FAILED for good (not retryable, or its retries exhausted)."""
-    if task.get("status") == "DONE":
+    """DONE, CANCELLED, or FAILED for good (not retryable, or its retries exhausted)."""
+    if task.get("status") in ("DONE", "CANCELLED"):
         return True
     if task.get("status") != "FAILED":
         return False

@@ -1,4 +1,5 @@
-"""Moto's Step Functions made to name a failed Lambda task as Step Functions does.
+"""Moto's Step Functions made to name a failed Lambda task, and to stop an execution, as
+Step Functions does.
 
 For `arn:aws:states:::lambda:invoke`, Step Functions names a function error after the
 `errorType` the function returned (`TaskRetryableError`, ...). Errors the Lambda
@@ -9,7 +10,8 @@ them after the payload's `errorType` (`Sandbox.Timedout`, `Runtime.ExitError`), 
 `Exception` when there is none, so a state machine that retries `Lambda.Unknown` passed
 locally only by luck. docs/MOTO-GAPS.md has the gap.
 
-`lambda_unknown_errors()` patches moto's Lambda task state for the duration of the block.
+`lambda_unknown_errors()` patches moto's Lambda task state for the duration of the block;
+`immediate_stop()` makes StopExecution end an execution ABORTED at once, as AWS does.
 """
 
 from __future__ import annotations
@@ -66,3 +68,27 @@ def lambda_unknown_errors() -> Iterator[None]:
         yield
     finally:
         service._from_error = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def immediate_stop() -> Iterator[None]:
+    """StopExecution ends a RUNNING execution ABORTED at once, as Step Functions reports
+    it (DescribeExecution right after shows ABORTED and its stopDate). Moto 5.2.5 only
+    marks it when its worker thread next looks, which may be after a whole Retry wait."""
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    original = Execution.stop
+
+    def stop(self: Any, stop_date: Any, error: str | None, cause: str | None) -> None:
+        original(self, stop_date, error, cause)
+        if self.exec_status == ExecutionStatus.RUNNING:
+            self.exec_status = ExecutionStatus.ABORTED
+            self.stop_date = stop_date
+            self.error, self.cause = error, cause
+
+    Execution.stop = stop  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Execution.stop = original  # type: ignore[method-assign]

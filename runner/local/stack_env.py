@@ -70,6 +70,9 @@ def function_overlay(
     }
     if log_level:
         overlay["POWERTOOLS_LOG_LEVEL"] = log_level
+    heartbeat = os.environ.get("TASK_RUNNER_HEARTBEAT_SECONDS")
+    if heartbeat:  # the demo's: a cancel reaches a running handler in a second
+        overlay["TASK_RUNNER_HEARTBEAT_SECONDS"] = heartbeat
     return overlay
 
 

@@ -206,7 +206,7 @@ class StoreBase(TaskListing):
                 task.created_at,
             ):
                 return task  # written by an earlier try whose reply was lost
-            raise TaskConflict(f"a task with id {task.id} already exists") from exc
+            raise TaskConflict(f"a task with id {task.id} already exists", old) from exc
         return task
 
     def get_values(self, task_id: str) -> dict[str, Any] | None:
@@ -224,7 +224,7 @@ class StoreBase(TaskListing):
     def get(self, task_id: str) -> Task:
         values = self.get_values(task_id)
         if values is None:
-            raise TaskNotFound(f"no task with id {task_id}")
+            raise TaskNotFound(f"task {task_id} not found")
         return task_from_item(values)
 
     def find(self, task_id: str) -> Task | None:

@@ -27,7 +27,7 @@ from runner.store.base import (
     bounded_error,
     episode_condition,
 )
-from runner.store.outcomes import OutcomeWrites
+from runner.store.outcomes import NO_CANCEL_REQUESTED, OutcomeWrites
 
 S = TaskStatus
 # A lease that is "live" blocks every claim; absent or past, it blocks none.
@@ -183,8 +183,8 @@ class ClaimWrites(OutcomeWrites, StoreBase):
         From PENDING (a task handed to the workflow), RETRYING, FAILED while still
         retryable, or PROCESSING whose lease is dead; never while any lease is live (an
         earlier attempt may still act), never past the attempts allowed, never another
-        incarnation of the id (`created_at`). On a lost condition the TaskConflict
-        carries the item as it was (`.old`).
+        incarnation of the id (`created_at`), never once a cancel was requested. On a
+        lost condition the TaskConflict carries the item as it was (`.old`).
         """
         condition = (
             f"{episode_condition(episode)}"
@@ -192,6 +192,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             f" AND {LEASE_FREE}"
             " AND (#status <> :failed OR (retryable = :true"
             " AND (attribute_not_exists(retries_exhausted) OR retries_exhausted = :false)))"
+            f" AND {NO_CANCEL_REQUESTED}"
         )
         values: dict[str, Any] = {
             ":episode": episode,
@@ -202,6 +203,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             ":now_epoch": self.now_epoch(),
             ":true": True,
             ":false": False,
+            ":no": False,
         }
         if allowed_attempts is not None:
             condition += (

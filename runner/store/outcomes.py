@@ -13,6 +13,8 @@ from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
 from runner.store.base import StoreBase, as_read, attempt_log_value, bounded_error
 
 S = TaskStatus
+# No cancel was requested (`:no` is false): the task may still be retried.
+NO_CANCEL_REQUESTED = "(attribute_not_exists(cancel_requested) OR cancel_requested = :no)"
 # The error recorded when a result cannot be stored beside its task.
 RESULT_NOT_STORABLE = "ResultNotStorable"
 
@@ -30,8 +32,13 @@ class OutcomeWrites(StoreBase):
         attempt: AttemptRecord,
         new_episode: bool = False,
         lease_until: int | None = None,
+        unless_cancel_requested: bool = False,
+        progress: dict[str, Any] | None = None,
     ) -> Task:
-        """PROCESSING → DONE/FAILED/RETRYING, only while this claim (attempt) still holds.
+        """PROCESSING → DONE/FAILED/RETRYING/CANCELLED, only while this claim (attempt)
+        still holds; `unless_cancel_requested` also only while no cancel was requested (a
+        retryable failure then ends CANCELLED instead: `TaskRunner.record`). `progress`:
+        the handler's latest report, not yet written.
 
         A result DynamoDB cannot store (NaN, a number out of its range, or too large
         for the item) is not written: the task is FAILED, permanently, with a short
@@ -53,6 +60,7 @@ class OutcomeWrites(StoreBase):
                     ),
                     attempt=attempt.model_copy(update={"outcome": S.FAILED}),
                     lease_until=lease_until,
+                    progress=progress,
                 )
         if error is not None:
             error = bounded_error(error)
@@ -68,11 +76,13 @@ class OutcomeWrites(StoreBase):
             removes.append("lease_expires_at")
         else:
             sets["lease_expires_at"] = lease_until
-        if status in (S.DONE, S.FAILED, S.RETRYING):
+        if status in (S.DONE, S.FAILED, S.RETRYING, S.CANCELLED):
             # Every state but a running claim's expires (TTL at least a day: far past a
             # retry's hours), so a task whose retry was lost with its repair is not kept
             # for ever; the claim removes it, its outcome sets it again.
             sets["expires_at"] = self._expiry(now)
+        if progress is not None:
+            sets["progress"] = progress
         if result is not None:
             sets["result"] = result
         if error is not None:
@@ -98,14 +108,20 @@ class OutcomeWrites(StoreBase):
                 error=too_large,
                 attempt=attempt.model_copy(update={"outcome": S.FAILED}),
                 lease_until=lease_until,
+                progress=progress,
             )
+        condition = "#status = :processing AND claim_token = :token"
+        values: dict[str, Any] = {":processing": S.PROCESSING.value, ":token": task.claim_token}
+        if unless_cancel_requested:
+            condition += f" AND {NO_CANCEL_REQUESTED}"
+            values[":no"] = False
         try:
             return self._update(
                 task.id,
                 sets,
                 removes=tuple(removes),
-                condition="#status = :processing AND claim_token = :token",
-                values={":processing": S.PROCESSING.value, ":token": task.claim_token},
+                condition=condition,
+                values=values,
                 return_old_on_conflict=True,
             )
         except StoreError as exc:
@@ -133,7 +149,8 @@ class OutcomeWrites(StoreBase):
             ):
                 return old  # recorded by an earlier try whose reply was lost
             raise TaskConflict(
-                f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)"
+                f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)",
+                old,
             ) from exc
 
     def fail_unreadable(self, task_id: str, message: str) -> None:

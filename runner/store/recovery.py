@@ -12,7 +12,7 @@ from runner.limits import MAX_EXECUTIONS
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.store.base import StoreBase, attempt_log_value, bounded_error, episode_condition
 from runner.store.claims import LEASE_FREE
-from runner.store.outcomes import OutcomeWrites
+from runner.store.outcomes import NO_CANCEL_REQUESTED, OutcomeWrites
 
 S = TaskStatus
 
@@ -26,7 +26,8 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
         """A dead claim → FAILED (retryable) in a new episode, which routes it for retry.
 
         Workflow claims are the state machine's to recover; `workflow_claim` expires one
-        whose execution is known to be over (the sweeper checked).
+        whose execution is known to be over (the sweeper checked). A claim whose cancel
+        was requested is not failed (TaskConflict): `cancel_expired` ends it CANCELLED.
         """
         now = self.clock()
         error = bounded_error(error)
@@ -41,11 +42,13 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
         )
         condition = (
             "#status = :processing AND attempts = :attempt AND lease_expires_at < :now_epoch"
+            f" AND {NO_CANCEL_REQUESTED}"
         )
         values: dict[str, Any] = {
             ":processing": S.PROCESSING.value,
             ":attempt": task.attempts,
             ":now_epoch": int(now.timestamp()),
+            ":no": False,
         }
         if not workflow_claim:
             condition += " AND claimed_by <> :workflow"

@@ -216,3 +216,23 @@ def test_no_role_grants_wildcard_actions_or_star_resources_beyond_xray_and_logs(
             assert "*" not in action, f"{logical_id}: {action}"
             if "*" in resources:
                 assert action in STAR_ALLOWED, f"{logical_id}: {action} on *"
+
+
+def test_only_the_cancel_policy_may_stop_executions_and_only_this_stages(
+    packaged: Packaged,
+) -> None:
+    # No function stops an execution: cancel-task does, with the operator's credentials
+    for name in EXPECTED_FUNCTION_GRANTS:
+        assert "states:StopExecution" not in grants(function_role(packaged, name)), name
+    policy = packaged.resource("CancelTasksPolicy")
+    granted: Grants = defaultdict(set)
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            granted[action] |= {render(resource) for resource in as_list(statement["Resource"])}
+
+    assert dict(granted) == {
+        **TASK_WRITES,
+        "states:DescribeExecution": DESCRIBE_RETRIES["states:DescribeExecution"],
+        "states:StopExecution": DESCRIBE_RETRIES["states:DescribeExecution"],
+    }

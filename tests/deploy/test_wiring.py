@@ -274,6 +274,7 @@ def test_outputs_name_what_clients_need(packaged: Packaged) -> None:
         "RetryStateMachineArn",
         "OnFailureQueueUrl",
         "ExportBucketName",
+        "CancelTasksPolicyArn",
     } <= set(outputs)
 
 

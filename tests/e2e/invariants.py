@@ -9,7 +9,7 @@ task item's attempt log:
 - I2 no double effect: no effect after the task was DONE, no step of an attempt acting
   twice (a handler run twice within one claim), and (where no fault could justify a
   re-run) exactly the task's `steps` effects, from one attempt;
-- I3 every task final (DONE, FAILED permanent, FAILED with retries exhausted);
+- I3 every task final (DONE, CANCELLED, FAILED permanent, FAILED with retries exhausted);
 - I4 a final task holds no lease;
 - I5 every final task carries `expires_at`.
 """

@@ -217,12 +217,12 @@ def test_npm_run_silent_prints_only_the_json(server_env: dict[str, str]) -> None
 @pytest.mark.parametrize(
     ("args", "code", "says"),
     [
-        (("get-task", "--task-id", "does-not-exist"), 1, "no task with id does-not-exist"),
-        (("retry-task", "--task-id", "does-not-exist"), 1, "no task with id does-not-exist"),
+        (("get-task", "--task-id", "does-not-exist"), 4, "task does-not-exist not found"),
+        (("retry-task", "--task-id", "does-not-exist"), 4, "task does-not-exist not found"),
         (("get-task", "--taskid", "x"), 2, "--taskid (did you mean --task-id?)"),
         (("create-task", "example-task"), 2, "missing --message (Text to log)"),
         (("create-task", "example-taks"), 2, "(did you mean example-task?); known: "),
-        (("frobnicate",), 2, "commands: create-task, export-link, get-task, history, list-tasks"),
+        (("frobnicate",), 2, "commands: cancel-task, create-task, export-link, get-task, history"),
         (("list-tasks", "--status", "BOGUS"), 2, "PENDING, PROCESSING, DONE, FAILED, RETRYING"),
         (("list-tasks", "--limit"), 2, "--limit needs a value (a whole number)"),
         (("list-tasks", "--limit", "1e3"), 2, "valid integer, unable to parse string"),

@@ -1,6 +1,6 @@
 """What can happen to a simulated deployment, one step at a time: producers insert tasks,
 mappings deliver stream batches, the schedule runs the sweeper, executions take a step,
-an operator redrives a task, time passes, TTL deletes finished tasks. The state
+an operator redrives or cancels a task, time passes, TTL deletes finished tasks. The state
 machine's rules call these; `quiesce` runs them on its own once the faults stop.
 """
 
@@ -57,10 +57,10 @@ def _data(task_type: str, variant: int, nonce: str) -> dict[str, Any]:
 
 
 def is_final(item: dict[str, Any] | None) -> bool:
-    """DONE; FAILED permanently; FAILED with retries exhausted."""
+    """DONE; CANCELLED; FAILED permanently; FAILED with retries exhausted."""
     if not item:
         return False
-    if item.get("status") == "DONE":
+    if item.get("status") in ("DONE", "CANCELLED"):
         return True
     if item.get("status") != "FAILED":
         return False
@@ -155,6 +155,13 @@ def step_execution(world: World, index: int, choice: int | None) -> bool:
 def retry_task(world: World, task_id: str, choice: int) -> Invocation:
     return world.lambdas.invoke(
         CLI, None, choice=choice, call=lambda app: TaskRunnerClient(app).retry_task(task_id)
+    )
+
+
+def cancel_task(world: World, task_id: str, choice: int) -> Invocation:
+    """An operator's `cancel-task`: refused (one line) for a task that has finished."""
+    return world.lambdas.invoke(
+        CLI, None, choice=choice, call=lambda app: TaskRunnerClient(app).cancel_task(task_id)
     )
 
 

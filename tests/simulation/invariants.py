@@ -5,8 +5,8 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
       of the same task started.
 - I2  One claim runs the handler at most once (in-process retries of a failed try are
       the same run; a second start while a run is going, or after it succeeded, is not).
-- I3  Every task reaches a final status (DONE; FAILED permanently; FAILED with retries
-      exhausted) once the faults stop and time runs on.
+- I3  Every task reaches a final status (DONE; CANCELLED; FAILED permanently; FAILED
+      with retries exhausted) once the faults stop and time runs on.
 - I4  A dead or superseded claim never overwrites a newer state: no write changes a
       PROCESSING item under a live lease unless its claimer makes it; DONE never changes;
       no status moves the model forbids; a write that moves an item out of PROCESSING
@@ -18,6 +18,8 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
       a mapping or a schedule raise only for a table-wide fault, and report a record as
       failed only when that record's task met an infrastructure fault.
 - T   (budget) No invocation runs past its function's timeout unless a fault made it hang.
+- C1  CANCELLED is final: no handler run of that task (the same incarnation) starts after
+      the write that cancelled it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Checker:
     _succeeded: set[tuple[str, str, int]] = field(default_factory=set)
     _holders: dict[str, str] = field(default_factory=dict)
     _done: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _cancelled: dict[tuple[str, str], int] = field(default_factory=dict)
     overlaps: list[tuple[str, str, int, int]] = field(default_factory=list)
     doubles: list[tuple[str, str]] = field(default_factory=list)
 
@@ -94,6 +97,14 @@ class Checker:
     def _event(self, event: Event) -> None:
         key = self._incarnation(event.task, event.nonce)
         claim = event.claim
+        if event.kind == "start" and key in self._cancelled:
+            self._add(
+                "C1",
+                event.task,
+                f"attempt {event.attempt} started after the task was CANCELLED",
+                attempt=event.attempt,
+                env=event.env,
+            )
         if event.kind == "start":
             if claim in self._running:
                 self._add(
@@ -194,7 +205,9 @@ class Checker:
                 actor=write.actor,
             )
         lease = old.get("lease_expires_at")
-        live = old_status == "PROCESSING" and lease is not None and float(lease) >= int(write.at)
+        # The store reads the clock as a datetime (microseconds): 562.9999999 is 563 there.
+        now_epoch = int(round(write.at, 6))
+        live = old_status == "PROCESSING" and lease is not None and float(lease) >= now_epoch
         changed = new_status != old_status or token_new != token_old
         holder = self._holders.get(str(token_old))
         if live and changed and holder != write.actor:
@@ -206,6 +219,10 @@ class Checker:
                 actor=write.actor,
                 holder=holder,
             )
+        if new_status == "CANCELLED" and old_status != "CANCELLED":
+            data = new.get("data")
+            nonce = str(data.get("nonce", "")) if isinstance(data, dict) else ""
+            self._cancelled[self._incarnation(write.task, nonce)] = write.seq
         if new_status == "DONE":
             nonce = (
                 str((new.get("data") or {}).get("nonce", ""))

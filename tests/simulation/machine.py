@@ -190,6 +190,12 @@ class ProtocolMachine(RuleBasedStateMachine):
     def retry_task(self, task: TaskInfo, env: int) -> None:
         actions.retry_task(self.w, task.id, env)
 
+    @rule(task=tasks, env=ENV_CHOICES)
+    def cancel(self, task: TaskInfo, env: int) -> None:
+        """An operator cancels a task: it may race a claim, a retry's start or a
+        heartbeat, since the rule can run while any invocation is parked at a call."""
+        actions.cancel_task(self.w, task.id, env)
+
     @rule(how=st.sampled_from(["tick", "short", "minute", "next", "next"]))
     def advance(self, how: str) -> None:
         """Time passes, until something is due (the rules then say what happens)."""

@@ -72,9 +72,10 @@ class Processes:
         fiber = self._scheduler.current()
         return fiber.env if fiber is not None else None
 
-    @staticmethod
-    def _exit() -> None:
-        raise SimExit(f"os._exit({runtime.EXIT_STATUS})")
+    def _exit(self) -> None:
+        # os._exit ends the process from whichever thread calls it (the heartbeat's
+        # thread too, runner.heartbeat): every fiber of the environment dies.
+        self._scheduler.kill_current(SimExit, f"os._exit({runtime.EXIT_STATUS})")
 
     def close(self) -> None:
         for name, value in self._saved.items():

@@ -58,7 +58,11 @@ def test_values_reach_the_task_model_as_typed(table: CommandTable) -> None:
 def test_fixed_commands_get_checked_values_with_their_defaults(table: CommandTable) -> None:
     listed = parsed(table, "list-tasks", "--status", "failed", "--limit", "5")
     assert fire_values(listed) == {"status": "FAILED", "limit": 5, "cursor": None}
-    assert fire_values(parsed(table, "get-task", "--task_id", "123")) == {"task_id": "123"}
+    assert fire_values(parsed(table, "get-task", "--task_id", "123")) == {
+        "task_id": "123",
+        "wait": None,
+        "follow": False,
+    }
     # A required parameter may be given without its flag, as python-fire allows
     assert fire_values(parsed(table, "run_task", "abc")) == {"task_id": "abc"}
 
@@ -94,7 +98,7 @@ def test_the_stored_type_name_and_underscores_work_too(table: CommandTable) -> N
         (("list-tasks", "--cursor", "%%%"), "invalid cursor"),
         (("get-task", "--task-id", ""), "--task-id: string should have at least 1 character"),
         (("create-task", "flaky-task", "--fail-times", "x"), "--fail-times: input should be"),
-        ((), "no command; commands: create-task, export-link, get-task, history, list-tasks"),
+        ((), "no command; commands: cancel-task, create-task, export-link, get-task, history"),
     ],
 )
 def test_a_wrong_command_line_is_refused_in_one_line(

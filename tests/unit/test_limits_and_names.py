@@ -14,6 +14,7 @@ from runner.limits import (
     MAX_ATTEMPT_LOG,
     MAX_EXECUTIONS,
     MAX_INSERT_BYTES,
+    PROGRESS_MESSAGE_BYTES,
     RUNNER_ATTRIBUTES,
     RUNNER_RESERVE,
     cut,
@@ -57,6 +58,13 @@ def test_the_reserve_holds_every_runner_attribute_at_its_bound() -> None:
         "expires_at": 9_999_999_999,
         "executions": ["a" * MAX_ARN_BYTES] * MAX_EXECUTIONS,
         "attempt_log": [entry] * MAX_ATTEMPT_LOG,
+        "cancel_requested": True,
+        "progress": {
+            "done": 1e38,
+            "total": 1e38,
+            "message": "m" * PROGRESS_MESSAGE_BYTES,
+            "updated_at": stamp,
+        },
     }
     assert set(worst) | {"result"} == RUNNER_ATTRIBUTES
     assert item_size(worst) <= RUNNER_RESERVE

@@ -15,7 +15,7 @@ from runner.errors import (
     RetryableTaskError,
     UnknownTaskType,
 )
-from runner.executor import describe_error
+from runner.failures import describe_error
 from runner.item_size import MAX_ITEM_BYTES, item_size, value_size
 from runner.local import demo_tasks
 from runner.model import TRANSITIONS, TaskStatus, can_transition, status_shard

@@ -1,0 +1,57 @@
+"""`client.wait`: poll a task until it is final (DONE, CANCELLED, or FAILED for good).
+
+Each poll is one strongly consistent GetItem (a read never misses a write that was
+acknowledged), the first at once, then after 50 ms, growing by half each time up to
+`MAX_POLL_SECONDS`: a short task is seen DONE within tens of milliseconds, a long one
+within half a second, and one waiter reads at most two items a second (2 read units
+for an item up to 4 KB) however long it waits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from runner.errors import TaskNotFound, WaitTimedOut
+from runner.model import Task
+from runner.store import TaskStore
+
+FIRST_POLL_SECONDS = 0.05
+POLL_GROWTH = 1.5
+MAX_POLL_SECONDS = 0.5
+
+
+def wait_for(
+    store: TaskStore,
+    task_id: str,
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+    on_change: Callable[[Task], None] | None = None,
+) -> Task:
+    """The task once it is final. TaskNotFound if there is no such task; WaitTimedOut,
+    naming the status it is in, after `timeout` seconds. `on_change` is called with the
+    task each time its status or progress is seen to change (`get-task --follow`)."""
+    if timeout < 0:
+        raise ValueError("a wait's timeout must not be negative")
+    deadline = monotonic() + timeout
+    delay = FIRST_POLL_SECONDS
+    seen: tuple[object, ...] | None = None
+    while True:
+        task = store.find(task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        if on_change is not None and (task.status, task.progress) != seen:
+            seen = (task.status, task.progress)
+            on_change(task)
+        if task.is_final:
+            return task
+        left = deadline - monotonic()
+        if left <= 0:
+            raise WaitTimedOut(
+                f"timed out after {timeout:g} s: task {task_id} is {task.status.value}",
+                status=task.status.value,
+            )
+        sleep(min(delay, left))
+        delay = min(delay * POLL_GROWTH, MAX_POLL_SECONDS)
