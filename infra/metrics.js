@@ -120,6 +120,7 @@ function dashboard(namespace, types, alarms) {
 // (tests/deploy checks this names every alarm of the template).
 const EXISTING_ALARMS = [
   'StreamOnFailureQueueAlarm',
+  'StreamOnFailureDeadLetterAlarm',
   'ProcessStreamIteratorAgeAlarm',
   'RouteFailedIteratorAgeAlarm',
   'RetryExecutionsFailedAlarm',

@@ -16,7 +16,8 @@ the machine that built the zip. Locally:
   plus the modules the stack was told to load that the zip does not hold (the demo's and
   the user's task modules, a test's handlers), copied in: a module file, or a package's
   whole directory, with its parent packages' `__init__.py`.
-- **the runtime directory** holds only the worker (runner/local/lambda_worker.py).
+- **the runtime directory** holds only the worker (runner/local/lambda_worker.py) and
+  the stand-in for CloudWatch Logs' metric extraction (runner/local/emf.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 RUNTIME_VERSION = (3, 12)
 VENV_CACHE = CACHE_DIR.parent / "lambda-python"
 WORKER = Path(__file__).with_name("lambda_worker.py")
+# CloudWatch Logs' metric extraction runs beside the worker, as the service does outside
+# the function: never in its task root (runner/local is not in the zip).
+RUNTIME_FILES = (WORKER, Path(__file__).with_name("emf.py"))
 # Never walked for package patterns (serverless.yml excludes them all anyway).
 SKIPPED_DIRS = {"node_modules", "__pycache__"}
 # PATH in an environment: the interpreter's own bin first, as /var/lang/bin is on Lambda.
@@ -223,7 +227,8 @@ class Code:
         self.task_root = self._dir / "task"
         self.runtime_dir = self._dir / "runtime"
         self.runtime_dir.mkdir(parents=True)
-        shutil.copy2(WORKER, self.runtime_dir / WORKER.name)
+        for path in RUNTIME_FILES:
+            shutil.copy2(path, self.runtime_dir / path.name)
         for relative in packaged_files(service_dir):
             self._copy(str(service_dir / relative), relative)
         self._packaged = set(packaged_files(service_dir))

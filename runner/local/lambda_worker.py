@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:
         sys.path.insert(0, task_root)
-    from runner.local import emf
+    import emf  # type: ignore[import-not-found]  # beside this file: lambda_runtime.RUNTIME_FILES
 
     emf.install()  # CloudWatch Logs' metric extraction, locally
     with (
