@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from runner.app import App
@@ -26,9 +27,17 @@ class TaskRunnerClient:
         self.app = app
 
     def create_task(
-        self, task_type: str, data: dict[str, Any], *, task_id: str | None = None
+        self,
+        task_type: str,
+        data: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
     ) -> Task:
-        """Validate data against the type's model, then insert the task as PENDING."""
+        """Validate data against the type's model, then insert the task as PENDING; with
+        `run_at` (aware) or `delay` (seconds) in the future, as SCHEDULED until then
+        (runner.delays: its timer is set first). A time that has passed is now."""
         definition = self.app.registry.get(task_type)
         model = definition.parse_input(data)
         # By alias: the stored data is validated again when the task runs. Validated here
@@ -38,16 +47,28 @@ class TaskRunnerClient:
             definition.parse_input(stored)
         except InvalidTaskInput as exc:
             raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
-        now = iso(self.app.store.clock())
+        from runner.delays import resolve_run_at
+
+        moment = self.app.store.clock()
+        due = resolve_run_at(moment, run_at=run_at, delay=delay)
+        now = iso(moment)
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=definition.type,
-            status=TaskStatus.PENDING,
+            status=TaskStatus.PENDING if due is None else TaskStatus.SCHEDULED,
             data=stored,
             created_at=now,
             updated_at=now,
+            run_at=None if due is None else iso(due),
         )
-        return self.app.store.put_new(task)
+        if due is None:
+            return self.app.store.put_new(task)
+        self.app.delays.arm(task.id, due)  # first: a timer without its task does nothing
+        try:
+            return self.app.store.put_new(task)
+        except TaskConflict:
+            self.app.delays.forget(task.id)
+            raise
 
     def get_task(self, task_id: str) -> Task:
         return self.app.store.get(task_id)

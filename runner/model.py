@@ -24,6 +24,8 @@ class TaskStatus(StrEnum):
     FAILED = "FAILED"
     # A retry workflow owns the task and will run it again.
     RETRYING = "RETRYING"
+    # Delayed: becomes PENDING at its `run_at` (runner.delays).
+    SCHEDULED = "SCHEDULED"
 
 
 class ClaimSource(StrEnum):
@@ -43,6 +45,7 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.FAILED: frozenset({S.PROCESSING, S.RETRYING}),
     S.RETRYING: frozenset({S.PROCESSING, S.FAILED}),
     S.DONE: frozenset(),
+    S.SCHEDULED: frozenset({S.PENDING}),
 }
 
 
@@ -114,6 +117,8 @@ class Task(BaseModel):
     lease_expires_at: int | None = None
     # Epoch seconds, read by DynamoDB's TTL.
     expires_at: int | None = None
+    # A delayed task's time (ISO-8601 UTC): SCHEDULED until then, then PENDING.
+    run_at: str | None = None
     executions: list[str] = []
     attempt_log: list[AttemptRecord] = []
 

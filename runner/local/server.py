@@ -65,6 +65,7 @@ from runner.local.stack_env import (
     task_modules as resolve_task_modules,
 )
 from runner.local.template import ROOT, package_service
+from runner.local.timers import LocalTimers, queue_concurrency, start_timers
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class LocalStack:
     server: EndpointProcess | None = None  # the endpoint process (runner.local.endpoint)
     faults: FaultPlan = field(default_factory=lambda: FaultPlan(services=STACK_SERVICES))
     control: StackControl | None = None
+    timers: LocalTimers | None = None  # SQS mappings and EventBridge Scheduler
     started_in: float = 0.0
 
     # --- starting ----------------------------------------------------------------------
@@ -159,6 +161,7 @@ class LocalStack:
             server.ttl(ttl_lag)
             overlay = function_overlay(region, endpoint, modules, log_level)
             batches = stream_batches(session, endpoint, created)
+            batches.update(queue_concurrency(template))
             configs = [
                 info.config(region, ACCOUNT, stream_batches=batches.get(logical_id)).as_dict()
                 for logical_id, info in functions.items()
@@ -186,6 +189,17 @@ class LocalStack:
             local._start_pollers(session, poll_interval)
             local._start_schedules(sweep_interval)
             exits.callback(local._stop_workers)
+            local.timers = start_timers(
+                session=session,
+                endpoint=endpoint,
+                region=region,
+                account=ACCOUNT,
+                template=template,
+                resources=created.resources,
+                functions=functions,
+                task_modules=modules,
+            )
+            exits.callback(local.timers.stop)
             local.started_in = time.perf_counter() - started
             yield local
 

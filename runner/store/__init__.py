@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from runner.store.claims import ClaimWrites
 from runner.store.recovery import RecoveryWrites
+from runner.store.scheduling import SchedulingWrites
 
 
-class TaskStore(ClaimWrites, RecoveryWrites):
+class TaskStore(ClaimWrites, RecoveryWrites, SchedulingWrites):
     """Reads and conditional writes on the tasks table (queries: `TaskListing`)."""
 
 
