@@ -34,6 +34,7 @@ SECTIONS = {
     "7": "bench.slow_neighbour",
     "8": "bench.runtime_exit",
     "4": "bench.local_stack",
+    "9": "bench.delays",
 }
 
 
