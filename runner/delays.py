@@ -4,14 +4,14 @@ Each delayed task gets one timer, set *before* its item is written (a timer whos
 never appears, or is no longer that SCHEDULED task, changes nothing):
 
 - `run_at` within SQS's 900 s: a message to the timer queue with `DelaySeconds`, the
-  whole seconds left less one, so it arrives 1-2 s early;
+  whole seconds left, so it arrives less than a second early;
 - further off: a one-time EventBridge Scheduler schedule, named from the task id
   (`FlexibleTimeWindow` OFF, `ActionAfterCompletion` DELETE), at `run_at` less 5
   minutes; it sends the same message to the queue (Scheduler fires within its minute,
   and retries a failed delivery), and the consumer hands what is left to SQS.
 
-The consumer (`TimerInbox`, the `fireTimers` function) waits out the last second or two
-in its invocation and promotes the task SCHEDULED → PENDING with one conditional write
+The consumer (`TimerInbox`, the `fireTimers` function) waits out the last fraction of a
+second in its invocation and promotes the task SCHEDULED → PENDING with one conditional write
 at `run_at`; the stream then runs it as any other. A timer that is lost (a schedule
 deleted by hand, a message past its retention) does not lose its task: the sweeper finds
 SCHEDULED tasks well past their `run_at` in the sparse `by-run-at` index (bounded
@@ -48,9 +48,12 @@ SQS_MAX_DELAY_SECONDS = 900
 # A one-time schedule fires this long before `run_at`: EventBridge Scheduler invokes
 # within the minute it is set for, and retries a failed delivery; SQS takes the rest.
 SCHEDULE_LEAD_SECONDS = 300
-# A message is sent to arrive this much before `run_at` (at most one second more):
-# the consumer's own wait absorbs the queue's and the poller's latency.
-ARRIVE_EARLY_SECONDS = 1
+# A message is sent to arrive this much before `run_at`, plus the fraction of a second
+# DelaySeconds (whole seconds) cannot say: the consumer's own wait absorbs the queue's
+# and the poller's latency. More would hold each invocation longer: at 200 timers a
+# minute, 1 s more kept all five of fireTimers' concurrent invocations waiting, and
+# later timers queued behind them (bench/delays.py: p99 3 s instead of 0.6 s).
+ARRIVE_EARLY_SECONDS = 0
 # The consumer waits in its invocation for a task due within this; one due later is
 # handed back to the queue with the delay left.
 HOLD_SECONDS = 3.0
@@ -163,7 +166,7 @@ class DelayTimers:
 
     @staticmethod
     def delay_for(seconds_left: float) -> int:
-        """DelaySeconds for a message due in `seconds_left`: early by 1-2 s, at most 900."""
+        """DelaySeconds for a message due in `seconds_left`: whole seconds, at most 900."""
         return max(0, min(SQS_MAX_DELAY_SECONDS, math.floor(seconds_left) - ARRIVE_EARLY_SECONDS))
 
     def send(self, message: DelayMessage, delay_seconds: int) -> None:

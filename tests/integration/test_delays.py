@@ -101,9 +101,9 @@ def test_a_task_due_within_15_minutes_is_scheduled_with_one_sqs_message(
     assert values["status"] == "SCHEDULED"
     assert values[SCHEDULED_SHARD] == values["status_shard"]
     assert values["status_shard"].startswith("SCHEDULED#")
-    # One message, due 1-2 s early (the consumer waits out the rest)
+    # One message, due in the whole seconds left (the consumer waits out the rest)
     [request] = delayed.sent
-    assert request["DelaySeconds"] == 119
+    assert request["DelaySeconds"] == 120
     assert json.loads(request["MessageBody"]) == {
         "kind": "delay",
         "task_id": task.id,
@@ -181,7 +181,7 @@ def test_a_message_that_comes_early_is_handed_back_with_the_delay_left(delayed: 
     assert (report.requeued, report.promoted) == (1, 0)
     [request] = delayed.sent
     assert request["MessageBody"] == body
-    assert request["DelaySeconds"] == SCHEDULE_LEAD_SECONDS - 41 - 1
+    assert request["DelaySeconds"] == SCHEDULE_LEAD_SECONDS - 41
     assert delayed.app.store.get(task.id).status is TaskStatus.SCHEDULED
     assert delayed.clock.slept == []
 
