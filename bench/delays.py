@@ -10,6 +10,7 @@ run_at` of each task's claim: p50 and p99, never negative (no task starts early)
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,7 @@ def run(quick: bool) -> list[Figure]:
         "fire_timers_invocations": after.get("fireTimers", {}).get("invocations", 0)
         - before.get("fireTimers", {}).get("invocations", 0),
         "cold_starts_during_run": cold,
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }
     return [
         Figure(
@@ -95,7 +97,8 @@ def run(quick: bool) -> list[Figure]:
                 f" min {late[0]:.3f} s, max {late[-1]:.3f} s, {details['early']} early;"
                 f" fireTimers invocations {details['fire_timers_invocations']}; cold starts"
                 f" during the run: fireTimers {cold['fireTimers']},"
-                f" processStream {cold['processStream']}"
+                f" processStream {cold['processStream']}; load average"
+                f" {details['load_average_1m']}"
             ),
             details=details,
         )
