@@ -58,9 +58,10 @@ def _export_exists(task: Item, stack: LocalStack) -> str | None:
     return None if head["ContentLength"] > 0 else "export object is empty"
 
 
-# A delayed task starts within this of its run_at here, where each function's first
-# invocations are cold starts of about a second (bench/delays.py measures it warm).
-DEMO_DELAY_TOLERANCE_SECONDS = 3.0
+# A delayed task starts after its run_at, by its timer: within seconds here, where each
+# function's first invocations are cold starts (bench/delays.py measures it warm), and
+# not a minute later, when the sweeper would have promoted it.
+DEMO_DELAY_TOLERANCE_SECONDS = 20.0
 
 
 def _on_time(task: Item, stack: LocalStack) -> str | None:
@@ -319,6 +320,17 @@ def run_demo(
         recurring = DemoTask("recurring", "TICK_TASK", {}, "DONE", note=f"{DEMO_SCHEDULE} fired")
         shown = (*DEMO_TASKS, recurring)
         problems = summarise(stack, shown, found, out)
+        delayed = found.get("delayed-3s", {})
+        if delayed.get("started_at") and delayed.get("run_at"):
+            late = datetime.fromisoformat(str(delayed["started_at"])) - datetime.fromisoformat(
+                str(delayed["run_at"])
+            )
+            print(
+                f"\nDelayed: delayed-3s was due at {delayed['run_at']} and started"
+                f" {late.total_seconds():+.2f} s after (its fireTimers and processStream"
+                " invocations may have been cold starts)",
+                file=out,
+            )
     if timed_out:
         problems.insert(0, timed_out)
     elapsed = time.perf_counter() - began

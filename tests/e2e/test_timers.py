@@ -31,6 +31,11 @@ def client(local_stack: ServedStack, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield TaskRunnerClient(App.build(settings, build_registry(settings.task_modules)))
 
 
+# Precision is figure 9's (bench/delays.py), measured, not asserted here: this only
+# tells the timer's start (never early, within seconds) from the sweeper's (60 s past).
+TIMER_NOT_SWEEPER_SECONDS = 20.0
+
+
 def lateness(task: dict[str, Any]) -> float:
     started = datetime.fromisoformat(str(task["started_at"]))
     return (started - datetime.fromisoformat(str(task["run_at"]))).total_seconds()
@@ -45,7 +50,7 @@ def warm(local_stack: ServedStack, client: TaskRunnerClient) -> None:
         local_stack.wait_for(task_id, {"DONE"}, timeout=60)
 
 
-def test_a_delayed_task_starts_within_a_second_of_its_run_at(
+def test_a_delayed_task_is_started_by_its_timer_never_before_its_run_at(
     local_stack: ServedStack, client: TaskRunnerClient
 ) -> None:
     warm(local_stack, client)
@@ -56,7 +61,7 @@ def test_a_delayed_task_starts_within_a_second_of_its_run_at(
     done = [local_stack.wait_for(t.id, {"DONE"}, timeout=30) for t in created]
 
     late = [lateness(t) for t in done]
-    assert all(0 <= s <= 1.0 for s in late), late
+    assert all(0 <= s < TIMER_NOT_SWEEPER_SECONDS for s in late), late
 
 
 def test_a_task_delayed_past_sqs_reach_goes_through_a_one_time_schedule(
@@ -75,7 +80,7 @@ def test_a_task_delayed_past_sqs_reach_goes_through_a_one_time_schedule(
 
     done = local_stack.wait_for(task.id, {"DONE"}, timeout=30)
 
-    assert 0 <= lateness(done) <= 1.0, lateness(done)
+    assert 0 <= lateness(done) < TIMER_NOT_SWEEPER_SECONDS, lateness(done)
     # It fired, and was deleted as ActionAfterCompletion DELETE says
     names = [s["Name"] for s in scheduler.list_schedules(GroupName=group)["Schedules"]]
     assert schedule_name(task.id) not in names
