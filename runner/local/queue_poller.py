@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,24 +197,3 @@ class QueuePoller:
         with self.stats.lock:
             self.stats.deleted += len(done)
             self.stats.failed += len(messages) - len(done)
-
-    def idle(self) -> bool:
-        """Nothing in flight and nothing visible or delayed in the queue."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )["Attributes"]
-        return all(int(v) == 0 for v in attributes.values())
-
-
-def wait_idle(pollers: list[QueuePoller], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(p.idle() for p in pollers):
-            return True
-        time.sleep(0.1)
-    return False

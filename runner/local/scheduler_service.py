@@ -15,10 +15,10 @@ in the schedule's time zone, daylight saving included), within about 0.1 s:
 - a rate schedule fires first at its start (StartDate, else its creation), as AWS's
   does; a cron one from its creation on.
 
-AWS fires within the minute a time falls in (60 s precision); this fires on the second,
-which the runner does not rely on (a one-time schedule fires 5 minutes early and the
-rest goes to SQS). `deliver_twice` delivers every fire twice, as an at-least-once
-scheduler may (the fault the recurring path must survive).
+AWS fires within the minute a time falls in (60 s precision), at least once; this fires
+on the second, once, neither of which the runner relies on (a one-time schedule fires 5
+minutes early and the rest goes to SQS; a recurring fire delivered twice creates one
+task: tests/e2e/test_timers.py delivers one twice).
 """
 
 from __future__ import annotations
@@ -75,14 +75,12 @@ class LocalScheduler:
         region: str,
         functions: Mapping[str, Invoker] | None = None,
         clock: Callable[[], datetime] = utcnow,
-        deliver_twice: bool = False,
     ) -> None:
         self.scheduler = scheduler
         self.sqs = sqs
         self.region = region
         self.functions = dict(functions or {})  # function ARN → invoker
         self.clock = clock
-        self.deliver_twice = deliver_twice
         self.fired: list[tuple[str, str]] = []  # (schedule name, scheduled time)
         self._states: dict[tuple[str, str], _State] = {}
         self._queue_urls: dict[str, str] = {}
@@ -224,8 +222,7 @@ class LocalScheduler:
         for state in due:
             assert state.next_due is not None
             scheduled = state.next_due
-            for _ in range(2 if self.deliver_twice else 1):
-                self._deliver(state, scheduled)
+            self._deliver(state, scheduled)
             self.fired.append((state.name, _stamp(scheduled)))
             if state.expression.recurring:
                 state.next_due = state.expression.next_after(

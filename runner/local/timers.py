@@ -63,7 +63,6 @@ def start_timers(
     resources: dict[str, str],
     functions: dict[str, Any],  # logical id → FunctionInfo
     task_modules: str,
-    deliver_twice: bool = False,
 ) -> LocalTimers:
     sqs = session.client("sqs", endpoint_url=endpoint, region_name=region)
     scheduler_client = session.client("scheduler", endpoint_url=endpoint, region_name=region)
@@ -73,9 +72,7 @@ def start_timers(
         )
         for info in functions.values()
     }
-    scheduler = LocalScheduler(
-        scheduler_client, sqs, region=region, functions=invokers, deliver_twice=deliver_twice
-    )
+    scheduler = LocalScheduler(scheduler_client, sqs, region=region, functions=invokers)
     resolve = template_resolver(template, resources, region, account)
     scheduler.create_from_template(template, resolve)
     extra = extra_schedule_resources(template, task_modules)
