@@ -28,6 +28,23 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def _promotions(stack: Any, ids: set[str]) -> dict[str, float]:
+    """When each task's SCHEDULED → PENDING write happened (its stream record's time)."""
+    from runner.local.motoserver import StreamReader
+
+    dynamodb = stack.client("dynamodb")
+    arn = dynamodb.describe_table(TableName=stack.table_name)["Table"]["LatestStreamArn"]
+    found: dict[str, float] = {}
+    for record in StreamReader(stack.client("dynamodbstreams"), arn).read():
+        body = record["dynamodb"]
+        old = body.get("OldImage", {}).get("status", {}).get("S")
+        new = body.get("NewImage", {}).get("status", {}).get("S")
+        task_id = body.get("Keys", {}).get("id", {}).get("S")
+        if task_id in ids and (old, new) == ("SCHEDULED", "PENDING"):
+            found[task_id] = float(body["ApproximateCreationDateTime"])
+    return found
+
+
 def _by_function(stats: dict[str, Any]) -> dict[str, Any]:
     return {name.rsplit("-", 1)[-1]: value for name, value in stats.items()}
 
@@ -64,7 +81,16 @@ def run(quick: bool) -> list[Figure]:
         ids = {t.id for t in created}
         done = stack.wait_until_settled(ids, timeout=spread + 120, interval=0.25)
         after = _by_function(stack.lambda_stats())
+        promoted_at = _promotions(stack, ids)
     late = sorted(_epoch(t["started_at"]) - _epoch(t["run_at"]) for t in done)
+    # Where the time goes: run_at → the promotion's write (the timer), then → the claim
+    # (the stream and processStream)
+    timer = sorted(
+        promoted_at[t["id"]] - _epoch(t["run_at"]) for t in done if t["id"] in promoted_at
+    )
+    stream = sorted(
+        _epoch(t["started_at"]) - promoted_at[t["id"]] for t in done if t["id"] in promoted_at
+    )
     p50, p99 = percentile(late, 50), percentile(late, 99)
     cold = {
         name: after.get(name, {}).get("cold_starts", 0) - before.get(name, {}).get("cold_starts", 0)
@@ -81,6 +107,14 @@ def run(quick: bool) -> list[Figure]:
         - before.get("fireTimers", {}).get("invocations", 0),
         "cold_starts_during_run": cold,
         "load_average_1m": round(os.getloadavg()[0], 1),
+        "promotion_after_run_at_p50_p99": [
+            round(percentile(timer, 50), 3),
+            round(percentile(timer, 99), 3),
+        ],
+        "claim_after_promotion_p50_p99": [
+            round(percentile(stream, 50), 3),
+            round(percentile(stream, 99), 3),
+        ],
     }
     return [
         Figure(
@@ -98,7 +132,9 @@ def run(quick: bool) -> list[Figure]:
                 f" fireTimers invocations {details['fire_timers_invocations']}; cold starts"
                 f" during the run: fireTimers {cold['fireTimers']},"
                 f" processStream {cold['processStream']}; load average"
-                f" {details['load_average_1m']}"
+                f" {details['load_average_1m']}; promotion after run_at p50/p99"
+                f" {details['promotion_after_run_at_p50_p99']}, claim after promotion"
+                f" {details['claim_after_promotion_p50_p99']}"
             ),
             details=details,
         )
