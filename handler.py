@@ -204,6 +204,33 @@ def _for_the_previous_definition(
 run_export = run_task
 
 
+@tracing.lambda_handler
+def fire_timers(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The timer queue (SQS): delayed tasks promoted SCHEDULED → PENDING at their time,
+    early ones handed back to the queue, recurring schedules' fires turned into tasks."""
+    from runner.app import get_app
+
+    _log_context(context)
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        return {"batchItemFailures": []}
+    with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
+        report = get_app().timer_inbox.handle(records)
+    get_logger().info(
+        "timers fired",
+        extra={
+            "records": len(records),
+            "promoted": report.promoted,
+            "requeued": report.requeued,
+            "stale": report.stale,
+            "fires_created": report.created,
+            "duplicates": report.duplicates,
+            "failures": len(report.failed_message_ids),
+        },
+    )
+    return report.response()
+
+
 def _scheduled_time(event: Any) -> datetime | None:
     """EventBridge's `time` of a scheduled event (its minute, exactly); None without one."""
     value = event.get("time") if isinstance(event, dict) else None

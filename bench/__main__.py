@@ -36,6 +36,7 @@ SECTIONS = {
     "9": "bench.dashboard",
     "10": "bench.metrics",
     "11": "bench.wait_latency",
+    "12": "bench.delays",
     "4": "bench.local_stack",
 }
 

@@ -20,6 +20,7 @@ from runner.store import TaskStore
 
 if TYPE_CHECKING:
     from runner.attempts import WorkflowAttempts
+    from runner.delays import DelayTimers, TimerInbox
     from runner.dispatch import Dispatcher
     from runner.stream import StreamProcessor
     from runner.sweeper import Sweeper
@@ -95,6 +96,25 @@ class App:
 
         self._runs_tasks("retry workflow's attempt")
         return WorkflowAttempts(self.runner)
+
+    @functools.cached_property
+    def delays(self) -> DelayTimers:
+        """Delayed tasks' timers (`delays.forget(task_id)` removes a one-time schedule)."""
+        from runner.delays import DelayTimers
+
+        return DelayTimers(self.settings, self.clients, clock=self.store.clock)
+
+    @functools.cached_property
+    def timer_inbox(self) -> TimerInbox:
+        from runner.delays import TimerInbox
+        from runner.recurring import RecurringFires
+
+        return TimerInbox(
+            self.store,
+            self.delays,
+            RecurringFires(self.store, self.registry),
+            clock=self.store.clock,
+        )
 
     @functools.cached_property
     def sweeper(self) -> Sweeper:

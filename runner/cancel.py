@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,23 +56,20 @@ class CancelResult:
         return out
 
 
-def delete_schedule(task: Task) -> None:
-    """Remove a cancelled SCHEDULED task's one-time schedule (best effort: its target
-    ignores a task that is not SCHEDULED, so a schedule left behind fires into nothing).
-
-    WIRE-UP POINT for the delayed-tasks work (issue 13, branch issue-13): call its
-    best-effort deletion of the task's one-time schedule here. The only call site is
-    `Cancellation.cancel`, after CANCELLED is written.
-    """
-    del task
-
-
 class Cancellation:
     """Cancels tasks: the conditional writes, then the execution and the schedule."""
 
-    def __init__(self, store: TaskStore, workflow: RetryWorkflow | None) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        workflow: RetryWorkflow | None,
+        forget_schedule: Callable[[str], bool] | None = None,
+    ) -> None:
         self.store = store
         self.workflow = workflow
+        # Best effort (runner.delays.DelayTimers.forget): a schedule left behind fires
+        # into a task that is no longer SCHEDULED, which does nothing.
+        self.forget_schedule = forget_schedule
         self.log = get_logger()
 
     def cancel(self, task_id: str) -> CancelResult:
@@ -99,8 +97,8 @@ class Cancellation:
             except TaskConflict:
                 continue  # claimed, retried or finished since the read: look again
             self.log.info("task cancelled", extra={"task_id": task.id, "status": S.CANCELLED.value})
-            if task.status is S.SCHEDULED:
-                delete_schedule(task)
+            if task.status is S.SCHEDULED and self.forget_schedule is not None:
+                self.forget_schedule(task.id)
             return CancelResult(
                 task.id, S.CANCELLED, task.status, execution_stopped=self._stop(task)
             )

@@ -81,7 +81,8 @@ class _Commands:
 
 
 class CreateTask(_Commands):
-    """Create a PENDING task of a given type (one subcommand per task type)."""
+    """Create a PENDING task of a given type (one subcommand per task type); with --delay
+    or --run-at, SCHEDULED until then."""
 
 
 def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[..., Any]:
@@ -90,10 +91,19 @@ def _create_command(definition: TaskDefinition, group: CreateTask) -> Callable[.
     aliases = {name: f.alias or name for name, f in definition.input_model.model_fields.items()}
 
     def command(**values: Any) -> dict[str, Any]:
+        from runner.delays import parse_time
+
         options, values = split_create_options(values)
+        delay, run_at = values.pop("delay", None), values.pop("run_at", None)
         data = {aliases[name]: value for name, value in values.items()}
         client = group._get_client()
-        task = client.create_task(definition.type, data, idempotency_key=options.idempotency_key)
+        task = client.create_task(
+            definition.type,
+            data,
+            idempotency_key=options.idempotency_key,
+            delay=None if delay is None else float(delay),
+            run_at=None if run_at is None else parse_time(str(run_at)),
+        )
         if options.wait is not None:
             return wait_document(client, task.id, options.wait, follow=False)
         return _dump(task)
@@ -206,6 +216,22 @@ class Cli(_Commands):
             "retries_exhausted": task.retries_exhausted,
             "executions": executions,
         }
+
+    def list_schedules(self) -> dict[str, Any]:
+        """The recurring schedules deployed (TASK_RUNNER_RECURRING_SCHEDULE_GROUP), each
+        with its expression, time zone, task type, input and next fire time."""
+        from runner.errors import ConfigurationError
+        from runner.recurring import describe_schedules
+
+        app = self._get_client().app
+        group = app.settings.recurring_schedule_group
+        if not group:
+            raise ConfigurationError(
+                "list-schedules needs TASK_RUNNER_RECURRING_SCHEDULE_GROUP (the recurring"
+                " schedule group, task-runner-recurring-<stage>)"
+            )
+        scheduler = app.clients.client("scheduler")
+        return {"schedules": describe_schedules(scheduler, group, app.store.clock())}
 
     def sweep(self) -> dict[str, Any]:
         """Run the sweeper once: failed stream batches replayed, expired leases → FAILED

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from runner.cli_control import with_create_options
@@ -39,6 +39,53 @@ TASK_MODULES_HINT = (
     " (the demo's: TASK_RUNNER_TASK_MODULES=runner.local.demo_tasks)"
 )
 _CONTAINERS = (list, tuple, set, frozenset, dict)
+# A year: EventBridge Scheduler's one-time schedules reach that far, and a delay
+# longer than that is more likely a unit mistake.
+MAX_DELAY_SECONDS = 366 * 86400
+
+
+def _aware_time(value: str | None) -> str | None:
+    from runner.delays import parse_time
+
+    if value is not None:
+        parse_time(value)  # ValueError: not ISO-8601, or no Z/offset
+    return value
+
+
+# create-task's own flags, beside the type's input fields (whose names the registry
+# keeps free of these: runner.registry.RESERVED_FIELDS).
+CREATE_TASK_OPTIONS: dict[str, Any] = {
+    "delay": (
+        typing.Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=MAX_DELAY_SECONDS,
+                allow_inf_nan=False,
+                description="run it this many seconds from now (SCHEDULED until then)",
+            ),
+        ],
+        None,
+    ),
+    "run_at": (
+        typing.Annotated[
+            str | None,
+            AfterValidator(_aware_time),
+            Field(description="run it then: ISO-8601 with Z or an offset (SCHEDULED until then)"),
+        ],
+        None,
+    ),
+}
+
+
+def create_task_model(definition: TaskDefinition) -> type[BaseModel]:
+    """The flags of `create-task TYPE`: the type's input model and create-task's own."""
+    model: type[BaseModel] = create_model(
+        f"{definition.input_model.__name__}_create_task",
+        __base__=definition.input_model,
+        **CREATE_TASK_OPTIONS,
+    )
+    return model
 
 
 def dashed(name: str) -> str:
@@ -217,7 +264,7 @@ class CommandTable:
             d.cli_name: Command(
                 words=(CREATE_TASK, d.cli_name),
                 description=d.description or d.type,
-                model=with_create_options(d.input_model),
+                model=with_create_options(create_task_model(d)),
                 fire_path=("create_task", d.cli_name.replace("-", "_")),
                 definition=d,
             )

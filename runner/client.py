@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,6 +39,8 @@ class TaskRunnerClient:
         *,
         task_id: str | None = None,
         idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
     ) -> Task:
         """Insert a PENDING task; its input validated here when this process has the type.
 
@@ -46,6 +49,9 @@ class TaskRunnerClient:
         with the installed package has no `tasks/`: a type it does not register is sent
         as it is (a pydantic model instance as its JSON), and the runner validates it when
         the task runs: invalid input or an unknown type ends FAILED, permanently.
+
+        With `run_at` (aware) or `delay` (seconds) in the future, the task is SCHEDULED
+        until then (runner.delays: its timer is set first). A time that has passed is now.
 
         With `idempotency_key`, the id is made from the key (`runner.idempotency`): a
         second create with the same key returns the task it made, whatever its status;
@@ -61,7 +67,11 @@ class TaskRunnerClient:
             stored_type, stored = definition.type, _validated(definition, data)
         else:
             stored_type, stored = _unvalidated(task_type, data)
-        now = iso(self.app.store.clock())
+        from runner.delays import resolve_run_at
+
+        moment = self.app.store.clock()
+        due = resolve_run_at(moment, run_at=run_at, delay=delay)
+        now = iso(moment)
         if idempotency_key is not None:
             from runner.idempotency import put_idempotent, task_id_for
 
@@ -69,15 +79,29 @@ class TaskRunnerClient:
         task = Task(
             id=task_id or str(uuid.uuid4()),
             type=stored_type,
-            status=TaskStatus.PENDING,
+            status=TaskStatus.PENDING if due is None else TaskStatus.SCHEDULED,
             data=stored,
             created_at=now,
             updated_at=now,
+            run_at=None if due is None else iso(due),
             enqueue_key=idempotency_key,
         )
+        if due is not None:
+            try:
+                self.app.delays.arm(task.id, due)  # first: a timer without its task does nothing
+            except TaskConflict:
+                if idempotency_key is None:
+                    raise
+                # The key's task is already scheduled: put_idempotent returns it (or
+                # refuses other input); the timer it has stays as it was.
         if idempotency_key is not None:
             return put_idempotent(self.app.store, task)
-        return self.app.store.put_new(task)
+        try:
+            return self.app.store.put_new(task)
+        except TaskConflict:
+            if due is not None:
+                self.app.delays.forget(task.id)
+            raise
 
     def get_task(self, task_id: str) -> Task:
         return self.app.store.get(task_id)
@@ -88,7 +112,8 @@ class TaskRunnerClient:
         from runner.cancel import Cancellation
 
         workflow = self.app.workflow if self.app.settings.state_machine_arn else None
-        return Cancellation(self.app.store, workflow).cancel(task_id).as_dict()
+        delays = self.app.delays
+        return Cancellation(self.app.store, workflow, delays.forget).cancel(task_id).as_dict()
 
     def wait(
         self,

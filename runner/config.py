@@ -20,6 +20,9 @@ DEFAULT_RESULT_TTL_DAYS = 30
 # (each GSI partition takes ~1,000 writes/s), few enough that list-tasks stays cheap.
 STATUS_SHARDS = 16
 STATUS_INDEX = "by-status"
+# Sparse index of SCHEDULED tasks by `run_at` (hash `scheduled_shard`, written only while
+# a task is SCHEDULED): the sweeper finds overdue ones with bounded Queries, no Scan.
+RUN_AT_INDEX = "by-run-at"
 # The scheduled sweeper's Scan for PENDING tasks no index holds: off (0). Lost stream
 # records are read again from the stream instead (the on-failure queue says which), so
 # recovery costs in proportion to failures, not to the table. N > 0 reads one of N
@@ -54,6 +57,13 @@ class Settings:
     failed_batch_queue_url: str | None = None
     # Who EXPORT_DB may mail: addresses and `@domain` entries; empty refuses every export.
     export_recipients: tuple[str, ...] = field(default_factory=tuple)
+    # Delayed and recurring tasks (runner.delays, runner.recurring): the queue every timer
+    # fires into, the role EventBridge Scheduler sends with, and the schedule groups of
+    # one-time (delay) and recurring schedules.
+    timer_queue_url: str | None = None
+    scheduler_role_arn: str | None = None
+    delay_schedule_group: str | None = None
+    recurring_schedule_group: str | None = None
 
     def __post_init__(self) -> None:
         if self.result_ttl_days < 1:
@@ -87,6 +97,10 @@ class Settings:
             failed_batch_queue_url=env.get("TASK_RUNNER_FAILED_BATCH_QUEUE_URL") or None,
             heartbeat_seconds=_heartbeat(env.get("TASK_RUNNER_HEARTBEAT_SECONDS")),
             export_recipients=_list(env.get("TASK_RUNNER_EXPORT_RECIPIENTS", "")),
+            timer_queue_url=env.get("TASK_RUNNER_TIMER_QUEUE_URL") or None,
+            scheduler_role_arn=env.get("TASK_RUNNER_SCHEDULER_ROLE_ARN") or None,
+            delay_schedule_group=env.get("TASK_RUNNER_DELAY_SCHEDULE_GROUP") or None,
+            recurring_schedule_group=env.get("TASK_RUNNER_RECURRING_SCHEDULE_GROUP") or None,
         )
 
 

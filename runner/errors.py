@@ -157,6 +157,15 @@ class ConfigurationError(TaskRunnerError):
     """A setting the requested operation needs is missing."""
 
 
+class TimerError(TaskRunnerError):
+    """A delayed task's timer (its SQS message or one-time schedule) could not be set."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        # AWS's error code; never AWS's own text.
+        self.code = code
+
+
 # --- The command line -------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from runner.errors import MalformedTask
-from runner.model import Task, status_shard
+from runner.model import Task, TaskStatus, status_shard
 
 Clock = Callable[[], datetime]
 
@@ -158,6 +158,9 @@ def task_to_item(task: Task) -> dict[str, Any]:
     if not values.get("retries_exhausted"):
         values.pop("retries_exhausted", None)
     values["status_shard"] = status_shard(task.id, task.status)
+    if task.status is TaskStatus.SCHEDULED:
+        # Its place in the sparse `by-run-at` index, removed when it becomes PENDING.
+        values["scheduled_shard"] = status_shard(task.id, task.status)
     return values
 
 

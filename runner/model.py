@@ -26,7 +26,7 @@ class TaskStatus(StrEnum):
     RETRYING = "RETRYING"
     # Stopped on request (`cancel-task`): final, like DONE.
     CANCELLED = "CANCELLED"
-    # Delayed until its `run_at` (the delayed-tasks work owns it; a cancel may end it).
+    # Delayed: becomes PENDING at its `run_at` (runner.delays), unless cancelled first.
     SCHEDULED = "SCHEDULED"
 
 
@@ -54,7 +54,7 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.RETRYING: frozenset({S.PROCESSING, S.FAILED, S.CANCELLED}),
     S.DONE: frozenset(),
     S.CANCELLED: frozenset(),
-    S.SCHEDULED: frozenset({S.CANCELLED}),
+    S.SCHEDULED: frozenset({S.PENDING, S.CANCELLED}),
 }
 # A task in one of these will not run again (FAILED only when it failed for good).
 FINAL_STATUSES = frozenset({S.DONE, S.CANCELLED})
@@ -139,6 +139,8 @@ class Task(BaseModel):
     lease_expires_at: int | None = None
     # Epoch seconds, read by DynamoDB's TTL.
     expires_at: int | None = None
+    # A delayed task's time (ISO-8601 UTC): SCHEDULED until then, then PENDING.
+    run_at: str | None = None
     executions: list[str] = []
     attempt_log: list[AttemptRecord] = []
     # Set by `cancel-task` on a PROCESSING task: its handler is asked to stop.

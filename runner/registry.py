@@ -33,6 +33,10 @@ MAX_ATTEMPTS_CAP = 10
 LONGEST_FUNCTION_SECONDS = 900.0
 MAX_TASK_TIMEOUT_SECONDS = LONGEST_FUNCTION_SECONDS - 10.0 - 5.0
 
+# The CLI's own create-task flags (`--delay`, `--run-at`, `--wait`, `--idempotency-key`,
+# `--follow`): an input model may not have a field (or alias) of these names.
+RESERVED_FIELDS = frozenset({"delay", "run_at", "wait", "idempotency_key", "follow"})
+
 ModelClass = type[BaseModel]
 TaskHandler = Callable[[Any, "TaskContext"], Any | Awaitable[Any]]
 _TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -52,6 +56,8 @@ class TaskDefinition:
     # Quick in-process retries of RetryableTaskError before the task is marked FAILED.
     local_retries: int = 0
     local_retry_delay_seconds: float = 0.2
+    # Recurring schedules (runner.recurring.Recurring): each fire creates one task.
+    schedules: tuple[Any, ...] = ()
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +76,24 @@ class TaskDefinition:
                 f"{self.type}: timeout_seconds is at most {MAX_TASK_TIMEOUT_SECONDS:g} "
                 "(the longest a Lambda function can give a task and still record it)"
             )
+        reserved = sorted(
+            name
+            for key, info in self.input_model.model_fields.items()
+            for name in {key, info.alias or key}
+            if name.replace("-", "_").lower() in RESERVED_FIELDS
+        )
+        if reserved:
+            raise RegistryError(
+                f"{self.type}: input field {reserved[0]!r} has the name of a create-task flag"
+                f" ({', '.join('--' + n.replace('_', '-') for n in sorted(RESERVED_FIELDS))}"
+                " are reserved); rename it"
+            )
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+        if self.schedules:
+            from runner.recurring import check_schedules
+
+            object.__setattr__(self, "schedules", tuple(self.schedules))
+            check_schedules(self)
 
     @property
     def cli_name(self) -> str:

@@ -13,6 +13,8 @@ fails does not stop the others):
    by age, and run here or handed to the workflow (`runner.dispatch`); an item that is
    not a valid task is FAILED, as the stream does.
 4. **Tasks waiting for an execution that is not running** (`runner.repair`).
+5. **SCHEDULED tasks well past their `run_at`** (their timer was lost), found in the
+   sparse `by-run-at` index, promoted to PENDING (`runner.delays.promote_overdue`).
 
 A PENDING task inserted without `status_shard` is in no index: if its stream record is
 lost and no on-failure message says so, only a Scan finds it. The scheduled sweep does
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from runner.delays import promote_overdue
 from runner.dispatch import Dispatcher
 from runner.errors import MalformedTask, TaskAlreadyClaimed, TaskConflict
 from runner.executions import ExecutionRef
@@ -64,6 +67,7 @@ class SweepReport:
     repaired: int = 0
     errors: int = 0
     phase_errors: tuple[str, ...] = field(default_factory=tuple)
+    promoted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -75,6 +79,7 @@ class SweepReport:
             "replayed_records": self.replayed_records,
             "lost_batches": self.lost_batches,
             "repaired": self.repaired,
+            "promoted": self.promoted,
             "errors": self.errors,
         }
         if self.phase_errors:
@@ -150,6 +155,9 @@ class Sweeper:
             "pending", tally, lambda: self._run_pending(self._due_pending(), left, tally, runnable)
         )
         repaired = self._phase("repairs", tally, lambda: self._repair(left, tally))
+        promoted = self._phase(
+            "scheduled", tally, lambda: promote_overdue(self.store, left=lambda: left() - 1)
+        )
         segment = None if full_scan else self.segment_for(scheduled_at or self.store.clock())
         if full_scan or segment is not None:
             self._phase(
@@ -166,6 +174,7 @@ class Sweeper:
             replayed_records=replayed[1] if replayed else 0,
             lost_batches=replayed[2] if replayed else 0,
             repaired=repaired or 0,
+            promoted=promoted or 0,
             errors=tally.errors,
             phase_errors=tuple(tally.phase_errors),
         )

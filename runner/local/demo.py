@@ -39,6 +39,7 @@ class DemoTask:
     via: str = "client"  # client | cli | cli-wait (create-task --wait) | put-item
     cancel: str = ""  # at-once (right after it is created) | running (once PROCESSING)
     note: str = ""
+    delay: float | None = None  # seconds: created SCHEDULED, run then
     check: Callable[[Item, LocalStack], str | None] | None = field(default=None, compare=False)
 
 
@@ -62,6 +63,26 @@ def _export_exists(task: Item, stack: LocalStack) -> str | None:
 def _cancelled_by_its_handler(task: Item, stack: LocalStack) -> str | None:
     error = (task.get("error") or {}).get("type")
     return None if error == "TaskCancelled" else f"ended by {error}, not TaskCancelled"
+
+
+# A delayed task starts after its run_at, by its timer: within seconds here, where each
+# function's first invocations are cold starts (bench/delays.py measures it warm), and
+# not a minute later, when the sweeper would have promoted it.
+DEMO_DELAY_TOLERANCE_SECONDS = 20.0
+
+
+def _on_time(task: Item, stack: LocalStack) -> str | None:
+    """A delayed task started after its run_at, within the tolerance."""
+    try:
+        late = (
+            datetime.fromisoformat(str(task["started_at"]))
+            - datetime.fromisoformat(str(task["run_at"]))
+        ).total_seconds()
+    except (KeyError, ValueError):
+        return "no run_at or started_at"
+    if 0 <= late <= DEMO_DELAY_TOLERANCE_SECONDS:
+        return None
+    return f"started {late:+.2f} s from its run_at"
 
 
 def _attempts(expected: int) -> Callable[[Item, LocalStack], str | None]:
@@ -101,6 +122,15 @@ DEMO_TASKS = (
         "FAILED",
         note="retries exhausted",
         check=_retries_exhausted,
+    ),
+    DemoTask(
+        "delayed-3s",
+        "EXAMPLE_TASK",
+        {"message": "three seconds later"},
+        "DONE",
+        note="SCHEDULED for 3 s, then run",
+        delay=3.0,
+        check=_on_time,
     ),
     DemoTask(
         "export-db",
@@ -152,7 +182,7 @@ def submit(stack: LocalStack, tasks: tuple[DemoTask, ...], out: TextIO) -> dict[
     for task in tasks:
         task_id = task.id
         if task.via == "client":
-            client.create_task(task.type, task.data, task_id=task.id)
+            client.create_task(task.type, task.data, task_id=task.id, delay=task.delay)
         elif task.via == "put-item":
             item = {"id": task.id, "type": task.type, "status": "PENDING", "data": task.data}
             stack.client("dynamodb").put_item(TableName=stack.table_name, Item=serialize(item))
@@ -309,12 +339,25 @@ def run_demo(
     """Start the stack, run the demo tasks, print the outcome; 0 if all went as expected."""
     began = time.perf_counter()
     print("Starting the local stack (moto + serverless.yml's packaged template)...", file=out)
+    from runner.local.demo_recurring import DEMO_SCHEDULE
     from runner.local.stack_env import patched_environ
+    from runner.recurring import fired_task_id
 
     with (
         patched_environ({"TASK_RUNNER_HEARTBEAT_SECONDS": DEMO_HEARTBEAT_SECONDS}),
         LocalStack.start(
-            port=port, stage=stage, sweep_interval=DEMO_SWEEP_SECONDS, log_level="ERROR"
+            port=port,
+            stage=stage,
+            sweep_interval=DEMO_SWEEP_SECONDS,
+            log_level="ERROR",
+            task_modules=",".join(
+                m
+                for m in (
+                    "runner.local.demo_recurring",
+                    os.environ.get("TASK_RUNNER_TASK_MODULES"),
+                )
+                if m
+            ),
         ) as stack,
     ):
         print(
@@ -325,6 +368,15 @@ def run_demo(
             flush=True,
         )
         ids = submit(stack, DEMO_TASKS, out)
+        assert stack.timers is not None
+        fires = [t for n, t in stack.timers.scheduler.fired if n == DEMO_SCHEDULE][:1]
+        for scheduled in fires:  # a rate schedule fires first when it is created
+            ids[fired_task_id(DEMO_SCHEDULE, scheduled)] = "recurring"
+            print(
+                f"  fired     recurring       {DEMO_SCHEDULE} (rate(1 minute)) at {scheduled}",
+                file=out,
+                flush=True,
+            )
         cancel_running(stack, DEMO_TASKS, out)
         print("\nProgress", file=out, flush=True)
         try:
@@ -335,7 +387,20 @@ def run_demo(
         except Exception as exc:
             settled, timed_out = stack.tasks(), str(exc)
         found = {ids[t["id"]]: t for t in settled if t.get("id") in ids}
-        problems = summarise(stack, DEMO_TASKS, found, out)
+        recurring = DemoTask("recurring", "TICK_TASK", {}, "DONE", note=f"{DEMO_SCHEDULE} fired")
+        shown = (*DEMO_TASKS, recurring)
+        problems = summarise(stack, shown, found, out)
+        delayed = found.get("delayed-3s", {})
+        if delayed.get("started_at") and delayed.get("run_at"):
+            late = datetime.fromisoformat(str(delayed["started_at"])) - datetime.fromisoformat(
+                str(delayed["run_at"])
+            )
+            print(
+                f"\nDelayed: delayed-3s was due at {delayed['run_at']} and started"
+                f" {late.total_seconds():+.2f} s after (its fireTimers and processStream"
+                " invocations may have been cold starts)",
+                file=out,
+            )
     if timed_out:
         problems.insert(0, timed_out)
     elapsed = time.perf_counter() - began

@@ -130,7 +130,7 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
     The local stack itself creates the table from the packaged template; this copy of its
     schema is checked against the template by tests/deploy. Returns the stream ARN.
     """
-    from runner.config import STATUS_INDEX
+    from runner.config import RUN_AT_INDEX, STATUS_INDEX
 
     response = dynamodb.create_table(
         TableName=name,
@@ -139,6 +139,8 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
             {"AttributeName": "id", "AttributeType": "S"},
             {"AttributeName": "status_shard", "AttributeType": "S"},
             {"AttributeName": "updated_at", "AttributeType": "S"},
+            {"AttributeName": "scheduled_shard", "AttributeType": "S"},
+            {"AttributeName": "run_at", "AttributeType": "S"},
         ],
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
         GlobalSecondaryIndexes=[
@@ -149,7 +151,15 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
                     {"AttributeName": "updated_at", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
-            }
+            },
+            {
+                "IndexName": RUN_AT_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "scheduled_shard", "KeyType": "HASH"},
+                    {"AttributeName": "run_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            },
         ],
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
     )

@@ -66,6 +66,7 @@ from runner.local.stack_env import (
     task_modules as resolve_task_modules,
 )
 from runner.local.template import ROOT, package_service
+from runner.local.timers import LocalTimers, start_timers
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class LocalStack:
     server: EndpointProcess | None = None  # the endpoint process (runner.local.endpoint)
     faults: FaultPlan = field(default_factory=lambda: FaultPlan(services=STACK_SERVICES))
     control: StackControl | None = None
+    timers: LocalTimers | None = None  # SQS mappings and EventBridge Scheduler
     started_in: float = 0.0
 
     # --- starting ----------------------------------------------------------------------
@@ -185,6 +187,17 @@ class LocalStack:
             # Last: the stack's own wiring (describe_table above) must not meet them.
             local.set_faults(",".join(map(str, fault_list)), faults_seed)
             exits.callback(local._stop_workers)
+            local.timers = start_timers(
+                session=session,
+                endpoint=endpoint,
+                region=region,
+                account=ACCOUNT,
+                template=template,
+                resources=created.resources,
+                functions=functions,
+                task_modules=modules,
+            )
+            exits.callback(local.timers.stop)
             local.started_in = time.perf_counter() - started
             yield local
 

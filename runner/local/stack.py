@@ -120,11 +120,21 @@ def _function(template: Template, reference: Any) -> tuple[str, dict[str, Any]]:
     return logical_id, functions[logical_id]["Properties"]
 
 
+def is_stream_source(reference: Any) -> bool:
+    """An event source that is a table's stream (`Fn::GetAtt: [Table, StreamArn]`)."""
+    target = reference.get("Fn::GetAtt") if isinstance(reference, Mapping) else None
+    if isinstance(target, str):
+        target = target.split(".")
+    return isinstance(target, list) and len(target) == 2 and target[1] == "StreamArn"
+
+
 def stream_mappings(template: Template) -> tuple[StreamMapping, ...]:
     """The template's event source mappings, parsed into what a poller needs."""
     mappings = []
     for logical_id, resource in sorted(_resources_of_type(template, _ESM_TYPE).items()):
         props = resource["Properties"]
+        if not is_stream_source(props["EventSourceArn"]):
+            continue  # a queue's mapping: runner.local.queues polls it
         function_id, function = _function(template, props["FunctionName"])
         filters = props.get("FilterCriteria", {}).get("Filters", [])
         on_failure = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")

@@ -37,6 +37,11 @@ EXPORTED = (
     "TASK_RUNNER_EXPORT_RECIPIENTS",
     # The CLI's `sweep` replays the stream batches the mappings gave up on, as `sweep` does.
     "TASK_RUNNER_FAILED_BATCH_QUEUE_URL",
+    # create-task --delay/--run-at sets a timer; list-schedules reads the recurring group.
+    "TASK_RUNNER_TIMER_QUEUE_URL",
+    "TASK_RUNNER_SCHEDULER_ROLE_ARN",
+    "TASK_RUNNER_DELAY_SCHEDULE_GROUP",
+    "TASK_RUNNER_RECURRING_SCHEDULE_GROUP",
     "TASK_RUNNER_TASK_MODULES",
     # The functions' metrics namespace: the dashboard reads its per-minute figures there.
     "POWERTOOLS_METRICS_NAMESPACE",

@@ -25,16 +25,19 @@ CACHE_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "task-runner" / "local-stack"
 )
 TEMPLATE_FILE = "cloudformation-template-update-stack.json"
-# The inputs of the packaged template: files, and directories read recursively.
+# The inputs of the packaged template: files, and directories read recursively. The
+# recurring schedules task types declare are in it (infra/recurring-schedules.js).
 TEMPLATE_INPUTS = (
     "serverless.yml",
     "infra",
     "statemachine",
     "package-lock.json",
     "requirements.txt",
-    # infra/metrics.js makes an alarm per registered task type
+    # infra/metrics.js makes an alarm per registered task type; infra/recurring-schedules.js
+    # the schedules they declare
     "tasks",
     "runner/metrics.py",
+    "runner/recurring.py",
 )
 PACKAGE_TIMEOUT_SECONDS = 300
 

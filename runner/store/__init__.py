@@ -11,9 +11,10 @@ from __future__ import annotations
 from runner.store.claims import ClaimWrites
 from runner.store.control import ControlWrites
 from runner.store.recovery import RecoveryWrites
+from runner.store.scheduling import SchedulingWrites
 
 
-class TaskStore(ClaimWrites, RecoveryWrites, ControlWrites):
+class TaskStore(ClaimWrites, RecoveryWrites, ControlWrites, SchedulingWrites):
     """Reads and conditional writes on the tasks table (queries: `TaskListing`)."""
 
 

@@ -54,8 +54,9 @@ class ControlWrites(StoreBase):
                 "finished_at": iso(now),
                 "expires_at": self._expiry(now),
             },
-            # A final task holds no lease (I4): CANCELLED already refuses every claim.
-            removes=("lease_expires_at", "claim_token"),
+            # A final task holds no lease (I4): CANCELLED already refuses every claim. A
+            # SCHEDULED one leaves the sparse by-run-at index too (no sweep reads it again).
+            removes=("lease_expires_at", "claim_token", "scheduled_shard"),
             condition=condition,
             values=values,
         )

@@ -57,6 +57,8 @@ LOG_DELIVERY = {
     )
 }
 
+TIMER_QUEUE = "TimerQueue.Arn"
+
 EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
     # Runs tasks, and hands those longer than it can give to the retry workflow.
     "processStream": {
@@ -85,8 +87,33 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **START_RETRY,
         **DESCRIBE_RETRIES,
         **REPLAY,
-        "dynamodb:Query": {"TasksTable.Arn/index/by-status"},
+        "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },
+    # Promotes delayed tasks, sends early timers back, inserts recurring schedules' tasks.
+    "fireTimers": {
+        **XRAY,
+        **TASK_WRITES,
+        "dynamodb:PutItem": {TABLE},
+        "sqs:SendMessage": {TIMER_QUEUE},
+        "sqs:ReceiveMessage": {TIMER_QUEUE},
+        "sqs:DeleteMessage": {TIMER_QUEUE},
+        "sqs:GetQueueAttributes": {TIMER_QUEUE},
+    },
+}
+SCHEDULES_OF_DELAYS = (
+    "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}"
+    ":schedule/task-runner-delays-test/*"
+)
+# What a producer needs to create tasks, delayed ones included.
+EXPECTED_PRODUCER_GRANTS: Grants = {
+    "dynamodb:PutItem": {TABLE},
+    "dynamodb:GetItem": {TABLE},
+    "sqs:SendMessage": {TIMER_QUEUE},
+    "scheduler:CreateSchedule": {SCHEDULES_OF_DELAYS},
+    "scheduler:GetSchedule": {SCHEDULES_OF_DELAYS},
+    "scheduler:UpdateSchedule": {SCHEDULES_OF_DELAYS},
+    "scheduler:DeleteSchedule": {SCHEDULES_OF_DELAYS},
+    "iam:PassRole": {"SchedulerRole.Arn"},
 }
 EXPECTED_STATE_MACHINE_GRANTS: Grants = {
     # runTask also makes the final "retries exhausted" write: the state machine touches
@@ -206,6 +233,29 @@ def test_state_machine_may_invoke_only_run_task_and_update_only_the_table(
     assert grants(role) == EXPECTED_STATE_MACHINE_GRANTS
     principal = role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
     assert principal == {"Service": "states.amazonaws.com"}
+
+
+def test_the_scheduler_role_only_sends_timers(packaged: Packaged) -> None:
+    assert grants(packaged.resource("SchedulerRole")) == {"sqs:SendMessage": {TIMER_QUEUE}}
+
+
+def test_producers_may_pass_the_scheduler_role_to_eventbridge_scheduler_only(
+    packaged: Packaged,
+) -> None:
+    policy = packaged.resource("ProducerPolicy")
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    found: Grants = defaultdict(set)
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            found[action] |= {render(r) for r in as_list(statement["Resource"])}
+    assert dict(found) == EXPECTED_PRODUCER_GRANTS
+    [pass_role] = [s for s in statements if s["Action"] == "iam:PassRole"]
+    assert pass_role["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}
+    }
+    # Producers cannot touch the recurring schedules, which only a deploy changes
+    assert all("recurring" not in r for rs in found.values() for r in rs)
 
 
 def test_no_role_grants_wildcard_actions_or_star_resources_beyond_xray_and_logs(

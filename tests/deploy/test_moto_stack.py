@@ -57,7 +57,14 @@ def test_packaged_template_reaches_create_complete(packaged: Packaged) -> None:
         names = {f["FunctionName"] for f in lambdas.list_functions()["Functions"]}
         assert names == {
             f"task-runner-test-{name}"
-            for name in ("processStream", "routeFailed", "runTask", "runExport", "sweep")
+            for name in (
+                "processStream",
+                "routeFailed",
+                "runTask",
+                "runExport",
+                "sweep",
+                "fireTimers",
+            )
         }
 
 
@@ -80,6 +87,16 @@ def test_stack_reports_the_mappings_it_left_for_the_local_poller(packaged: Packa
     assert [(s.handler, s.expression) for s in stack.schedules] == [
         ("handler.sweep", "rate(5 minutes)")
     ]
+    # The timer queue's mapping is not a stream's: runner.local.queue_poller runs it
+    from runner.local.queue_poller import queue_mappings
+
+    [timers] = queue_mappings(packaged.template)
+    assert (timers.function_logical_id, timers.queue_logical_id) == (
+        "FireTimersLambdaFunction",
+        "TimerQueue",
+    )
+    assert (timers.batch_size, timers.maximum_concurrency) == (10, 5)
+    assert timers.report_batch_item_failures
 
 
 def test_adapting_for_moto_keeps_the_original_and_drops_only_what_moto_cannot_run(

@@ -22,6 +22,7 @@ HANDLERS = {
     "RunTaskLambdaFunction": "handler.run_task",
     "RunExportLambdaFunction": "handler.run_export",
     "SweepLambdaFunction": "handler.sweep",
+    "FireTimersLambdaFunction": "handler.fire_timers",
 }
 INSERT_PENDING = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"status": {"S": ["PENDING"]}}}}
 # A task put over an existing id: PutItem replaced the item (DONE, FAILED, ...) with a PENDING one.
@@ -74,6 +75,88 @@ def test_process_stream_gets_only_new_pending_tasks(packaged: Packaged) -> None:
     # A slow task holds up one of ten batches of its shard, not the shard
     assert mapping["ParallelizationFactor"] == 10
     assert_bounded_stream_settings(mapping)
+
+
+def test_a_delayed_tasks_promotion_reaches_process_stream_and_its_insert_does_not(
+    packaged: Packaged,
+) -> None:
+    """SCHEDULED → PENDING is a MODIFY the second filter admits; the SCHEDULED insert,
+    and the delayed task's other writes, invoke nothing."""
+    from moto.events.models import EventPattern
+
+    from tests.helpers import stream_record
+
+    def admitted(function_logical_id: str, record: dict[str, Any]) -> bool:
+        patterns = filters(mapping_for(packaged, function_logical_id))
+        return any(EventPattern.load(json.dumps(p)).matches_event(record) for p in patterns)
+
+    task = {"id": "t1", "type": "NOOP_TASK", "data": {}, "run_at": "2026-12-01T10:00:00.000Z"}
+    inserted = stream_record({**task, "status": "SCHEDULED"})
+    promoted = stream_record(
+        {**task, "status": "PENDING"}, event_name="MODIFY", old={**task, "status": "SCHEDULED"}
+    )
+
+    assert admitted("ProcessStreamLambdaFunction", promoted)
+    assert not admitted("ProcessStreamLambdaFunction", inserted)
+    assert not admitted("RouteFailedLambdaFunction", inserted)
+    assert not admitted("RouteFailedLambdaFunction", promoted)
+
+
+def test_fire_timers_reads_the_timer_queue_in_small_batches(packaged: Packaged) -> None:
+    mapping = mapping_for(packaged, "FireTimersLambdaFunction")
+    queue = packaged.resource("TimerQueue")["Properties"]
+    function = packaged.resource("FireTimersLambdaFunction")["Properties"]
+
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["TimerQueue", "Arn"]}
+    assert mapping["BatchSize"] == 10
+    assert mapping["MaximumBatchingWindowInSeconds"] == 0
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] >= 2
+    # AWS: a Lambda-consumed queue's visibility timeout at least six times the function's
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    assert queue["SqsManagedSseEnabled"] is True
+
+
+def test_schedules_send_only_to_the_timer_queue_with_a_role_only_scheduler_assumes(
+    packaged: Packaged,
+) -> None:
+    from runner.delays import SCHEDULE_LEAD_SECONDS, SQS_MAX_DELAY_SECONDS
+
+    groups = packaged.resources_of_type("AWS::Scheduler::ScheduleGroup")
+    assert {g["Properties"]["Name"] for g in groups.values()} == {
+        "task-runner-delays-test",
+        "task-runner-recurring-test",
+    }
+    role = packaged.resource("SchedulerRole")["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    [policy] = role["Policies"]
+    assert policy["PolicyDocument"]["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": ["TimerQueue", "Arn"]},
+        }
+    ]
+    # A one-time schedule fires early enough for SQS to take the rest
+    assert 60 < SCHEDULE_LEAD_SECONDS < SQS_MAX_DELAY_SECONDS
+    for logical_id in HANDLERS:
+        env = packaged.resource(logical_id)["Properties"]["Environment"]["Variables"]
+        assert env["TASK_RUNNER_TIMER_QUEUE_URL"] == {"Ref": "TimerQueue"}
+        assert env["TASK_RUNNER_SCHEDULER_ROLE_ARN"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+        assert env["TASK_RUNNER_DELAY_SCHEDULE_GROUP"] == "task-runner-delays-test"
+        assert env["TASK_RUNNER_RECURRING_SCHEDULE_GROUP"] == "task-runner-recurring-test"
+
+
+def test_the_packaged_recurring_schedules_are_the_registrys(packaged: Packaged) -> None:
+    """infra/recurring-schedules.js adds what runner.recurring makes of the deployment's
+    registry (tasks/), no more, no less."""
+    from runner.recurring import schedule_resources
+    from tasks import build_registry
+
+    packaged_schedules = packaged.resources_of_type("AWS::Scheduler::Schedule")
+    assert packaged_schedules == schedule_resources(build_registry(()))
 
 
 def test_route_failed_gets_only_retryable_failures_of_running_tasks(packaged: Packaged) -> None:
@@ -162,14 +245,24 @@ def test_tasks_table_matches_the_design(packaged: Packaged) -> None:
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert props["SSESpecification"] == {"SSEEnabled": True}
-    [index] = props["GlobalSecondaryIndexes"]
-    assert index == {
+    by_status, by_run_at = props["GlobalSecondaryIndexes"]
+    assert by_status == {
         "IndexName": "by-status",
         "KeySchema": [
             {"AttributeName": "status_shard", "KeyType": "HASH"},
             {"AttributeName": "updated_at", "KeyType": "RANGE"},
         ],
         "Projection": {"ProjectionType": "ALL"},
+    }
+    # Sparse (only SCHEDULED tasks carry scheduled_shard) and keys only: the sweeper's
+    # Query for overdue delayed tasks reads nothing else
+    assert by_run_at == {
+        "IndexName": "by-run-at",
+        "KeySchema": [
+            {"AttributeName": "scheduled_shard", "KeyType": "HASH"},
+            {"AttributeName": "run_at", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
     }
 
 
@@ -275,6 +368,8 @@ def test_outputs_name_what_clients_need(packaged: Packaged) -> None:
         "OnFailureQueueUrl",
         "ExportBucketName",
         "CancelTasksPolicyArn",
+        "TimerQueueUrl",
+        "ProducerPolicyArn",
     } <= set(outputs)
 
 

@@ -222,7 +222,12 @@ def test_npm_run_silent_prints_only_the_json(server_env: dict[str, str]) -> None
         (("get-task", "--taskid", "x"), 2, "--taskid (did you mean --task-id?)"),
         (("create-task", "example-task"), 2, "missing --message (Text to log)"),
         (("create-task", "example-taks"), 2, "(did you mean example-task?); known: "),
-        (("frobnicate",), 2, "commands: cancel-task, create-task, export-link, get-task, history"),
+        (
+            ("frobnicate",),
+            2,
+            "commands: cancel-task, create-task, export-link, get-task, history,"
+            " list-schedules, list-tasks",
+        ),
         (("list-tasks", "--status", "BOGUS"), 2, "PENDING, PROCESSING, DONE, FAILED, RETRYING"),
         (("list-tasks", "--limit"), 2, "--limit needs a value (a whole number)"),
         (("list-tasks", "--limit", "1e3"), 2, "valid integer, unable to parse string"),

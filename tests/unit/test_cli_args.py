@@ -98,7 +98,11 @@ def test_the_stored_type_name_and_underscores_work_too(table: CommandTable) -> N
         (("list-tasks", "--cursor", "%%%"), "invalid cursor"),
         (("get-task", "--task-id", ""), "--task-id: string should have at least 1 character"),
         (("create-task", "flaky-task", "--fail-times", "x"), "--fail-times: input should be"),
-        ((), "no command; commands: cancel-task, create-task, export-link, get-task, history"),
+        (
+            (),
+            "no command; commands: cancel-task, create-task, export-link, get-task, history,"
+            " list-schedules, list-tasks",
+        ),
     ],
 )
 def test_a_wrong_command_line_is_refused_in_one_line(
