@@ -115,9 +115,17 @@ class Cli(_Commands):
         """Claim a PENDING task and run it in this process now (when no stream will)."""
         return self._get_client().run_task(task_id).as_dict()
 
-    def get_task(self, task_id: TaskId) -> dict[str, Any]:
-        """Show a task: status, data, result or error, attempts, attempt log, executions."""
-        return _dump(self._get_client().get_task(task_id))
+    def get_task(
+        self,
+        task_id: TaskId,
+        payloads: Annotated[
+            bool,
+            Field(description="load offloaded payloads from the payload bucket in full"),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Show a task: status, data, result or error, attempts, attempt log, steps,
+        executions (--payloads: offloaded payloads in full, not their references)."""
+        return _dump(self._get_client().get_task(task_id, payloads=payloads))
 
     def list_tasks(
         self,
@@ -137,9 +145,15 @@ class Cli(_Commands):
         tasks, next_cursor = self._get_client().list_tasks(status, limit=limit, cursor=cursor)
         return {"tasks": [_dump(t) for t in tasks], "next_cursor": next_cursor}
 
-    def retry_task(self, task_id: TaskId) -> dict[str, Any]:
+    def retry_task(
+        self,
+        task_id: TaskId,
+        reset_steps: Annotated[
+            bool, Field(description="clear the task's recorded steps, so every step runs again")
+        ] = False,
+    ) -> dict[str, Any]:
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
-        return self._get_client().retry_task(task_id)
+        return self._get_client().retry_task(task_id, reset_steps=reset_steps)
 
     def export_link(
         self,
@@ -176,6 +190,7 @@ class Cli(_Commands):
             "type": task.type,
             "status": task.status.value,
             "attempts": [a.model_dump(mode="json", exclude_none=True) for a in task.attempt_log],
+            "steps": step_summary(task),
             "retries_exhausted": task.retries_exhausted,
             "executions": executions,
         }
@@ -210,6 +225,23 @@ class Cli(_Commands):
                 f" {TASK_MODULES_HINT}"
             )
         return report
+
+
+def step_summary(task: Task) -> list[dict[str, Any]]:
+    """A task's recorded steps, oldest first: name, when, on which attempt, result size."""
+    from runner.payloads import is_reference
+
+    steps = sorted((task.steps or {}).items(), key=lambda item: item[1].completed_at)
+    return [
+        {
+            "name": name,
+            "completed_at": record.completed_at,
+            "attempt": record.attempt,
+            "bytes": record.bytes,
+            "offloaded": is_reference(record.result),
+        }
+        for name, record in steps
+    ]
 
 
 def default_client(registry: TaskRegistry) -> TaskRunnerClient:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 from runner.app import App
-from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
+from runner.errors import (
+    InvalidTaskInput,
+    PayloadTooLarge,
+    PayloadUnavailable,
+    TaskConflict,
+    UnknownTaskType,
+)
 from runner.executor import Outcome
-from runner.items import iso
+from runner.items import iso, task_to_item
+from runner.limits import insert_problem
 from runner.model import ClaimSource, Task, TaskStatus
+from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, encoded_size
 
 # Looks at a task that changes under a redrive before giving up.
 MAX_REDRIVE_TRIES = 3
@@ -28,7 +37,11 @@ class TaskRunnerClient:
     def create_task(
         self, task_type: str, data: dict[str, Any], *, task_id: str | None = None
     ) -> Task:
-        """Validate data against the type's model, then insert the task as PENDING."""
+        """Validate data against the type's model, then insert the task as PENDING.
+
+        An input over `runner.payloads.INLINE_MAX_BYTES` (or too large for its item) is
+        put in the payload bucket first and the item holds its reference; one over
+        `MAX_PAYLOAD_BYTES` is refused (PayloadTooLarge) before anything is written."""
         definition = self.app.registry.get(task_type)
         model = definition.parse_input(data)
         # By alias: the stored data is validated again when the task runs. Validated here
@@ -38,6 +51,12 @@ class TaskRunnerClient:
             definition.parse_input(stored)
         except InvalidTaskInput as exc:
             raise InvalidTaskInput(f"{exc} (the input as it would be stored: {stored})") from exc
+        size = encoded_size(stored)
+        if size > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"the task's input is {size} bytes as JSON; the cap is {MAX_PAYLOAD_BYTES} bytes"
+                " (pass a reference to large data, e.g. an S3 key, instead)"
+            )
         now = iso(self.app.store.clock())
         task = Task(
             id=task_id or str(uuid.uuid4()),
@@ -47,10 +66,33 @@ class TaskRunnerClient:
             created_at=now,
             updated_at=now,
         )
-        return self.app.store.put_new(task)
+        payloads = self.app.store.payloads
+        if not payloads.enabled or (
+            size <= INLINE_MAX_BYTES and insert_problem(task_to_item(task)) is None
+        ):
+            return self.app.store.put_new(task)
+        ref = payloads.stage_input(task.id, now, stored)
+        created = self.app.store.put_new(task.model_copy(update={"data": ref, "payloads": True}))
+        # A reader that finds the object missing copies it from staging itself.
+        with contextlib.suppress(PayloadUnavailable):
+            payloads.commit_input(ref)
+        return created
 
-    def get_task(self, task_id: str) -> Task:
-        return self.app.store.get(task_id)
+    def get_task(self, task_id: str, *, payloads: bool = False) -> Task:
+        """The task; with `payloads`, its offloaded input, result and step results loaded
+        from the payload bucket in place of their references."""
+        task = self.app.store.get(task_id)
+        if not payloads:
+            return task
+        store = self.app.store.payloads
+        steps = task.steps
+        if steps is not None:
+            steps = {
+                name: record.model_copy(update={"result": store.load(record.result)})
+                for name, record in steps.items()
+            }
+        loaded = {"data": store.load(task.data), "result": store.load(task.result)}
+        return task.model_copy(update={**loaded, "steps": steps})
 
     def list_tasks(
         self, status: TaskStatus | str | None = None, *, limit: int = 20, cursor: str | None = None
@@ -85,9 +127,10 @@ class TaskRunnerClient:
             # Another worker claimed it first.
         raise TaskConflict(f"task {task_id} is {_whose(task)}; run-task runs only PENDING tasks")
 
-    def retry_task(self, task_id: str) -> dict[str, Any]:
+    def retry_task(self, task_id: str, *, reset_steps: bool = False) -> dict[str, Any]:
         """Manual redrive: a FAILED task (also one that failed permanently, to run it again
-        on purpose, e.g. after a fix) → RETRYING in a new episode, and its execution.
+        on purpose, e.g. after a fix) → RETRYING in a new episode, and its execution;
+        `reset_steps` clears its recorded steps, so every step runs again.
 
         Safe to repeat: a RETRYING task whose execution is not running (StartExecution
         failed after the status write, or that write's reply was lost) gets it now; one
@@ -103,7 +146,9 @@ class TaskRunnerClient:
         for _ in range(MAX_REDRIVE_TRIES):
             if task.status is TaskStatus.FAILED:
                 try:
-                    task = store.redrive(task, statuses=(TaskStatus.FAILED,))
+                    task = store.redrive(
+                        task, statuses=(TaskStatus.FAILED,), reset_steps=reset_steps
+                    )
                 except TaskConflict:
                     task = store.get(task_id)  # changed meanwhile: look again
                     continue

@@ -49,6 +49,8 @@ class Settings:
     failed_batch_queue_url: str | None = None
     # Who EXPORT_DB may mail: addresses and `@domain` entries; empty refuses every export.
     export_recipients: tuple[str, ...] = field(default_factory=tuple)
+    # The payload bucket (runner.payloads); None keeps every payload on its item.
+    payload_bucket: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +76,7 @@ class Settings:
             ),
             failed_batch_queue_url=env.get("TASK_RUNNER_FAILED_BATCH_QUEUE_URL") or None,
             export_recipients=_list(env.get("TASK_RUNNER_EXPORT_RECIPIENTS", "")),
+            payload_bucket=env.get("TASK_RUNNER_PAYLOAD_BUCKET") or None,
         )
 
 

@@ -27,6 +27,7 @@ from runner.errors import (
     InvalidTaskInput,
     ItemTooLarge,
     MalformedTask,
+    PayloadCorrupt,
     RetryableTaskError,
     StoreError,
     TaskAlreadyClaimed,
@@ -41,6 +42,7 @@ from runner.items import iso
 from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
+from runner.steps import StepRecorder
 from runner.store import TaskStore
 from runner.tracing import task_span
 
@@ -56,6 +58,7 @@ _PERMANENT_RUNNER_ERRORS = (
     MalformedTask,
     ConfigurationError,
     ItemTooLarge,
+    PayloadCorrupt,
 )
 
 
@@ -237,8 +240,9 @@ class TaskRunner:
             error: TaskErrorInfo | None = None
             lease_until: int | None = None
             abandoned: tuple[threading.Thread, ...] = ()
+            steps = StepRecorder(self.store, task)
             try:
-                result = self._execute(task, remaining_seconds)
+                result = self._execute(task, remaining_seconds, steps)
             except TaskTimedOut as exc:
                 error = describe_error(exc)
                 abandoned = exc.abandoned
@@ -249,6 +253,11 @@ class TaskRunner:
                     )
             except Exception as exc:
                 error = describe_error(exc)
+            if steps.steps is not None or steps.offloaded:
+                # The outcome's size check counts the steps this attempt recorded.
+                task = task.model_copy(
+                    update={"steps": steps.steps, "payloads": task.payloads or steps.offloaded}
+                )
             try:
                 outcome = self.record(
                     task,
@@ -343,9 +352,9 @@ class TaskRunner:
             return S.RETRYING  # the workflow owns the task; the stream filter ignores this
         return S.FAILED
 
-    def _execute(self, task: Task, remaining_seconds: float | None) -> Any:
+    def _execute(self, task: Task, remaining_seconds: float | None, steps: StepRecorder) -> Any:
         definition = self.registry.get(task.type)
-        data = definition.parse_input(task.data)
+        data = definition.parse_input(self.store.payloads.load(task.data))
         timeout = definition.timeout_seconds
         if remaining_seconds is not None:
             timeout = min(timeout, max(0.1, remaining_seconds - RECORDING_MARGIN_SECONDS))
@@ -358,6 +367,7 @@ class TaskRunner:
             settings=self.settings,
             clients=self.clients,
             logger=self.log,
+            step_recorder=steps,
         )
         # One deadline for every in-process try: the lease covers one timeout, not one
         # per try.

@@ -1,7 +1,7 @@
 """The tasks table's writes: every status change is a conditional write, so two workers
 can never both move a task, and every write fits DynamoDB's 400 KB (`runner.limits`).
 
-One module per family of writes (claims, outcomes, recovery), sharing one conditional
+One module per family of writes (claims, outcomes, recovery, steps), sharing one conditional
 update helper (`base`). Queries across the table live in `runner.listing`, the DynamoDB
 plumbing in `runner.table`, item conversion in `runner.items`.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from runner.store.claims import ClaimWrites
 from runner.store.recovery import RecoveryWrites
+from runner.store.steps import StepWrites
 
 
-class TaskStore(ClaimWrites, RecoveryWrites):
+class TaskStore(ClaimWrites, RecoveryWrites, StepWrites):
     """Reads and conditional writes on the tasks table (queries: `TaskListing`)."""
 
 

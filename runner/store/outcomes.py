@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import ItemTooLarge, MalformedTask, StoreError, TaskAlreadyClaimed, TaskConflict
+from runner.errors import (
+    ItemTooLarge,
+    MalformedTask,
+    PayloadUnavailable,
+    StoreError,
+    TaskAlreadyClaimed,
+    TaskConflict,
+)
 from runner.items import iso, task_to_item
 from runner.limits import claim_problem, fits, storable_json
-from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
+from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
+from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, encoded_size, task_prefix
 from runner.store.base import StoreBase, attempt_log_value, bounded_error
 
 S = TaskStatus
@@ -30,14 +38,18 @@ class OutcomeWrites(StoreBase):
         attempt: AttemptRecord,
         new_episode: bool = False,
         lease_until: int | None = None,
+        offload: bool = False,
     ) -> Task:
         """PROCESSING → DONE/FAILED/RETRYING, only while this claim (attempt) still holds.
 
-        A result DynamoDB cannot store (NaN, a number out of its range, or too large
-        for the item) is not written: the task is FAILED, permanently, with a short
-        `ResultNotStorable` error. `lease_until` keeps a lease on the outcome (epoch
-        seconds): an attempt whose handler could not be stopped holds the task until
-        its process can no longer act; every claim waits for it.
+        A result over `INLINE_MAX_BYTES`, or one its item has no room for, goes to the
+        payload bucket (runner.payloads) and the item holds its reference; if S3 cannot
+        take it, the attempt fails, retryably (`PayloadUnavailable`). A result DynamoDB
+        cannot store (NaN, a number out of its range, past the payload cap, or too large
+        for the item with no payload bucket) is not written: the task is FAILED,
+        permanently, with a short `ResultNotStorable` error. `lease_until` keeps a lease
+        on the outcome (epoch seconds): an attempt whose handler could not be stopped
+        holds the task until its process can no longer act; every claim waits for it.
         """
         if result is not None:
             try:
@@ -49,6 +61,20 @@ class OutcomeWrites(StoreBase):
                     error=TaskErrorInfo(
                         type=RESULT_NOT_STORABLE,
                         message=f"the task's result cannot be stored: {exc}",
+                        retryable=False,
+                    ),
+                    attempt=attempt.model_copy(update={"outcome": S.FAILED}),
+                    lease_until=lease_until,
+                )
+            size = encoded_size(result)
+            if size > MAX_PAYLOAD_BYTES:
+                return self.record_outcome(
+                    task,
+                    S.FAILED,
+                    error=TaskErrorInfo(
+                        type=RESULT_NOT_STORABLE,
+                        message=f"the task's result is {size} bytes; the cap is"
+                        f" {MAX_PAYLOAD_BYTES} bytes",
                         retryable=False,
                     ),
                     attempt=attempt.model_copy(update={"outcome": S.FAILED}),
@@ -88,6 +114,23 @@ class OutcomeWrites(StoreBase):
             message="the task's result is too large for its item (400 KB)",
             retryable=False,
         )
+        offloaded = None
+        if (
+            result is not None
+            and self.payloads.enabled
+            and (offload or encoded_size(result) > INLINE_MAX_BYTES or not fits(projected))
+        ):
+            try:
+                offloaded = self.payloads.put(
+                    f"{task_prefix(task.id, task.created_at)}result-"
+                    f"{(task.claim_token or '')[:12]}.json",
+                    result,
+                )
+            except PayloadUnavailable as exc:
+                return self._payload_unavailable(task, attempt, exc, lease_until)
+            sets["result"] = offloaded
+            sets["payloads"] = True
+            projected = {**projected, "result": offloaded, "payloads": True}
         if result is not None and not fits(projected):
             return self.record_outcome(
                 task,
@@ -112,6 +155,15 @@ class OutcomeWrites(StoreBase):
                 # The item leaves no room even for this (claimed before the runner kept
                 # its reserve): fail it in a write that fits.
                 return self._fail_claimed_oversized(task)
+            if offloaded is None and self.payloads.enabled:
+                return self.record_outcome(
+                    task,
+                    status,
+                    result=result,
+                    attempt=attempt,
+                    lease_until=lease_until,
+                    offload=True,
+                )
             # Attributes the model does not know (a producer's own) count too.
             return self.record_outcome(
                 task,
@@ -129,9 +181,36 @@ class OutcomeWrites(StoreBase):
                 and old.status is status
             ):
                 return old  # recorded by an earlier try whose reply was lost
+            if offloaded is not None:
+                self.payloads.delete(offloaded)  # no item refers to it
             raise TaskConflict(
                 f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)"
             ) from exc
+
+    def _payload_unavailable(
+        self,
+        task: Task,
+        attempt: AttemptRecord,
+        exc: PayloadUnavailable,
+        lease_until: int | None,
+    ) -> Task:
+        """The result could not be put in the payload bucket: a retryable failure (the
+        workflow's RETRYING, else FAILED in a new episode), never a lost task."""
+        error = TaskErrorInfo(
+            type=PayloadUnavailable.__name__,
+            message=f"the task's result could not be stored in the payload bucket: {exc}",
+            retryable=True,
+        )
+        in_workflow = attempt.source == ClaimSource.WORKFLOW.value
+        status = S.RETRYING if in_workflow else S.FAILED
+        return self.record_outcome(
+            task,
+            status,
+            error=error,
+            attempt=attempt.model_copy(update={"outcome": status}),
+            new_episode=not in_workflow,
+            lease_until=lease_until,
+        )
 
     def fail_unreadable(self, task_id: str, message: str) -> None:
         """PENDING → FAILED (non-retryable) for an item the runner cannot read as a task.

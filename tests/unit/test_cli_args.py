@@ -58,7 +58,18 @@ def test_values_reach_the_task_model_as_typed(table: CommandTable) -> None:
 def test_fixed_commands_get_checked_values_with_their_defaults(table: CommandTable) -> None:
     listed = parsed(table, "list-tasks", "--status", "failed", "--limit", "5")
     assert fire_values(listed) == {"status": "FAILED", "limit": 5, "cursor": None}
-    assert fire_values(parsed(table, "get-task", "--task_id", "123")) == {"task_id": "123"}
+    assert fire_values(parsed(table, "get-task", "--task_id", "123")) == {
+        "task_id": "123",
+        "payloads": False,
+    }
+    assert fire_values(parsed(table, "get-task", "123", "--payloads")) == {
+        "task_id": "123",
+        "payloads": True,
+    }
+    assert fire_values(parsed(table, "retry-task", "123", "--reset-steps")) == {
+        "task_id": "123",
+        "reset_steps": True,
+    }
     # A required parameter may be given without its flag, as python-fire allows
     assert fire_values(parsed(table, "run_task", "abc")) == {"task_id": "abc"}
 
