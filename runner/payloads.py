@@ -159,7 +159,7 @@ class PayloadStore:
         return ref
 
     def commit_input(self, ref: dict[str, Any]) -> None:
-        """Copy a staged input to the key its reference names (the item exists now)."""
+        """Move a staged input to the key its reference names (the item exists now)."""
         inner = ref[REFERENCE_KEY]
         self._call(
             "copy_object",
@@ -168,6 +168,8 @@ class PayloadStore:
             CopySource={"Bucket": inner["bucket"], "Key": _staging_key(inner["key"])},
             ServerSideEncryption="AES256",
         )
+        # DELETE requests are free; the lifecycle rule would expire it a day later.
+        self._call("delete_object", Bucket=inner["bucket"], Key=_staging_key(inner["key"]))
 
     def load(self, value: Any) -> Any:
         """The value a reference stands for (anything else as it is)."""
