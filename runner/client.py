@@ -9,6 +9,7 @@ from typing import Any
 from runner.app import App
 from runner.errors import (
     InvalidTaskInput,
+    ItemTooLarge,
     PayloadTooLarge,
     PayloadUnavailable,
     TaskConflict,
@@ -72,7 +73,15 @@ class TaskRunnerClient:
         ):
             return self.app.store.put_new(task)
         ref = payloads.stage_input(task.id, now, stored)
-        created = self.app.store.put_new(task.model_copy(update={"data": ref, "payloads": True}))
+        try:
+            created = self.app.store.put_new(
+                task.model_copy(update={"data": ref, "payloads": True})
+            )
+        except (TaskConflict, ItemTooLarge):
+            # Refused, so never referenced (a lost reply keeps it: the item may exist).
+            with contextlib.suppress(PayloadUnavailable):
+                payloads.delete_staged(ref)
+            raise
         # A reader that finds the object missing copies it from staging itself.
         with contextlib.suppress(PayloadUnavailable):
             payloads.commit_input(ref)

@@ -171,6 +171,11 @@ class PayloadStore:
         # DELETE requests are free; the lifecycle rule would expire it a day later.
         self._call("delete_object", Bucket=inner["bucket"], Key=_staging_key(inner["key"]))
 
+    def delete_staged(self, ref: dict[str, Any]) -> None:
+        """Delete a staged input whose item was refused (nothing refers to it)."""
+        inner = ref[REFERENCE_KEY]
+        self._call("delete_object", Bucket=inner["bucket"], Key=_staging_key(inner["key"]))
+
     def load(self, value: Any) -> Any:
         """The value a reference stands for (anything else as it is)."""
         if not is_reference(value):

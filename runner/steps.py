@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from runner.errors import StepError, StepNotStorable
+from runner.errors import StepError, StepNotRecorded, StepNotStorable
 from runner.payloads import (
     INLINE_MAX_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -134,10 +134,14 @@ class StepRecorder:
                     steps_exist=self._map_exists,
                     offloaded=not inline,
                 )
+            except StepNotRecorded:
+                if not inline:
+                    payloads.delete(record.result)  # no item refers to it
+                raise
             except Exception:
                 if not inline:
-                    # No item refers to it: the claim is gone (or unknown); its object goes
-                    # with the task's prefix in any case.
+                    # The write may have applied (its reply lost): keep the object; the
+                    # outcome marks the item as having payloads, so it goes with the task.
                     self.offloaded = True
                 raise
             self._recorded[name] = record
