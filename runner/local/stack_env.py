@@ -37,6 +37,8 @@ EXPORTED = (
     "TASK_RUNNER_EXPORT_RECIPIENTS",
     # The CLI's `sweep` replays the stream batches the mappings gave up on, as `sweep` does.
     "TASK_RUNNER_FAILED_BATCH_QUEUE_URL",
+    # create-task and get-task --payloads put and read large payloads there.
+    "TASK_RUNNER_PAYLOAD_BUCKET",
     "TASK_RUNNER_TASK_MODULES",
 )
 
