@@ -33,6 +33,9 @@ SECTIONS = {
     "6": "bench.memory",
     "7": "bench.slow_neighbour",
     "8": "bench.runtime_exit",
+    "9": "bench.steps",
+    "10": "bench.payloads",
+    "11": "bench.payload_memory",
     "4": "bench.local_stack",
 }
 
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             crashed.append(module_name)
             traceback.print_exc()
         timings[module_name] = round(time.perf_counter() - section_started, 1)
-    figures.sort(key=lambda f: f.section)
+    # By section number: "10. ..." after "9. ...".
+    figures.sort(key=lambda f: (int(f.section.split(".")[0]), f.section))
     print()
     print_table(figures)
     total = time.perf_counter() - started

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,10 +42,44 @@ INLINE_MAX_BYTES = 16 * 1024
 # Lambda handling one measured a peak RSS of about 6x the payload (README "Large
 # payloads", bench/payload_memory.py), so 10 MiB leaves room for several at once.
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+# Offloaded inputs one process runs at once, in bytes; a task past it is handed to the
+# retry workflow, where it runs in an invocation of its own (runner.dispatch). A task
+# with a 10 MiB input and result peaked at 85 MiB over the process's 55 (bench figure
+# 11, ~4x its payloads), and a stream batch runs up to 100 tasks at once in one 1 GB
+# function: 64 MiB of inputs (6 at the cap) keeps a batch's payloads within ~600 MiB.
+# The first always runs, whatever its size.
+PROCESS_INPUT_BUDGET_BYTES = 64 * 1024 * 1024
 REFERENCE_KEY = "$payload"
 TASKS_PREFIX = "tasks/"
 # Producers' uploads before their item exists; the bucket's lifecycle rule expires them.
 STAGING_PREFIX = "staging/"
+
+
+class InputBudget:
+    """Bytes of offloaded inputs running in this process (`PROCESS_INPUT_BUDGET_BYTES`)."""
+
+    def __init__(self, limit: int = PROCESS_INPUT_BUDGET_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def try_take(self, size: int, *, force: bool = False) -> bool:
+        """Take `size` bytes if they fit (always when nothing is held, or `force`: there
+        is nowhere else to run it); True if taken."""
+        with self._lock:
+            if not force and self.held and self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+def reference_bytes(value: Any) -> int:
+    """The size a reference stands for (0 for a value kept on the item)."""
+    return int(value[REFERENCE_KEY]["bytes"]) if is_reference(value) else 0
 
 
 def is_reference(value: Any) -> bool:

@@ -181,6 +181,7 @@ def three_steps(data: StepsInput, ctx: TaskContext) -> dict[str, Any]:
 
 class BlobInput(BaseModel):
     blob: str = Field(default="", description="Any text; large ones go to the payload bucket")
+    numbers: list[int] = Field(default=[], description="Any numbers (a structured payload)")
     result_bytes: int = Field(default=0, ge=0, le=11 * 1024 * 1024, description="Result size")
     fail_times: int = Field(default=0, ge=0, le=10, description="Attempts that fail first")
 
@@ -194,6 +195,7 @@ def blob(data: BlobInput, ctx: TaskContext) -> dict[str, Any]:
     return {
         "input_bytes": len(data.blob),
         "input_sha256": hashlib.sha256(data.blob.encode()).hexdigest(),
+        "numbers": len(data.numbers),
         "output": "r" * data.result_bytes,
     }
 

@@ -91,3 +91,22 @@ def test_a_1_mb_error_message_is_cut_before_it_reaches_step_functions(
     assert cause["errorMessage"].endswith("[cut]")
     assert [r["status"] for r in runs] == ["SUCCEEDED"]
     assert flow.app.store.get("loud").status is TaskStatus.DONE
+
+
+def test_a_large_input_past_the_process_budget_runs_in_an_invocation_of_its_own(
+    flow: Workflow,
+) -> None:
+    # Given a stream process already running large inputs up to its budget
+    budget = flow.app.dispatcher.input_budget
+    assert budget.try_take(budget.limit)
+    task = TaskRunnerClient(flow.app).create_task("BLOB_TASK", {"blob": "h" * MB})
+    # When the stream delivers another task with an offloaded input
+    flow.pump()
+    # Then it is not run there but handed to the workflow, whose runTask runs it
+    runs = flow.wait()
+    done = flow.app.store.get(task.id)
+    assert done.status is TaskStatus.DONE and done.attempts == 1
+    assert done.claimed_by is not None and done.claimed_by.value == "workflow"
+    assert [r["status"] for r in runs] == ["SUCCEEDED"]
+    budget.give_back(budget.limit)
+    assert budget.held == 0
