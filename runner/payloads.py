@@ -230,6 +230,27 @@ class PayloadStore:
             raise PayloadCorrupt("payload object does not match its reference")
         return json.loads(body)
 
+    def load_item(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A task item's plain values with every reference (input, result, steps) loaded."""
+        if not values.get("payloads"):
+            return values
+        loaded = {
+            **values,
+            "data": self.load(values.get("data")),
+            "result": self.load(values.get("result")),
+        }
+        if values.get("result") is None:
+            loaded.pop("result")
+        steps = values.get("steps")
+        if isinstance(steps, dict):
+            loaded["steps"] = {
+                name: {**record, "result": self.load(record.get("result"))}
+                if isinstance(record, dict)
+                else record
+                for name, record in steps.items()
+            }
+        return loaded
+
     def _get(self, key: str) -> bytes:
         response = self._call("get_object", Bucket=self.bucket, Key=key)
         from botocore.exceptions import BotoCoreError

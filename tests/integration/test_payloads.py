@@ -188,3 +188,21 @@ def test_a_remove_record_of_a_task_without_payloads_makes_no_s3_call(papp: App) 
         "batchItemFailures": []
     }
     assert calls == []
+
+
+def test_the_export_holds_offloaded_payloads_in_full(papp: App) -> None:
+    import gzip
+    import json
+
+    papp.clients.s3.create_bucket(Bucket="exports-test")
+    papp.clients.ses.verify_email_identity(EmailAddress="noreply@example.com")
+    client = TaskRunnerClient(papp)
+    big = client.create_task("BLOB_TASK", {"blob": "x" * MB, "result_bytes": MB})
+    papp.runner.run_pending(big.id, source=ClaimSource.STREAM)
+    export = client.create_task("export-db", {"email": "ops@example.com"})
+    assert client.run_task(export.id).status is TaskStatus.DONE
+    result = client.get_task(export.id).result
+    body = papp.clients.s3.get_object(Bucket="exports-test", Key=result["key"])["Body"].read()
+    rows = {row["id"]: row for row in map(json.loads, gzip.decompress(body).splitlines())}
+    assert rows[big.id]["data"]["blob"] == "x" * MB
+    assert len(rows[big.id]["result"]["output"]) == MB
