@@ -206,3 +206,14 @@ def test_the_export_holds_offloaded_payloads_in_full(papp: App) -> None:
     rows = {row["id"]: row for row in map(json.loads, gzip.decompress(body).splitlines())}
     assert rows[big.id]["data"]["blob"] == "x" * MB
     assert len(rows[big.id]["result"]["output"]) == MB
+
+
+def test_the_remove_filter_takes_only_removed_items_that_had_payloads() -> None:
+    from runner.local.stream_records import RecordFilter
+    from tests.deploy.test_wiring import REMOVED_WITH_PAYLOADS
+
+    matches = RecordFilter([REMOVED_WITH_PAYLOADS]).matches
+    with_objects = {"id": "a", "status": "DONE", "payloads": True}
+    assert matches(stream_record(None, event_name="REMOVE", old=with_objects))
+    assert not matches(stream_record(None, event_name="REMOVE", old={"id": "b", "status": "DONE"}))
+    assert not matches(stream_record(with_objects, event_name="MODIFY", old=with_objects))

@@ -202,3 +202,51 @@ def test_step_key_is_stable_and_per_step(app: App) -> None:
         logger=app.runner.log,
     )
     assert ctx.step_key("charge") == "task:t:step:charge" != ctx.step_key("email")
+
+
+def test_the_readmes_durable_steps_example_runs_and_resumes(app: App) -> None:
+    import re
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Durable steps") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    module = types.ModuleType("charge_order")
+    exec(compile(code.group(1), "README.md", "exec"), module.__dict__)
+    charged: list[str] = []
+    real = module.charge_card
+
+    def counted(order_id: str, key: str) -> dict[str, str]:
+        charged.append(key)
+        return real(order_id, key)
+
+    module.charge_card = counted
+
+    async def receipt_fails_once(order_id: str, charge_id: str) -> bool:
+        if len(charged) == 1 and not getattr(receipt_fails_once, "failed", False):
+            receipt_fails_once.failed = True  # type: ignore[attr-defined]
+            raise TaskRetryableError("the mailer is down")
+        return True
+
+    module.send_receipt = receipt_fails_once
+    _registry_with(app, module.TASK)
+    from runner.items import iso
+    from runner.model import Task
+
+    now = iso(app.store.clock())
+    app.store.put_new(
+        Task(
+            id="order-1",
+            type="CHARGE_ORDER",
+            status=TaskStatus.PENDING,
+            data={"order_id": "42"},
+            created_at=now,
+        )
+    )
+    assert app.runner.run_pending("order-1", source=ClaimSource.STREAM).status is TaskStatus.FAILED
+    outcome = app.attempts.run(AttemptInput("order-1", 1, "CHARGE_ORDER"))
+    assert outcome.status is TaskStatus.DONE
+    assert charged == ["task:order-1:step:charge"]  # charged once, with its step key
+    assert app.store.get("order-1").result == {"charge_id": "ch-42"}
