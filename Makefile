@@ -30,7 +30,7 @@ endif
 # after a restart (the data does not survive one: the local stack keeps it in memory).
 DEV_PORT ?= 4599
 
-.PHONY: install test lint typecheck unit demo dev bench bench-full package clean
+.PHONY: install test lint typecheck unit demo dev bench bench-full faults package clean
 
 NO_PYTHON := echo "No Python 3.11 or newer found (PATH, then pyenv): install one, or run make PYTHON=/path/to/python3.x" >&2; exit 1
 
@@ -83,6 +83,18 @@ bench: install
 
 bench-full: install
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m bench
+
+# The protocol simulation's long pass (make test runs a quick one): prints the fault
+# matrix and writes it to tests/simulation/results/latest.txt. MODE=check fails (and
+# shrinks) on anything new; MODE=hunt DEFECT=N shrinks one known defect's failure.
+SEED ?= 1
+EXAMPLES ?= 1000
+STEPS ?= 40
+MODE ?= survey
+faults: $(STAMP) $(NPM_STAMP)
+	PATH="$(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m tests.simulation \
+		$(MODE) --seed $(SEED) --examples $(EXAMPLES) --steps $(STEPS) \
+		$(if $(DEFECT),--defect $(DEFECT)) $(if $(BLOB),--blob '$(BLOB)')
 
 package: $(NPM_STAMP)
 	npx sls package

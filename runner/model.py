@@ -38,7 +38,9 @@ class ClaimSource(StrEnum):
 S = TaskStatus
 # The only moves the DynamoDB layer will make; each is enforced there by a condition.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.PENDING: frozenset({S.PROCESSING}),
+    # FAILED: a task the runner cannot read or cannot run at its size (fail_unreadable,
+    # fail_oversized); RETRYING: a handed-off task whose execution ended unclaimed.
+    S.PENDING: frozenset({S.PROCESSING, S.FAILED, S.RETRYING}),
     S.PROCESSING: frozenset({S.DONE, S.FAILED, S.RETRYING}),
     S.FAILED: frozenset({S.PROCESSING, S.RETRYING}),
     S.RETRYING: frozenset({S.PROCESSING, S.FAILED}),

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 import types
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -16,7 +18,7 @@ from runner.errors import (
 from runner.executor import describe_error
 from runner.item_size import MAX_ITEM_BYTES, item_size, value_size
 from runner.local import demo_tasks
-from runner.model import TaskStatus, can_transition, status_shard
+from runner.model import TRANSITIONS, TaskStatus, can_transition, status_shard
 from runner.registry import TaskDefinition, TaskRegistry
 from tasks import build_registry
 
@@ -35,6 +37,23 @@ def test_transitions_allow_only_the_documented_moves() -> None:
     assert not can_transition(TaskStatus.DONE, TaskStatus.PROCESSING)
     assert can_transition(TaskStatus.FAILED, TaskStatus.RETRYING)
     assert can_transition(TaskStatus.RETRYING, TaskStatus.PROCESSING)
+    # The store fails a PENDING task it cannot read or run (fail_unreadable,
+    # fail_oversized) and redrives a handed-off one whose execution ended unclaimed.
+    assert can_transition(TaskStatus.PENDING, TaskStatus.FAILED)
+    assert can_transition(TaskStatus.PENDING, TaskStatus.RETRYING)
+
+
+def test_the_readmes_status_table_lists_exactly_the_models_transitions() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`[A-Z]+`", cells[0]):
+            status = cells[0].strip("`")
+            if status in {s.value for s in TaskStatus}:
+                # A move to the same status (a new episode) is no transition.
+                documented[status] = set(re.findall(r"`([A-Z]+)`", cells[2])) - {status}
+    assert documented == {s.value: {t.value for t in targets} for s, targets in TRANSITIONS.items()}
 
 
 def test_status_shard_is_stable_and_spread() -> None:

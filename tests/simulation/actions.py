@@ -1,0 +1,381 @@
+"""What can happen to a simulated deployment, one step at a time: producers insert tasks,
+mappings deliver stream batches, the schedule runs the sweeper, executions take a step,
+an operator redrives a task, time passes, TTL deletes finished tasks. The state
+machine's rules call these; `quiesce` runs them on its own once the faults stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from runner.client import TaskRunnerClient
+from runner.items import serialize
+from runner.local.scheduler import rate_seconds
+from tests.simulation.lambdas import Invocation
+from tests.simulation.world import CLI, PRODUCER, TaskInfo, World
+
+# Task types of tests.simulation.sim_tasks and the inputs a seed picks from.
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "SIM_SYNC": [{}],
+    "SIM_ASYNC": [{"seconds": 1}, {"seconds": 20}],
+    "SIM_SLOW": [{"seconds": 10}, {"seconds": 45}, {"seconds": 150}, {"seconds": 700}],
+    "SIM_SLOW_ASYNC": [{"seconds": 10}, {"seconds": 45}, {"seconds": 150}],
+    "SIM_LONG": [{"seconds": 200}, {"seconds": 400}],
+    "SIM_FLAKY": [{"fail_times": 1}, {"fail_times": 2}, {"fail_times": 6}],
+    "SIM_LOCAL_RETRY": [
+        {"seconds": 50, "fail_times": 2},
+        {"seconds": 50, "fail_times": 9},
+        {"seconds": 70},  # past its 60 s timeout: the timed-out try is retried in-process
+    ],
+    "SIM_PERMANENT": [{}],
+    # Near DynamoDB's 400 KB: the failure (error + attempt record) may not fit.
+    "SIM_LARGE": [
+        {"blob": 300_000, "outcome": "fail", "fail_times": 1},
+        {"blob": 407_500, "outcome": "fail", "fail_times": 1},
+        {"blob": 409_000},
+        {"blob": 150_000, "result_bytes": 255_000},
+    ],
+    "SIM_ODD_RESULT": [{"outcome": "nan"}, {"outcome": "huge"}],
+}
+TYPES = tuple(VARIANTS)
+SHAPES = ("client", "client", "raw", "malformed")
+# How far `advance` moves the clock.
+STEPS = {"tick": 1.0, "short": 30.0, "minute": 61.0, "hour": 3601.0}
+# Missed scheduled runs collapse to this many (a jump of days is not thousands of sweeps).
+MAX_DUE_RUNS = 16
+# Give up waiting for the system to settle after this long without faults.
+QUIET_HORIZON = 2 * 24 * 3600.0
+# Before that, faults still armed may strike for this long.
+FAULT_PHASE = 2 * 3600.0
+
+
+def _data(task_type: str, variant: int, nonce: str) -> dict[str, Any]:
+    options = VARIANTS[task_type]
+    data = dict(options[variant % len(options)])
+    if "blob" in data:
+        data["blob"] = "b" * int(data["blob"])
+    return {**data, "nonce": nonce}
+
+
+def is_final(item: dict[str, Any] | None) -> bool:
+    """DONE; FAILED permanently; FAILED with retries exhausted."""
+    if not item:
+        return False
+    if item.get("status") == "DONE":
+        return True
+    if item.get("status") != "FAILED":
+        return False
+    return bool(item.get("retries_exhausted")) or item.get("retryable") is not True
+
+
+# --- producers -------------------------------------------------------------------------
+
+
+def create_task(
+    world: World, task_type: str, variant: int, shape: str, task_id: str | None = None
+) -> TaskInfo | None:
+    task_id = task_id or f"t{len(world.tasks) + 1}"
+    nonce = f"n{world.ledger.next_seq()}"
+    data = _data(task_type, variant, nonce)
+    if shape == "client":
+        world.lambdas.invoke(
+            PRODUCER,
+            None,
+            choice=0,
+            call=lambda app: TaskRunnerClient(app).create_task(task_type, data, task_id=task_id),
+        )
+    else:
+        item: dict[str, Any] = {"id": task_id, "type": task_type, "status": "PENDING", "data": data}
+        if shape == "malformed":
+            item["data"] = "not a map"
+        try:
+            world.raw.dynamodb.put_item(
+                TableName=world.table,
+                Item=serialize(item),
+                ConditionExpression="attribute_not_exists(id)",
+            )
+        except Exception:
+            return None
+        world.log_outside_write(task_id, "producer:PutItem", "producer", None, item)
+    stored = world.snapshot(task_id)
+    world.items[task_id] = stored
+    if stored is None:
+        return None
+    stored_nonce = (
+        stored.get("data", {}).get("nonce") if isinstance(stored.get("data"), dict) else None
+    )
+    if shape != "malformed" and stored_nonce != nonce:
+        return None
+    info = TaskInfo(task_id, nonce, task_type, shape, world.clock.t)
+    world.tasks[task_id] = info
+    world.ttl_deleted.discard(task_id)
+    return info
+
+
+# --- Lambda: stream batches, the schedule, executions ---------------------------------------
+
+
+def deliver(
+    world: World, index: int, skip: int, take: int, choice: int | None
+) -> Invocation | None:
+    """The next batch of a mapping with a lane free (ParallelizationFactor), to its
+    function."""
+    ready = [q for q in world.queues if q.deliverable()]
+    if not ready:
+        return None
+    queue = ready[index % len(ready)]
+    batch = queue.next_batch(world.clock.t, skip=skip, take=take)
+    if batch is None:
+        return None
+
+    def settle(invocation: Invocation) -> None:
+        queue.settle(
+            batch,
+            world.clock.t,
+            function_error=invocation.outcome != "ok",
+            response=invocation.result,
+        )
+
+    return world.lambdas.start(
+        queue.function, {"Records": batch.records}, choice=choice, on_done=settle
+    )
+
+
+class Schedules:
+    """The template's scheduled rules on the virtual clock (EventBridge)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.periods = {s.logical_id: rate_seconds(s.expression) for s in world.topology.schedules}
+        start = world.clock.t
+        self.next_at = {k: (start // p + 1) * p for k, p in self.periods.items()}
+        self.due: list[tuple[float, str]] = []
+
+    def catch_up(self) -> None:
+        now = self.world.clock.t
+        for key, period in self.periods.items():
+            while self.next_at[key] <= now:
+                self.due.append((self.next_at[key], key))
+                self.next_at[key] += period
+        self.due.sort()
+        self.due = self.due[-MAX_DUE_RUNS:]
+
+    def next_time(self) -> float | None:
+        return min(self.next_at.values()) if self.next_at else None
+
+    def run_next(self, choice: int | None) -> Invocation | None:
+        self.catch_up()
+        if not self.due:
+            return None
+        scheduled, key = self.due.pop(0)
+        schedule = next(s for s in self.world.topology.schedules if s.logical_id == key)
+        function = self.world.topology.functions[schedule.function_logical_id]
+        event = {
+            "version": "0",
+            "id": f"sched-{int(scheduled)}",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "time": datetime.fromtimestamp(scheduled, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": "us-east-1",
+            "resources": [f"rule/{key}"],
+            "detail": {},
+        }
+        return self.world.lambdas.start(function, event, choice=choice)
+
+
+def step_execution(world: World, index: int, choice: int | None) -> bool:
+    due = world.sfn.due()
+    if not due:
+        return False
+    world.sfn_choice = choice
+    world.sfn.step(due[index % len(due)])
+    return True
+
+
+# --- people and time ---------------------------------------------------------------------
+
+
+def retry_task(world: World, task_id: str, choice: int) -> Invocation:
+    return world.lambdas.invoke(
+        CLI, None, choice=choice, call=lambda app: TaskRunnerClient(app).retry_task(task_id)
+    )
+
+
+def next_event_time(world: World, schedules: Schedules) -> float | None:
+    times = [t for t in (world.sfn.next_time(), schedules.next_time()) if t is not None]
+    return min(times) if times else None
+
+
+def advance(world: World, schedules: Schedules, how: str) -> None:
+    """Let time pass: up to a target, the next scheduled thing, or an invocation's end."""
+    now = world.clock.t
+    if how in STEPS:
+        target = now + STEPS[how]
+    else:  # "next": the next execution step or scheduled run
+        found = next_event_time(world, schedules)
+        target = found if found is not None else now + 1
+    run_until(world, schedules, max(target, now))
+
+
+def stall(world: World, schedules: Schedules, how: str) -> None:
+    """Only running invocations move while the clock passes the next lease (or an hour)."""
+    now = world.clock.t
+    if how == "lease":
+        leases = [
+            float(item["lease_expires_at"])
+            for item in world.items.values()
+            if item and item.get("status") == "PROCESSING" and "lease_expires_at" in item
+        ]
+        target = min(leases) + 1 if leases else now + STEPS["short"]
+    else:
+        target = now + STEPS[how]
+    world.scheduler.run_until(max(target, now))
+    schedules.catch_up()
+
+
+def run_until(world: World, schedules: Schedules, target: float) -> None:
+    """Move the clock to `target`, stopping early at the next scheduled thing, when an
+    invocation finishes or when the table changes (its stream has news for the
+    mappings): the caller decides what happens then."""
+    upcoming = next_event_time(world, schedules)
+    if upcoming is not None:
+        target = min(target, max(upcoming, world.clock.t))
+    finished, writes = len(world.lambdas.finished), len(world.ledger.writes)
+
+    def news() -> bool:
+        return len(world.lambdas.finished) > finished or len(world.ledger.writes) > writes
+
+    world.scheduler.run_until(target, stop=news)
+    schedules.catch_up()
+
+
+def settled(world: World) -> bool:
+    if any(q.busy() for q in world.queues) or world.sfn.running() or world.lambdas.running():
+        return False
+    return all(
+        is_final(world.items.get(info.id)) for info in world.tasks.values() if not info.deleted
+    )
+
+
+def quiet(world: World) -> bool:
+    """Nothing in flight: no stream record to deliver, no execution, no invocation."""
+    return not (
+        any(q.busy() for q in world.queues) or world.sfn.running() or world.lambdas.running()
+    )
+
+
+def expire_by_ttl(world: World, schedules: Schedules) -> list[str]:
+    """Jump past the latest expiry and delete what TTL deletes (only with nothing in
+    flight, so a month passing does not also starve work in flight)."""
+    attribute = world.topology.table.ttl_attribute
+    if not attribute or not quiet(world):
+        return []
+    expiries = [
+        float(item[attribute]) for item in world.items.values() if item and attribute in item
+    ]
+    if not expiries:
+        return []
+    world.clock.advance_to(max(expiries) + 3600)
+    schedules.catch_up()
+    deleted = []
+    for task_id, item in list(world.items.items()):
+        if item and attribute in item and float(item[attribute]) <= world.clock.t:
+            world.raw.dynamodb.delete_item(TableName=world.table, Key=serialize({"id": task_id}))
+            world.ttl_deleted.add(task_id)
+            world.log_outside_write(task_id, "TTL:DeleteItem", "dynamodb", item, None)
+            info = world.tasks.get(task_id)
+            if info is not None:
+                info.deleted, info.final_when_deleted = True, is_final(item)
+            deleted.append(task_id)
+    return deleted
+
+
+# --- the quiet period ----------------------------------------------------------------------
+
+
+def recovery_bound(world: World, schedules: Schedules) -> float:
+    """The README's bound for I3: one lease + one sweep period + one orphan-scan rotation."""
+    from runner import executor
+
+    grace = float(getattr(executor, "LEASE_GRACE_SECONDS", 30.0))
+    apps = [e.app for e in world.lambdas.all_envs()]
+    registry = apps[0].registry if apps else None
+    longest = max((d.timeout_seconds for d in registry), default=300.0) if registry else 900.0
+    period = max(schedules.periods.values(), default=300.0)
+    segments = max((a.settings.orphan_scan_segments for a in apps), default=13)
+    return longest + grace + period + segments * period
+
+
+def quiesce(world: World, schedules: Schedules, *, max_steps: int = 4000) -> None:
+    """Run everything as AWS would: first with the faults still armed (for at most
+    FAULT_PHASE of virtual time, so that faults armed on tasks the steps left waiting
+    still strike), then with no fault at all until all is settled or stuck for good."""
+    phase_end = world.clock.t + FAULT_PHASE
+
+    def spent() -> bool:  # no armed fault can strike any more, and no storm is raging
+        if world.faults.storms:
+            return False
+        live = {t.id for t in world.tasks.values() if not is_final(world.items.get(t.id))}
+        return settled(world) or not any(a.task in live for a in world.faults.armed)
+
+    _drive(world, schedules, until=spent, horizon=phase_end, max_steps=max_steps)
+    world.faults.stop()
+    world.fault_stop_at = world.clock.t
+    bound = recovery_bound(world, schedules)
+
+    period = max(schedules.periods.values(), default=300.0)
+
+    def stuck() -> bool:
+        if settled(world):
+            return True
+        if world.sfn.running() or world.lambdas.running():
+            return False
+        stopped = world.fault_stop_at or world.clock.t
+        last_write = world.ledger.writes[-1].at if world.ledger.writes else stopped
+        quiet_for = world.clock.t - max(last_write, stopped)
+        # Nothing moves and nothing will: what is left is stranded. That is certain once
+        # the README's bound has passed quietly; sooner when no lease is still to expire
+        # and no PENDING task waits for the orphan scan's rotation.
+        waiting = [
+            item
+            for item in world.items.values()
+            if item
+            and (
+                item.get("status") == "PENDING"
+                or (
+                    item.get("status") == "PROCESSING"
+                    and float(item.get("lease_expires_at", 0)) >= world.clock.t - period
+                )
+            )
+        ]
+        return quiet_for > bound or (not waiting and quiet_for > 2 * period)
+
+    _drive(
+        world, schedules, until=stuck, horizon=world.clock.t + QUIET_HORIZON, max_steps=max_steps
+    )
+
+
+def _drive(
+    world: World,
+    schedules: Schedules,
+    *,
+    until: Callable[[], bool],
+    horizon: float,
+    max_steps: int,
+) -> None:
+    for _ in range(max_steps):
+        world.pump()
+        if any(q.deliverable() for q in world.queues):
+            deliver(world, 0, 0, 10_000, None)
+            continue
+        if step_execution(world, 0, None):
+            continue
+        schedules.catch_up()
+        if schedules.due:
+            schedules.run_next(None)
+            continue
+        if until() or world.clock.t > horizon:
+            return
+        run_until(world, schedules, horizon)
