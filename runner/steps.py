@@ -58,19 +58,22 @@ class StepRecorder:
         self._map_exists = task.steps is not None
         self._used: set[str] = set()
         # The first record creates the map; later ones add to it: one write at a time.
-        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        # What is known, never held across a call: the runner reads it after a handler
+        # that timed out, whose thread may still be in a write.
+        self._state = threading.Lock()
         self.offloaded = False
 
     @property
     def steps(self) -> dict[str, StepRecord] | None:
         """The steps as the item now holds them (None: it has no map)."""
-        with self._lock:
+        with self._state:
             return dict(self._recorded) if self._map_exists else None
 
     def begin(self, name: Any) -> StepRecord | None:
         """Start step `name` in this attempt: its record if an earlier attempt made one."""
         name = check_name(name)
-        with self._lock:
+        with self._state:
             if name in self._used:
                 raise StepError(f"step {name!r} was already used in this attempt")
             self._used.add(name)
@@ -98,7 +101,9 @@ class StepRecorder:
                 f"step {name!r}: its result is {size} bytes; the cap is {MAX_PAYLOAD_BYTES}"
             )
         payloads = self.store.payloads
-        with self._lock:
+        with self._writing:
+            with self._state:
+                recorded, map_exists = dict(self._recorded), self._map_exists
             record = StepRecord(
                 completed_at=iso(self.store.clock()),
                 attempt=self.task.attempts,
@@ -106,7 +111,7 @@ class StepRecorder:
                 result=value,
             )
             projected = task_to_item(
-                self.task.model_copy(update={"steps": {**self._recorded, name: record}})
+                self.task.model_copy(update={"steps": {**recorded, name: record}})
             )
             inline = size <= INLINE_MAX_BYTES and producer_size(projected) <= MAX_INSERT_BYTES
             if not inline:
@@ -121,7 +126,7 @@ class StepRecorder:
                 )
                 record = record.model_copy(update={"result": payloads.put(key, value)})
                 projected = task_to_item(
-                    self.task.model_copy(update={"steps": {**self._recorded, name: record}})
+                    self.task.model_copy(update={"steps": {**recorded, name: record}})
                 )
                 if producer_size(projected) > MAX_INSERT_BYTES:
                     payloads.delete(record.result)
@@ -131,7 +136,7 @@ class StepRecorder:
                     self.task,
                     name,
                     record,
-                    steps_exist=self._map_exists,
+                    steps_exist=map_exists,
                     offloaded=not inline,
                 )
             except StepNotRecorded:
@@ -142,11 +147,13 @@ class StepRecorder:
                 if not inline:
                     # The write may have applied (its reply lost): keep the object; the
                     # outcome marks the item as having payloads, so it goes with the task.
-                    self.offloaded = True
+                    with self._state:
+                        self.offloaded = True
                 raise
-            self._recorded[name] = record
-            self._map_exists = True
-            self.offloaded = self.offloaded or not inline
+            with self._state:
+                self._recorded[name] = record
+                self._map_exists = True
+                self.offloaded = self.offloaded or not inline
         return value
 
 

@@ -39,6 +39,7 @@ class OutcomeWrites(StoreBase):
         new_episode: bool = False,
         lease_until: int | None = None,
         offload: bool = False,
+        refund_attempt: bool = False,
     ) -> Task:
         """PROCESSING → DONE/FAILED/RETRYING, only while this claim (attempt) still holds.
 
@@ -50,6 +51,8 @@ class OutcomeWrites(StoreBase):
         permanently, with a short `ResultNotStorable` error. `lease_until` keeps a lease
         on the outcome (epoch seconds): an attempt whose handler could not be stopped
         holds the task until its process can no longer act; every claim waits for it.
+        `refund_attempt`: the attempt failed for the infrastructure's sake (S3), so it does
+        not count against the episode's attempts.
         """
         if result is not None:
             try:
@@ -83,6 +86,11 @@ class OutcomeWrites(StoreBase):
         if error is not None:
             error = bounded_error(error)
             attempt = attempt.model_copy(update={"error": error})
+            # S3 failed (reading the input, writing the result), not the task: a workflow
+            # attempt is not counted, and is retried as an infrastructure failure.
+            refund_attempt = refund_attempt or (
+                status is S.RETRYING and error.type == PayloadUnavailable.__name__
+            )
         now = self.clock()
         sets: dict[str, Any] = {
             **self._status_sets(task.id, status, now),
@@ -144,6 +152,7 @@ class OutcomeWrites(StoreBase):
                 task.id,
                 sets,
                 removes=tuple(removes),
+                adds={"episode_attempts": -1} if refund_attempt else None,
                 condition="#status = :processing AND claim_token = :token",
                 values={":processing": S.PROCESSING.value, ":token": task.claim_token},
                 return_old_on_conflict=True,
@@ -195,7 +204,8 @@ class OutcomeWrites(StoreBase):
         lease_until: int | None,
     ) -> Task:
         """The result could not be put in the payload bucket: a retryable failure (the
-        workflow's RETRYING, else FAILED in a new episode), never a lost task."""
+        workflow's RETRYING, its attempt not counted: the workflow retries it as an
+        infrastructure failure; else FAILED in a new episode), never a lost task."""
         error = TaskErrorInfo(
             type=PayloadUnavailable.__name__,
             message=f"the task's result could not be stored in the payload bucket: {exc}",

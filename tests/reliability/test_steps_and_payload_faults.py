@@ -155,13 +155,22 @@ def test_s3_unavailable_while_writing_a_result_ends_retryable_not_lost(papp: App
 
 def test_s3_unavailable_in_a_workflow_attempt_is_retried_by_the_workflow(papp: App) -> None:
     app = papp
-    task = TaskRunnerClient(app).create_task("BLOB_TASK", {"result_bytes": MB, "fail_times": 1})
+    task = TaskRunnerClient(app).create_task(
+        "BLOB_TASK", {"blob": "w" * MB, "result_bytes": MB, "fail_times": 1}
+    )
     app.runner.run_pending(task.id, source=ClaimSource.STREAM)
-    from runner.errors import TaskRetryableError
+    from runner.errors import TaskInfrastructureError
 
-    with s3_down(app, "PutObject"), pytest.raises(TaskRetryableError, match="payload bucket"):
+    # S3 failed, not the task: retried on the infrastructure schedule, the attempt not
+    # counted against the task's own (a long outage does not exhaust its retries)
+    with s3_down(app, "PutObject"), pytest.raises(TaskInfrastructureError, match="payload"):
         app.attempts.run(AttemptInput(task.id, 1, "BLOB_TASK"))
-    assert app.store.get(task.id).status is TaskStatus.RETRYING
+    waiting = app.store.get(task.id)
+    assert waiting.status is TaskStatus.RETRYING and waiting.episode_attempts == 0
+    with s3_down(app, "GetObject"), pytest.raises(TaskInfrastructureError):
+        app.attempts.run(AttemptInput(task.id, 1, "BLOB_TASK"))  # reading its input
+    assert app.store.get(task.id).episode_attempts == 0
+    assert app.attempts.run(AttemptInput(task.id, 1, "BLOB_TASK")).status is TaskStatus.DONE
 
 
 def test_s3_unavailable_while_reading_an_input_ends_retryable(papp: App) -> None:
