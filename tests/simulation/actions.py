@@ -7,13 +7,12 @@ machine's rules call these; `quiesce` runs them on its own once the faults stop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from runner.client import TaskRunnerClient
 from runner.items import serialize
-from runner.local.scheduler import rate_seconds
 from tests.simulation.lambdas import Invocation
+from tests.simulation.schedules import Schedules
 from tests.simulation.world import CLI, PRODUCER, TaskInfo, World
 
 # Task types of tests.simulation.sim_tasks and the inputs a seed picks from.
@@ -46,8 +45,6 @@ TYPES = tuple(VARIANTS)
 SHAPES = ("client", "client", "raw", "malformed")
 # How far `advance` moves the clock.
 STEPS = {"tick": 1.0, "short": 30.0, "minute": 61.0, "hour": 3601.0}
-# Missed scheduled runs collapse to this many (a jump of days is not thousands of sweeps).
-MAX_DUE_RUNS = 16
 # Give up waiting for the system to settle after this long without faults.
 QUIET_HORIZON = 2 * 24 * 3600.0
 # Before that, faults still armed may strike for this long.
@@ -145,48 +142,6 @@ def deliver(
     return world.lambdas.start(
         queue.function, {"Records": batch.records}, choice=choice, on_done=settle
     )
-
-
-class Schedules:
-    """The template's scheduled rules on the virtual clock (EventBridge)."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.periods = {s.logical_id: rate_seconds(s.expression) for s in world.topology.schedules}
-        start = world.clock.t
-        self.next_at = {k: (start // p + 1) * p for k, p in self.periods.items()}
-        self.due: list[tuple[float, str]] = []
-
-    def catch_up(self) -> None:
-        now = self.world.clock.t
-        for key, period in self.periods.items():
-            while self.next_at[key] <= now:
-                self.due.append((self.next_at[key], key))
-                self.next_at[key] += period
-        self.due.sort()
-        self.due = self.due[-MAX_DUE_RUNS:]
-
-    def next_time(self) -> float | None:
-        return min(self.next_at.values()) if self.next_at else None
-
-    def run_next(self, choice: int | None) -> Invocation | None:
-        self.catch_up()
-        if not self.due:
-            return None
-        scheduled, key = self.due.pop(0)
-        schedule = next(s for s in self.world.topology.schedules if s.logical_id == key)
-        function = self.world.topology.functions[schedule.function_logical_id]
-        event = {
-            "version": "0",
-            "id": f"sched-{int(scheduled)}",
-            "detail-type": "Scheduled Event",
-            "source": "aws.events",
-            "time": datetime.fromtimestamp(scheduled, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": "us-east-1",
-            "resources": [f"rule/{key}"],
-            "detail": {},
-        }
-        return self.world.lambdas.start(function, event, choice=choice)
 
 
 def step_execution(world: World, index: int, choice: int | None) -> bool:

@@ -28,6 +28,7 @@ from tests.simulation import actions
 from tests.simulation.faults import TABLE_WIDE, FaultKind
 from tests.simulation.fibers import EPOCH
 from tests.simulation.invariants import Checker, Violation
+from tests.simulation.schedules import Schedules
 from tests.simulation.topology import Topology
 from tests.simulation.virtual import virtualized
 from tests.simulation.world import RawClients, TaskInfo, World
@@ -85,7 +86,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         campaign.counter += 1
         self.started = time.perf_counter()
         self.world = World(campaign.topology, campaign.raw, seed=seed, number=campaign.counter)
-        self.schedules = actions.Schedules(self.world)
+        self.schedules = Schedules(self.world)
         self.checker = Checker(self.world)
         self._virtual = virtualized(self.world.scheduler, random.Random(seed))
         self._virtual.__enter__()
@@ -158,6 +159,12 @@ class ProtocolMachine(RuleBasedStateMachine):
     @rule(env=ENV_CHOICES)
     def scheduled_run(self, env: int) -> None:
         self.schedules.run_next(env)
+
+    @precondition(lambda self: self.world is not None and bool(self.schedules.fired))
+    @rule(index=st.integers(0, 7), env=ENV_CHOICES)
+    def scheduled_again(self, index: int, env: int) -> None:
+        """A scheduled run's event is delivered a second time (at-least-once)."""
+        self.schedules.again(index, env)
 
     @precondition(lambda self: self.world is not None and bool(self.world.sfn.due()))
     @rule(index=st.integers(0, 3), env=ENV_CHOICES)

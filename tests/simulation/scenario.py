@@ -13,6 +13,7 @@ from tests.simulation import actions, known_defects
 from tests.simulation.campaign import aws_sandbox
 from tests.simulation.faults import FaultKind
 from tests.simulation.invariants import Checker, Violation
+from tests.simulation.schedules import Schedules
 from tests.simulation.topology import load_topology
 from tests.simulation.virtual import virtualized
 from tests.simulation.world import RawClients, TaskInfo, World
@@ -23,7 +24,7 @@ _TABLES = [0]
 @dataclass
 class Sim:
     world: World
-    schedules: actions.Schedules
+    schedules: Schedules
     checker: Checker
 
     def create(
@@ -97,7 +98,7 @@ def simulated(seed: int = 1, raw: RawClients | None = None) -> Iterator[Sim]:
             raw = stack.enter_context(aws_sandbox())
         _TABLES[0] += 1
         world = World(load_topology(), raw, seed=seed, number=_TABLES[0])
-        sim = Sim(world, actions.Schedules(world), Checker(world))
+        sim = Sim(world, Schedules(world), Checker(world))
         with virtualized(world.scheduler, random.Random(seed)):
             try:
                 yield sim

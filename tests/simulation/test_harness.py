@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from runner.local.stream_records import sequence_number
 from tests.simulation import asl
 from tests.simulation.executions import Execution
-from tests.simulation.faults import FaultKind, FaultPlan
+from tests.simulation.faults import TABLE_WIDE, FaultKind, FaultPlan
 from tests.simulation.fibers import EPOCH, Running, Scheduler, SimClock, SimTimeout
 from tests.simulation.scenario import simulated
 from tests.simulation.stepfunctions import NAME_RESERVED_SECONDS, StepFunctionsService
@@ -381,3 +381,16 @@ def test_an_async_handlers_abandoned_thread_ends_its_environment_and_nothing_els
         assert {e.env for e in starts} == {e.env for e in starts if e.env != "?"}  # on fibers
         assert sim.item(other.id)["status"] == "DONE"
         assert [v.describe() for v in sim.violations()] == []
+
+
+def test_a_failed_scheduled_run_is_retried_a_minute_later_and_may_come_twice() -> None:
+    with simulated() as sim:
+        sim.world.faults.arm(TABLE_WIDE, FaultKind.CRASH_BEFORE, 1)  # the first sweep's call
+        sim.run_for(300 + 61 + 5)
+        finished = sim.world.lambdas.finished
+        sweeps = [i for i in finished if i.function.logical_id.startswith("Sweep")]
+        assert [i.outcome for i in sweeps[:2]] == ["crash", "ok"]
+        assert sweeps[0].event["id"] == sweeps[1].event["id"]  # Lambda's retry: the same event
+        assert sweeps[1].started - (sweeps[0].ended or 0) >= 60
+        again = sim.schedules.again(0, None)
+        assert again is not None and again.event["id"] == sweeps[0].event["id"]
