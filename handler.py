@@ -80,7 +80,7 @@ def route_failed(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"batchItemFailures": []}
     # Its mapping's second filter: items with payload objects, removed (TTL): delete them.
     removed = [r for r in records if isinstance(r, dict) and r.get("eventName") == "REMOVE"]
-    changed = [r for r in records if r not in removed]
+    changed = [r for r in records if not (isinstance(r, dict) and r.get("eventName") == "REMOVE")]
     app = get_app()
     with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
         response = app.workflow.route(changed).response() if changed else {"batchItemFailures": []}

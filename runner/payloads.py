@@ -216,6 +216,11 @@ class PayloadStore:
         if not is_reference(value):
             return value
         inner = value[REFERENCE_KEY]
+        if self.bucket is None:
+            raise PayloadUnavailable(
+                "the task has an offloaded payload and no payload bucket is configured: set"
+                " TASK_RUNNER_PAYLOAD_BUCKET (the stack's output PayloadBucketName)"
+            )
         if inner["bucket"] != self.bucket:
             raise PayloadCorrupt("payload reference names a bucket that is not the runner's")
         try:

@@ -106,6 +106,9 @@ class OutcomeWrites(StoreBase):
             sets["expires_at"] = self._expiry(now)
         if result is not None:
             sets["result"] = result
+        if task.payloads:
+            # A step's object whose record's reply was lost: the item must say it has some.
+            sets["payloads"] = True
         if error is not None:
             sets["error"] = error.model_dump(mode="json")
             sets["retryable"] = error.retryable
