@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 DEADLINE_MARGIN_SECONDS = runtime.DEADLINE_MARGIN_SECONDS
 # Used when there is no Lambda context (local runs, tests).
 NO_CONTEXT_SECONDS = 900.0
+# run_task's error messages are cut to this before they leave the Lambda: Step Functions
+# puts the error in the Catch's `$.error`, and a state's data over 256 KiB fails the
+# execution with States.DataLimitExceeded, which `States.ALL` does not catch.
+ERROR_MESSAGE_MAX_BYTES = 8 * 1024
 
 
 def _remaining(context: Any) -> float:
@@ -67,15 +71,25 @@ def process_stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @tracing.lambda_handler
 def route_failed(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """DynamoDB stream (MODIFY to FAILED, retryable) → one retry execution per episode."""
+    """DynamoDB stream (MODIFY to FAILED, retryable) → one retry execution per episode;
+    (REMOVE of an item with payload objects) → its objects deleted."""
     from runner.app import get_app
 
     _log_context(context)
+    from runner.payload_cleanup import delete_removed
+
     records = event.get("Records") if isinstance(event, dict) else None
     if not isinstance(records, list):
         return {"batchItemFailures": []}
+    # Its mapping's second filter: items with payload objects, removed (TTL): delete them.
+    removed = [r for r in records if isinstance(r, dict) and r.get("eventName") == "REMOVE"]
+    changed = [r for r in records if not (isinstance(r, dict) and r.get("eventName") == "REMOVE")]
+    app = get_app()
     with aws_deadline(_remaining(context) - DEADLINE_MARGIN_SECONDS):
-        return get_app().workflow.route(records).response()
+        response = app.workflow.route(changed).response() if changed else {"batchItemFailures": []}
+        failed = delete_removed(app.store.payloads, removed) if removed else []
+    response["batchItemFailures"] += [{"itemIdentifier": s} for s in failed]
+    return response
 
 
 @tracing.lambda_handler
@@ -148,6 +162,11 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 return _for_the_previous_definition(exc, given, remaining)
     except Exception as exc:
         if isinstance(exc, signals):
+            message = str(exc)
+            if len(message.encode()) > ERROR_MESSAGE_MAX_BYTES:
+                from runner.limits import cut
+
+                raise type(exc)(cut(message, ERROR_MESSAGE_MAX_BYTES)) from None
             raise
         get_logger().error(
             "run_task failed", extra={"task_id": task_id, "error_type": type(exc).__name__}

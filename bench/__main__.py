@@ -37,6 +37,9 @@ SECTIONS = {
     "10": "bench.metrics",
     "11": "bench.wait_latency",
     "12": "bench.delays",
+    "13": "bench.steps",
+    "14": "bench.payloads",
+    "15": "bench.payload_memory",
     "4": "bench.local_stack",
 }
 
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             crashed.append(module_name)
             traceback.print_exc()
         timings[module_name] = round(time.perf_counter() - section_started, 1)
-    figures.sort(key=lambda f: f.section)
+    # By section number: "10. ..." after "9. ...".
+    figures.sort(key=lambda f: (int(f.section.split(".")[0]), f.section))
     print()
     print_table(figures)
     total = time.perf_counter() - started

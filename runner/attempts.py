@@ -17,6 +17,7 @@ from typing import Any
 from runner import metrics
 from runner.errors import (
     ItemTooLarge,
+    PayloadUnavailable,
     RetriesExhausted,
     TaskCancelled,
     TaskConflict,
@@ -104,6 +105,10 @@ class WorkflowAttempts:
         remaining_seconds = left
         outcome = self.runner.run_claimed(task, ClaimSource.WORKFLOW, remaining_seconds)
         if outcome.status is S.RETRYING:
+            if outcome.error is not None and outcome.error.type == PayloadUnavailable.__name__:
+                # S3 failed, not the task (the attempt was not counted): the state machine
+                # retries it on its infrastructure schedule.
+                raise TaskInfrastructureError(outcome.error.message)
             if allowed is None:
                 found = self.runner.definition_or_none(task.type)
                 allowed = found.max_attempts if found else 1

@@ -141,15 +141,20 @@ class Cli(_Commands):
         follow: Annotated[
             bool, Field(description="print each change of status or progress on stderr")
         ] = False,
+        payloads: Annotated[
+            bool,
+            Field(description="load offloaded payloads from the payload bucket in full"),
+        ] = False,
     ) -> dict[str, Any]:
         """Show a task: status, data, result or error, progress, attempts, attempt log,
-        executions; --wait SECONDS for it to be final (exit 0 DONE, 2 FAILED, 3
-        CANCELLED, 4 not found, 124 timed out), --follow to print its progress."""
+        steps, executions; --wait SECONDS for it to be final (exit 0 DONE, 2 FAILED, 3
+        CANCELLED, 4 not found, 124 timed out), --follow to print its progress,
+        --payloads to load offloaded payloads in full, not their references."""
         if wait is not None or follow:
             from runner.cli_control import wait_document
 
             return wait_document(self._get_client(), task_id, wait, follow=follow)
-        return _dump(self._get_client().get_task(task_id))
+        return _dump(self._get_client().get_task(task_id, payloads=payloads))
 
     def cancel_task(self, task_id: TaskId) -> dict[str, Any]:
         """Cancel a task: PENDING, SCHEDULED, FAILED awaiting retry or RETRYING end
@@ -174,9 +179,15 @@ class Cli(_Commands):
         tasks, next_cursor = self._get_client().list_tasks(status, limit=limit, cursor=cursor)
         return {"tasks": [_dump(t) for t in tasks], "next_cursor": next_cursor}
 
-    def retry_task(self, task_id: TaskId) -> dict[str, Any]:
+    def retry_task(
+        self,
+        task_id: TaskId,
+        reset_steps: Annotated[
+            bool, Field(description="clear the task's recorded steps, so every step runs again")
+        ] = False,
+    ) -> dict[str, Any]:
         """Redrive a FAILED task (retries exhausted or not) through the retry workflow."""
-        return self._get_client().retry_task(task_id)
+        return self._get_client().retry_task(task_id, reset_steps=reset_steps)
 
     def export_link(
         self,
@@ -213,6 +224,7 @@ class Cli(_Commands):
             "type": task.type,
             "status": task.status.value,
             "attempts": [a.model_dump(mode="json", exclude_none=True) for a in task.attempt_log],
+            "steps": step_summary(task),
             "retries_exhausted": task.retries_exhausted,
             "executions": executions,
         }
@@ -263,6 +275,23 @@ class Cli(_Commands):
                 f" {TASK_MODULES_HINT}"
             )
         return report
+
+
+def step_summary(task: Task) -> list[dict[str, Any]]:
+    """A task's recorded steps, oldest first: name, when, on which attempt, result size."""
+    from runner.payloads import is_reference
+
+    steps = sorted((task.steps or {}).items(), key=lambda item: item[1].completed_at)
+    return [
+        {
+            "name": name,
+            "completed_at": record.completed_at,
+            "attempt": record.attempt,
+            "bytes": record.bytes,
+            "offloaded": is_reference(record.result),
+        }
+        for name, record in steps
+    ]
 
 
 def default_client(registry: TaskRegistry) -> TaskRunnerClient:

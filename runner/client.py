@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -12,10 +13,19 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from runner.app import App
-from runner.errors import InvalidTaskInput, TaskConflict, UnknownTaskType
+from runner.errors import (
+    InvalidTaskInput,
+    ItemTooLarge,
+    PayloadTooLarge,
+    PayloadUnavailable,
+    TaskConflict,
+    UnknownTaskType,
+)
 from runner.executor import Outcome
-from runner.items import iso
+from runner.items import iso, task_to_item
+from runner.limits import insert_problem
 from runner.model import ClaimSource, Task, TaskStatus
+from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, encoded_size
 from runner.registry import TaskDefinition, is_type_name, stored_name
 
 # Looks at a task that changes under a redrive before giving up.
@@ -56,6 +66,10 @@ class TaskRunnerClient:
         With `idempotency_key`, the id is made from the key (`runner.idempotency`): a
         second create with the same key returns the task it made, whatever its status;
         other input raises IdempotencyConflict.
+
+        An input over `runner.payloads.INLINE_MAX_BYTES` (or too large for its item) is
+        put in the payload bucket first and the item holds its reference; one over
+        `MAX_PAYLOAD_BYTES` is refused (PayloadTooLarge) before anything is written.
         """
         if idempotency_key is not None and task_id is not None:
             raise ValueError("give a task_id or an idempotency_key, not both")
@@ -67,6 +81,12 @@ class TaskRunnerClient:
             stored_type, stored = definition.type, _validated(definition, data)
         else:
             stored_type, stored = _unvalidated(task_type, data)
+        size = encoded_size(stored)
+        if size > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"the task's input is {size} bytes as JSON; the cap is {MAX_PAYLOAD_BYTES} bytes"
+                " (pass a reference to large data, e.g. an S3 key, instead)"
+            )
         from runner.delays import resolve_run_at
 
         moment = self.app.store.clock()
@@ -86,6 +106,17 @@ class TaskRunnerClient:
             run_at=None if due is None else iso(due),
             enqueue_key=idempotency_key,
         )
+        payloads = self.app.store.payloads
+        inline = not payloads.enabled or (
+            size <= INLINE_MAX_BYTES and insert_problem(task_to_item(task)) is None
+        )
+        if not inline and idempotency_key is not None:
+            # The stored reference names a staging object of each create: two creates
+            # with one key could never be told to be the same input.
+            raise InvalidTaskInput(
+                f"an idempotency key with an input past {INLINE_MAX_BYTES} bytes as JSON is"
+                " not supported: pass a reference to the large data instead"
+            )
         if due is not None:
             try:
                 self.app.delays.arm(task.id, due)  # first: a timer without its task does nothing
@@ -96,15 +127,40 @@ class TaskRunnerClient:
                 # refuses other input); the timer it has stays as it was.
         if idempotency_key is not None:
             return put_idempotent(self.app.store, task)
+        ref = None if inline else payloads.stage_input(task.id, now, stored)
         try:
-            return self.app.store.put_new(task)
-        except TaskConflict:
+            created = self.app.store.put_new(
+                task if ref is None else task.model_copy(update={"data": ref, "payloads": True})
+            )
+        except (TaskConflict, ItemTooLarge):
             if due is not None:
                 self.app.delays.forget(task.id)
+            if ref is not None:
+                # Refused, so never referenced (a lost reply keeps it: the item may exist).
+                with contextlib.suppress(PayloadUnavailable):
+                    payloads.delete_staged(ref)
             raise
+        if ref is not None:
+            # A reader that finds the object missing copies it from staging itself.
+            with contextlib.suppress(PayloadUnavailable):
+                payloads.commit_input(ref)
+        return created
 
-    def get_task(self, task_id: str) -> Task:
-        return self.app.store.get(task_id)
+    def get_task(self, task_id: str, *, payloads: bool = False) -> Task:
+        """The task; with `payloads`, its offloaded input, result and step results loaded
+        from the payload bucket in place of their references."""
+        task = self.app.store.get(task_id)
+        if not payloads:
+            return task
+        store = self.app.store.payloads
+        steps = task.steps
+        if steps is not None:
+            steps = {
+                name: record.model_copy(update={"result": store.load(record.result)})
+                for name, record in steps.items()
+            }
+        loaded = {"data": store.load(task.data), "result": store.load(task.result)}
+        return task.model_copy(update={**loaded, "steps": steps})
 
     def cancel_task(self, task_id: str) -> dict[str, Any]:
         """Cancel a task (`runner.cancel`): CANCELLED at once if it waits, its cancel
@@ -161,9 +217,10 @@ class TaskRunnerClient:
             # Another worker claimed it first.
         raise TaskConflict(f"task {task_id} is {_whose(task)}; run-task runs only PENDING tasks")
 
-    def retry_task(self, task_id: str) -> dict[str, Any]:
+    def retry_task(self, task_id: str, *, reset_steps: bool = False) -> dict[str, Any]:
         """Manual redrive: a FAILED task (also one that failed permanently, to run it again
-        on purpose, e.g. after a fix) → RETRYING in a new episode, and its execution.
+        on purpose, e.g. after a fix) → RETRYING in a new episode, and its execution;
+        `reset_steps` clears its recorded steps, so every step runs again.
 
         Safe to repeat: a RETRYING task whose execution is not running (StartExecution
         failed after the status write, or that write's reply was lost) gets it now; one
@@ -179,7 +236,9 @@ class TaskRunnerClient:
         for _ in range(MAX_REDRIVE_TRIES):
             if task.status is TaskStatus.FAILED:
                 try:
-                    task = store.redrive(task, statuses=(TaskStatus.FAILED,))
+                    task = store.redrive(
+                        task, statuses=(TaskStatus.FAILED,), reset_steps=reset_steps
+                    )
                 except TaskConflict:
                     task = store.get(task_id)  # changed meanwhile: look again
                     continue

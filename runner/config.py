@@ -65,6 +65,9 @@ class Settings:
     delay_schedule_group: str | None = None
     recurring_schedule_group: str | None = None
 
+    # The payload bucket (runner.payloads); None keeps every payload on its item.
+    payload_bucket: str | None = None
+
     def __post_init__(self) -> None:
         if self.result_ttl_days < 1:
             # A smaller value would let TTL delete a task whose retry still waits or runs.
@@ -101,6 +104,7 @@ class Settings:
             scheduler_role_arn=env.get("TASK_RUNNER_SCHEDULER_ROLE_ARN") or None,
             delay_schedule_group=env.get("TASK_RUNNER_DELAY_SCHEDULE_GROUP") or None,
             recurring_schedule_group=env.get("TASK_RUNNER_RECURRING_SCHEDULE_GROUP") or None,
+            payload_bucket=env.get("TASK_RUNNER_PAYLOAD_BUCKET") or None,
         )
 
 

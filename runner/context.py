@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from runner.steps import StepRecorder, StepsMixin
+
 if TYPE_CHECKING:  # task modules import this one: `task-runner --help` loads no botocore
     from aws_lambda_powertools import Logger
 
@@ -14,7 +16,7 @@ if TYPE_CHECKING:  # task modules import this one: `task-runner --help` loads no
 
 
 @dataclass(frozen=True)
-class TaskContext:
+class TaskContext(StepsMixin):
     """The task's identity and the tools a handler may use.
 
     `idempotency_key` is the same for every attempt of the task; `attempt` counts claims.
@@ -25,6 +27,8 @@ class TaskContext:
     30 s, of `cancel-task`) and raises `runner.errors.TaskCancelled` to stop; an async
     handler is cancelled at its next await instead. `report_progress` stores how far it
     got on the task (the first report at once, later ones at most every 5 s).
+    `step`, `astep` and `step_key` (runner.steps) make durable steps, which a retry does
+    not repeat.
     """
 
     task_id: str
@@ -36,6 +40,9 @@ class TaskContext:
     clients: AwsClients
     logger: Logger
     control: TaskControl | None = None
+
+    # The attempt's durable steps (runner.steps); None outside a run by the runner.
+    step_recorder: StepRecorder | None = None
 
     @property
     def cancel_requested(self) -> bool:

@@ -6,6 +6,10 @@ would be cut short, time out, and run again: it is handed to the state machine a
 instead, in an execution of its own (episode 0), whose `runTask` (900 s) gives it its
 whole timeout. A hand-off claims nothing: the execution's first attempt does.
 
+A task whose offloaded input would take this process past `PROCESS_INPUT_BUDGET_BYTES`
+of inputs running at once (runner.payloads: a batch runs up to 100 tasks in one 1 GB
+function) is handed off the same way, to run in an invocation of its own.
+
 A task put over one whose claim is live (PutItem replaced a PROCESSING item, e.g. a
 producer's retried put whose first reply was lost) must not run beside it: it is held
 (`fence_pending`) until that lease is over, and handed off the same way; the execution's
@@ -21,6 +25,7 @@ from runner.executions import ExecutionRef
 from runner.executor import RECORDING_MARGIN_SECONDS, Outcome, TaskRunner
 from runner.logs import get_logger
 from runner.model import ClaimSource, Task
+from runner.payloads import InputBudget, reference_bytes
 
 if TYPE_CHECKING:
     from runner.workflow import RetryWorkflow
@@ -29,10 +34,23 @@ if TYPE_CHECKING:
 class Dispatcher:
     """Runs PENDING tasks that fit the time left here, hands the others to the workflow."""
 
-    def __init__(self, runner: TaskRunner, workflow: RetryWorkflow | None) -> None:
+    def __init__(
+        self,
+        runner: TaskRunner,
+        workflow: RetryWorkflow | None,
+        *,
+        input_budget: InputBudget | None = None,
+    ) -> None:
         self.runner = runner
         self.workflow = workflow
+        # Large offloaded inputs running here at once (runner.payloads): past it, the
+        # workflow runs the task in an invocation of its own.
+        self.input_budget = input_budget or InputBudget()
         self.log = get_logger()
+
+    @property
+    def _has_workflow(self) -> bool:
+        return self.workflow is not None and bool(self.workflow.settings.state_machine_arn)
 
     def fits_here(self, task: Task, remaining_seconds: float | None) -> bool:
         """True if the task's whole timeout fits in what is left of this invocation."""
@@ -54,10 +72,24 @@ class Dispatcher:
         if held_until is not None and held_until >= self.runner.store.now_epoch():
             return self.hold(task, held_until, source=source)
         if self.fits_here(task, remaining_seconds):
-            return self.runner.run_claimable(
-                task, source=source, remaining_seconds=remaining_seconds
-            )
-        if self.workflow is None or not self.workflow.settings.state_machine_arn:
+            size = reference_bytes(task.data)
+            if not size:
+                return self.runner.run_claimable(
+                    task, source=source, remaining_seconds=remaining_seconds
+                )
+            if not self.input_budget.try_take(size, force=not self._has_workflow):
+                self.log.info(
+                    "large inputs already running here: handing the task to the workflow",
+                    extra={"task_id": task.id, "task_type": task.type, "bytes": size},
+                )
+                return self.hand_off(task, source=source)
+            try:
+                return self.runner.run_claimable(
+                    task, source=source, remaining_seconds=remaining_seconds
+                )
+            finally:
+                self.input_budget.give_back(size)
+        if not self._has_workflow:
             # No workflow to hand it to (a test, a stack without one): run it here with
             # the time there is, as the only way it can run at all.
             self.log.warning(

@@ -120,6 +120,33 @@ class TaskTimedOut(RetryableTaskError):
         self.abandoned = tuple(abandoned)
 
 
+# --- Durable steps and payloads ---------------------------------------------------------
+
+
+class StepError(PermanentTaskError):
+    """A step was misused: a name that is not valid, or used twice in one attempt."""
+
+
+class StepNotStorable(PermanentTaskError):
+    """A step's result is not JSON DynamoDB can store, or exceeds the payload cap."""
+
+
+class StepNotRecorded(TaskRunnerError):
+    """A step's result could not be recorded: the claim no longer holds (taken over)."""
+
+
+class PayloadTooLarge(InvalidTaskInput):
+    """A payload exceeds the cap (`runner.payloads.MAX_PAYLOAD_BYTES`)."""
+
+
+class PayloadUnavailable(TaskRunnerError):
+    """The payload bucket could not be reached or refused a request (retryable)."""
+
+
+class PayloadCorrupt(TaskRunnerError):
+    """A payload reference points at an object that is missing or does not match it."""
+
+
 # --- Workflow signals (names matched by the state machine's Retry/Catch) ------------------
 
 

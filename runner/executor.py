@@ -37,6 +37,7 @@ from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.progress import ProgressReporter
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
+from runner.steps import StepRecorder
 from runner.store import TaskStore
 from runner.tracing import task_span
 
@@ -179,10 +180,11 @@ class TaskRunner:
             began = self._monotonic()
             full = self.lease_seconds(self.definition_or_none(task.type), remaining_seconds)
             control, heartbeat = self.leases.supervise(self.store, task, full, self._monotonic)
+            steps = StepRecorder(self.store, task)
             try:
                 with heartbeat:
                     result = self._execute(
-                        task, remaining_seconds, control, left_running=left_running
+                        task, remaining_seconds, control, steps, left_running=left_running
                     )
             except Exception as exc:
                 error = describe_error(exc)
@@ -194,6 +196,11 @@ class TaskRunner:
                 left = None if ends_at is None else ends_at - self._monotonic()
                 lease_until = runtime.abandoned_lease(
                     self.store.now_epoch(), left, self.lease_seconds(None, None)
+                )
+            if steps.steps is not None or steps.offloaded:
+                # The outcome's size check counts the steps this attempt recorded.
+                task = task.model_copy(
+                    update={"steps": steps.steps, "payloads": task.payloads or steps.offloaded}
                 )
             progress = (
                 control.progress.close() if isinstance(control.progress, ProgressReporter) else None
@@ -326,11 +333,12 @@ class TaskRunner:
         task: Task,
         remaining_seconds: float | None,
         control: TaskControl,
+        steps: StepRecorder,
         *,
         left_running: list[threading.Thread],
     ) -> Any:
         definition = self.registry.get(task.type)
-        data = definition.parse_input(task.data)
+        data = definition.parse_input(self.store.payloads.load(task.data))
         timeout = definition.timeout_seconds
         if remaining_seconds is not None:
             timeout = min(timeout, max(0.1, remaining_seconds - RECORDING_MARGIN_SECONDS))
@@ -344,6 +352,7 @@ class TaskRunner:
             clients=self.clients,
             logger=self.log,
             control=control,
+            step_recorder=steps,
         )
         # One deadline for every in-process try: the lease covers one timeout, not one
         # per try.

@@ -13,6 +13,7 @@ from runner.errors import (
     InvalidTaskInput,
     ItemTooLarge,
     MalformedTask,
+    PayloadCorrupt,
     TaskFailure,
     TaskRunnerError,
     UnknownTaskType,
@@ -26,6 +27,7 @@ _PERMANENT_RUNNER_ERRORS = (
     MalformedTask,
     ConfigurationError,
     ItemTooLarge,
+    PayloadCorrupt,
 )
 
 

@@ -155,8 +155,9 @@ def task_to_item(task: Task) -> dict[str, Any]:
     for empty in ("executions", "attempt_log"):
         if not values.get(empty):
             values.pop(empty, None)
-    if not values.get("retries_exhausted"):
-        values.pop("retries_exhausted", None)
+    for flag in ("retries_exhausted", "payloads"):
+        if not values.get(flag):
+            values.pop(flag, None)
     values["status_shard"] = status_shard(task.id, task.status)
     if task.status is TaskStatus.SCHEDULED:
         # Its place in the sparse `by-run-at` index, removed when it becomes PENDING.

@@ -38,7 +38,9 @@ RUNNER_RESERVE = 16 * 1024
 # A task item, as inserted, may be at most this large.
 MAX_INSERT_BYTES = MAX_ITEM_BYTES - RUNNER_RESERVE
 
-# Attributes the runner writes; everything else on an item is the producer's.
+# Attributes the runner writes at bounded sizes; everything else on an item counts as the
+# producer's part, also the runner's `steps` (step results, runner.steps) and `payloads`
+# flag: unbounded like data, each step's write is checked to leave the reserve free.
 RUNNER_ATTRIBUTES = frozenset(
     {
         "status",

@@ -106,6 +106,18 @@ class AttemptRecord(BaseModel):
     error: TaskErrorInfo | None = None
 
 
+class StepRecord(BaseModel):
+    """A step of a task that completed: its result (or a payload reference), when, on
+    which attempt, and the size of its result's JSON (`runner.steps`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    completed_at: str
+    attempt: int
+    bytes: int
+    result: Any = None
+
+
 class Task(BaseModel):
     """A task item. Only id, type, status and data are required to insert one."""
 
@@ -148,6 +160,11 @@ class Task(BaseModel):
     progress: Progress | None = None
     # The producer's `create_task(idempotency_key=...)`, from which the id was made.
     enqueue_key: str | None = None
+    # Completed durable steps by name (`runner.steps`); None: the item has no `steps` map.
+    steps: dict[str, StepRecord] | None = None
+    # True once any of the task's payloads lives in the payload bucket (`runner.payloads`):
+    # the stream's REMOVE filter deletes its objects with it.
+    payloads: bool = False
 
     @property
     def idempotency_key(self) -> str:

@@ -1,8 +1,10 @@
 """EXPORT_DB: the tasks table as gzipped JSON Lines in S3, with a link sent by e-mail.
 
 The table is read one Scan page at a time and written through gzip to a temporary file,
-so memory stays flat however large the table is. The object key is derived from the
-task's idempotency key: a retried export overwrites the same object.
+so memory stays flat however large the table is; a task's offloaded payloads
+(runner.payloads) are read from the payload bucket one at a time and exported in full.
+The object key is derived from the task's idempotency key: a retried export overwrites
+the same object.
 
 The link is a bearer credential for the whole table, so an export is mailed only to a
 recipient `TASK_RUNNER_EXPORT_RECIPIENTS` allows (an address, or `@domain`); with none
@@ -26,6 +28,7 @@ from runner.config import Settings
 from runner.context import TaskContext
 from runner.errors import ConfigurationError, PermanentTaskError, RetryableTaskError
 from runner.items import deserialize_image
+from runner.payloads import PayloadStore
 from runner.registry import TaskDefinition
 
 # Items per Scan page: small enough to bound memory, large enough to be cheap.
@@ -96,6 +99,7 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
     check_recipient(str(data.email), settings)
     dynamodb, s3, ses = ctx.clients.dynamodb, ctx.clients.s3, ctx.clients.ses
     key = export_key(ctx)
+    payloads = PayloadStore(settings, ctx.clients)  # offloaded payloads exported in full
     rows = pages = 0
     with tempfile.TemporaryFile() as spool:
         with gzip.GzipFile(fileobj=spool, mode="wb") as gz:
@@ -105,7 +109,8 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
             ):
                 pages += 1
                 for item in page.get("Items", []):
-                    gz.write(json.dumps(deserialize_image(item), sort_keys=True).encode() + b"\n")
+                    values = payloads.load_item(deserialize_image(item))
+                    gz.write(json.dumps(values, sort_keys=True).encode() + b"\n")
                     rows += 1
         spool.seek(0)
         # s3transfer (multipart for large exports) is imported here, not at cold start.

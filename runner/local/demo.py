@@ -93,6 +93,12 @@ def _attempts(expected: int) -> Callable[[Item, LocalStack], str | None]:
     return check
 
 
+def _resumed_at_the_failed_step(task: Item, stack: LocalStack) -> str | None:
+    steps = {name: record.get("attempt") for name, record in (task.get("steps") or {}).items()}
+    expected = {"reserve": 1, "charge": 2, "email": 2}
+    return None if steps == expected else f"steps recorded on attempts {steps}, not {expected}"
+
+
 DEMO_TASKS = (
     DemoTask("example-a", "EXAMPLE_TASK", {"message": "hello"}, "DONE", check=_attempts(1)),
     DemoTask("example-b", "EXAMPLE_TASK", {"message": "from the demo"}, "DONE"),
@@ -115,6 +121,14 @@ DEMO_TASKS = (
         check=_attempts(2),
     ),
     DemoTask("flaky-twice", "FLAKY_TASK", {"fail_times": 2}, "DONE", check=_attempts(3)),
+    DemoTask(
+        "three-steps",
+        "STEPS_TASK",
+        {"fail_at": 2},
+        "DONE",
+        note="charge failed once; its retry skipped reserve: `history three-steps`",
+        check=_resumed_at_the_failed_step,
+    ),
     DemoTask(
         "always-failing",
         "ALWAYS_FAILING_TASK",

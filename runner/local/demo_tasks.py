@@ -153,4 +153,67 @@ EFFECT = TaskDefinition(
     max_attempts=3,
 )
 
-TASKS = (NOOP, FLAKY, ALWAYS_FAILING, SLEEP, EFFECT)
+
+class StepsInput(BaseModel):
+    fail_at: int = Field(
+        default=2, ge=0, le=3, description="Step that fails on the first attempt (0: none)"
+    )
+    fail_times: int = Field(default=1, ge=0, le=10, description="Attempts on which it fails")
+
+
+STEP_NAMES = ("reserve", "charge", "email")
+
+
+def three_steps(data: StepsInput, ctx: TaskContext) -> dict[str, Any]:
+    """Three durable steps; step `fail_at` fails on the first `fail_times` attempts, so a
+    retry resumes there: the steps before it are not run again (EFFECTS counts runs)."""
+
+    def act(name: str) -> dict[str, Any]:
+        with _effects_lock:
+            EFFECTS[ctx.step_key(name)] += 1
+        if STEP_NAMES.index(name) + 1 == data.fail_at and ctx.attempt <= data.fail_times:
+            raise RetryableTaskError(f"step {name} failed on attempt {ctx.attempt}")
+        return {"step": name, "attempt": ctx.attempt}
+
+    done = [ctx.step(name, act, name) for name in STEP_NAMES]
+    return {"steps": done, "finished_on_attempt": ctx.attempt}
+
+
+class BlobInput(BaseModel):
+    blob: str = Field(default="", description="Any text; large ones go to the payload bucket")
+    numbers: list[int] = Field(default=[], description="Any numbers (a structured payload)")
+    result_bytes: int = Field(default=0, ge=0, le=11 * 1024 * 1024, description="Result size")
+    fail_times: int = Field(default=0, ge=0, le=10, description="Attempts that fail first")
+
+
+def blob(data: BlobInput, ctx: TaskContext) -> dict[str, Any]:
+    """Returns a result of `result_bytes` characters and the input's size and digest."""
+    import hashlib
+
+    if ctx.attempt <= data.fail_times:
+        raise RetryableTaskError(f"simulated failure {ctx.attempt}/{data.fail_times}")
+    return {
+        "input_bytes": len(data.blob),
+        "input_sha256": hashlib.sha256(data.blob.encode()).hexdigest(),
+        "numbers": len(data.numbers),
+        "output": "r" * data.result_bytes,
+    }
+
+
+STEPS = TaskDefinition(
+    type="STEPS_TASK",
+    input_model=StepsInput,
+    handler=three_steps,
+    description="Three durable steps; a retry resumes at the one that failed.",
+    max_attempts=3,
+)
+
+BLOB = TaskDefinition(
+    type="BLOB_TASK",
+    input_model=BlobInput,
+    handler=blob,
+    description="A large input in, a large result out (the payload bucket).",
+    max_attempts=3,
+)
+
+TASKS = (NOOP, FLAKY, ALWAYS_FAILING, SLEEP, EFFECT, STEPS, BLOB)

@@ -42,6 +42,8 @@ EXPORTED = (
     "TASK_RUNNER_SCHEDULER_ROLE_ARN",
     "TASK_RUNNER_DELAY_SCHEDULE_GROUP",
     "TASK_RUNNER_RECURRING_SCHEDULE_GROUP",
+    # create-task and get-task --payloads put and read large payloads there.
+    "TASK_RUNNER_PAYLOAD_BUCKET",
     "TASK_RUNNER_TASK_MODULES",
     # The functions' metrics namespace: the dashboard reads its per-minute figures there.
     "POWERTOOLS_METRICS_NAMESPACE",

@@ -4,6 +4,7 @@ the status and expiry attributes, and the bounded shapes of what the runner stor
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from runner.limits import (
 )
 from runner.listing import TaskListing
 from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus, status_shard
+from runner.payloads import PayloadStore
 
 S = TaskStatus
 
@@ -93,6 +95,13 @@ def as_read(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 class StoreBase(TaskListing):
     """Reads and the conditional-update helper every write goes through."""
+
+    @functools.cached_property
+    def payloads(self) -> PayloadStore:
+        """The payload bucket (runner.payloads), with this table's retries and sleep."""
+        return PayloadStore(
+            self.settings, self.clients, retry_policy=self.retry_policy, sleep=self._sleep
+        )
 
     def _update(
         self,

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import ItemTooLarge, MalformedTask, StoreError, TaskAlreadyClaimed, TaskConflict
+from runner.errors import (
+    ItemTooLarge,
+    MalformedTask,
+    PayloadUnavailable,
+    StoreError,
+    TaskAlreadyClaimed,
+    TaskConflict,
+)
 from runner.items import iso, task_to_item
 from runner.limits import claim_problem, fits, storable_json
-from runner.model import AttemptRecord, Task, TaskErrorInfo, TaskStatus
+from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
+from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, encoded_size, task_prefix
 from runner.store.base import StoreBase, as_read, attempt_log_value, bounded_error
 
 S = TaskStatus
@@ -34,17 +42,24 @@ class OutcomeWrites(StoreBase):
         lease_until: int | None = None,
         unless_cancel_requested: bool = False,
         progress: dict[str, Any] | None = None,
+        offload: bool = False,
+        refund_attempt: bool = False,
     ) -> Task:
         """PROCESSING → DONE/FAILED/RETRYING/CANCELLED, only while this claim (attempt)
         still holds; `unless_cancel_requested` also only while no cancel was requested (a
         retryable failure then ends CANCELLED instead: `TaskRunner.record`). `progress`:
         the handler's latest report, not yet written.
 
-        A result DynamoDB cannot store (NaN, a number out of its range, or too large
-        for the item) is not written: the task is FAILED, permanently, with a short
-        `ResultNotStorable` error. `lease_until` keeps a lease on the outcome (epoch
-        seconds): an attempt whose handler could not be stopped holds the task until
-        its process can no longer act; every claim waits for it.
+        A result over `INLINE_MAX_BYTES`, or one its item has no room for, goes to the
+        payload bucket (runner.payloads) and the item holds its reference; if S3 cannot
+        take it, the attempt fails, retryably (`PayloadUnavailable`). A result DynamoDB
+        cannot store (NaN, a number out of its range, past the payload cap, or too large
+        for the item with no payload bucket) is not written: the task is FAILED,
+        permanently, with a short `ResultNotStorable` error. `lease_until` keeps a lease
+        on the outcome (epoch seconds): an attempt whose handler could not be stopped
+        holds the task until its process can no longer act; every claim waits for it.
+        `refund_attempt`: the attempt failed for the infrastructure's sake (S3), so it does
+        not count against the episode's attempts.
         """
         if result is not None:
             try:
@@ -62,9 +77,28 @@ class OutcomeWrites(StoreBase):
                     lease_until=lease_until,
                     progress=progress,
                 )
+            size = encoded_size(result)
+            if size > MAX_PAYLOAD_BYTES:
+                return self.record_outcome(
+                    task,
+                    S.FAILED,
+                    error=TaskErrorInfo(
+                        type=RESULT_NOT_STORABLE,
+                        message=f"the task's result is {size} bytes; the cap is"
+                        f" {MAX_PAYLOAD_BYTES} bytes",
+                        retryable=False,
+                    ),
+                    attempt=attempt.model_copy(update={"outcome": S.FAILED}),
+                    lease_until=lease_until,
+                )
         if error is not None:
             error = bounded_error(error)
             attempt = attempt.model_copy(update={"error": error})
+            # S3 failed (reading the input, writing the result), not the task: a workflow
+            # attempt is not counted, and is retried as an infrastructure failure.
+            refund_attempt = refund_attempt or (
+                status is S.RETRYING and error.type == PayloadUnavailable.__name__
+            )
         now = self.clock()
         sets: dict[str, Any] = {
             **self._status_sets(task.id, status, now),
@@ -85,6 +119,9 @@ class OutcomeWrites(StoreBase):
             sets["progress"] = progress
         if result is not None:
             sets["result"] = result
+        if task.payloads:
+            # A step's object whose record's reply was lost: the item must say it has some.
+            sets["payloads"] = True
         if error is not None:
             sets["error"] = error.model_dump(mode="json")
             sets["retryable"] = error.retryable
@@ -101,6 +138,23 @@ class OutcomeWrites(StoreBase):
             message="the task's result is too large for its item (400 KB)",
             retryable=False,
         )
+        offloaded = None
+        if (
+            result is not None
+            and self.payloads.enabled
+            and (offload or encoded_size(result) > INLINE_MAX_BYTES or not fits(projected))
+        ):
+            try:
+                offloaded = self.payloads.put(
+                    f"{task_prefix(task.id, task.created_at)}result-"
+                    f"{(task.claim_token or '')[:12]}.json",
+                    result,
+                )
+            except PayloadUnavailable as exc:
+                return self._payload_unavailable(task, attempt, exc, lease_until)
+            sets["result"] = offloaded
+            sets["payloads"] = True
+            projected = {**projected, "result": offloaded, "payloads": True}
         if result is not None and not fits(projected):
             return self.record_outcome(
                 task,
@@ -120,6 +174,7 @@ class OutcomeWrites(StoreBase):
                 task.id,
                 sets,
                 removes=tuple(removes),
+                adds={"episode_attempts": -1} if refund_attempt else None,
                 condition=condition,
                 values=values,
                 return_old_on_conflict=True,
@@ -131,6 +186,15 @@ class OutcomeWrites(StoreBase):
                 # The item leaves no room even for this (claimed before the runner kept
                 # its reserve): fail it in a write that fits.
                 return self._fail_claimed_oversized(task)
+            if offloaded is None and self.payloads.enabled:
+                return self.record_outcome(
+                    task,
+                    status,
+                    result=result,
+                    attempt=attempt,
+                    lease_until=lease_until,
+                    offload=True,
+                )
             # Attributes the model does not know (a producer's own) count too.
             return self.record_outcome(
                 task,
@@ -148,10 +212,38 @@ class OutcomeWrites(StoreBase):
                 and old.status is status
             ):
                 return old  # recorded by an earlier try whose reply was lost
+            if offloaded is not None:
+                self.payloads.delete(offloaded)  # no item refers to it
             raise TaskConflict(
                 f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)",
                 old,
             ) from exc
+
+    def _payload_unavailable(
+        self,
+        task: Task,
+        attempt: AttemptRecord,
+        exc: PayloadUnavailable,
+        lease_until: int | None,
+    ) -> Task:
+        """The result could not be put in the payload bucket: a retryable failure (the
+        workflow's RETRYING, its attempt not counted: the workflow retries it as an
+        infrastructure failure; else FAILED in a new episode), never a lost task."""
+        error = TaskErrorInfo(
+            type=PayloadUnavailable.__name__,
+            message=f"the task's result could not be stored in the payload bucket: {exc}",
+            retryable=True,
+        )
+        in_workflow = attempt.source == ClaimSource.WORKFLOW.value
+        status = S.RETRYING if in_workflow else S.FAILED
+        return self.record_outcome(
+            task,
+            status,
+            error=error,
+            attempt=attempt.model_copy(update={"outcome": status}),
+            new_episode=not in_workflow,
+            lease_until=lease_until,
+        )
 
     def fail_unreadable(self, task_id: str, message: str) -> None:
         """PENDING → FAILED (non-retryable) for an item the runner cannot read as a task.

@@ -111,9 +111,12 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
             return False  # taken over or moved on since: not this outcome's lease any more
         return True
 
-    def redrive(self, task: Task, *, statuses: tuple[TaskStatus, ...]) -> Task:
+    def redrive(
+        self, task: Task, *, statuses: tuple[TaskStatus, ...], reset_steps: bool = False
+    ) -> Task:
         """→ RETRYING in a new episode (the task as seen, if still in one of `statuses`),
-        its retries budget reset and its expiry a full TTL from now.
+        its retries budget reset and its expiry a full TTL from now; `reset_steps`
+        clears its recorded steps, so they run again (their objects go with the task).
 
         A lease is kept: a redriven task whose last attempt could not be stopped is
         claimed only once that lease is over.
@@ -136,7 +139,7 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
                 "episode_attempts": 0,
                 "expires_at": self._expiry(now),
             },
-            removes=("retries_exhausted",),
+            removes=("retries_exhausted", "steps") if reset_steps else ("retries_exhausted",),
             condition=condition,
             values=values,
         )

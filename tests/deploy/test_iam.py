@@ -30,6 +30,17 @@ EXPORTS = {
     "ses:SendRawEmail": {SES_IDENTITIES},
 }
 ON_FAILURE = {"sqs:SendMessage": {"StreamOnFailureQueue.Arn"}}
+# Offloaded payloads: under tasks/, and a staged input its producer did not move.
+PAYLOADS = {
+    "s3:GetObject": {"PayloadBucket.Arn/tasks/*", "PayloadBucket.Arn/staging/*"},
+    "s3:PutObject": {"PayloadBucket.Arn/tasks/*"},
+    "s3:DeleteObject": {"PayloadBucket.Arn/tasks/*", "PayloadBucket.Arn/staging/*"},
+}
+# routeFailed deletes a removed task's objects (its REMOVE record).
+PAYLOAD_CLEANUP = {
+    "s3:ListBucket": {"PayloadBucket.Arn"},
+    "s3:DeleteObject": {"PayloadBucket.Arn/tasks/*", "PayloadBucket.Arn/staging/*"},
+}
 START_RETRY = {"states:StartExecution": {"RetryStateMachine"}}
 DESCRIBE_RETRIES = {
     "states:DescribeExecution": {
@@ -68,6 +79,7 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **START_RETRY,
         **DESCRIBE_RETRIES,
         **ON_FAILURE,
+        **PAYLOADS,
     },
     "routeFailed": {
         **XRAY,
@@ -76,9 +88,17 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **START_RETRY,
         **DESCRIBE_RETRIES,
         **TASK_WRITES,
+        **PAYLOAD_CLEANUP,
     },
-    "runTask": {**XRAY, **TASK_WRITES},
-    "runExport": {**XRAY, **TASK_WRITES, **EXPORTS},
+    "runTask": {**XRAY, **TASK_WRITES, **PAYLOADS},
+    "runExport": {
+        **XRAY,
+        **TASK_WRITES,
+        **EXPORTS,
+        **PAYLOADS,
+        "s3:GetObject": EXPORTS["s3:GetObject"] | PAYLOADS["s3:GetObject"],
+        "s3:PutObject": EXPORTS["s3:PutObject"] | PAYLOADS["s3:PutObject"],
+    },
     # The sweeper lists by status, replays failed stream batches, runs what it finds
     # (never EXPORT_DB: that goes to the workflow) and restarts stranded retries.
     "sweep": {
@@ -87,6 +107,7 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **START_RETRY,
         **DESCRIBE_RETRIES,
         **REPLAY,
+        **PAYLOADS,
         "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },
     # Promotes delayed tasks, sends early timers back, inserts recurring schedules' tasks.

@@ -41,6 +41,12 @@ PROCESSING_TO_RETRYABLE_FAILED = {
     },
 }
 
+# An item with payload objects, deleted (TTL): routeFailed deletes its objects.
+REMOVED_WITH_PAYLOADS = {
+    "eventName": ["REMOVE"],
+    "dynamodb": {"OldImage": {"payloads": {"BOOL": [True]}}},
+}
+
 
 def mapping_for(packaged: Packaged, function_logical_id: str) -> dict[str, Any]:
     mappings: list[dict[str, Any]] = [
@@ -162,9 +168,29 @@ def test_the_packaged_recurring_schedules_are_the_registrys(packaged: Packaged) 
 def test_route_failed_gets_only_retryable_failures_of_running_tasks(packaged: Packaged) -> None:
     mapping = mapping_for(packaged, "RouteFailedLambdaFunction")
 
-    assert filters(mapping) == [PROCESSING_TO_RETRYABLE_FAILED]
+    assert filters(mapping) == [PROCESSING_TO_RETRYABLE_FAILED, REMOVED_WITH_PAYLOADS]
     assert mapping["BatchSize"] == 10
     assert_bounded_stream_settings(mapping)
+
+
+def test_payloads_have_a_bucket_of_their_own_kept_only_by_their_tasks(packaged: Packaged) -> None:
+    bucket = packaged.template["Resources"]["PayloadBucket"]["Properties"]
+    # Every function is told where payloads are
+    for logical_id, function in packaged.resources_of_type("AWS::Lambda::Function").items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["TASK_RUNNER_PAYLOAD_BUCKET"] == {"Ref": "PayloadBucket"}, logical_id
+    # Lifecycle expires only staged inputs (the orphans' backstop) and deleted versions:
+    # a task's own objects go with the task, however long its TTL is renewed
+    rules = bucket["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if "ExpirationInDays" in r]
+    assert [(r["Prefix"], r["ExpirationInDays"]) for r in expiring] == [("staging/", 1)]
+    assert any(r.get("NoncurrentVersionExpiration") for r in rules)
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    outputs = packaged.template["Outputs"]
+    assert {"PayloadBucketName", "PayloadProducerPolicyArn", "PayloadOperatorPolicyArn"} <= set(
+        outputs
+    )
 
 
 def test_functions_run_python312_on_arm64_with_active_tracing(packaged: Packaged) -> None:

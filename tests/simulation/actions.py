@@ -37,6 +37,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"blob": 150_000, "result_bytes": 255_000},
     ],
     "SIM_ODD_RESULT": [{"outcome": "nan"}, {"outcome": "huge"}],
+    # Durable steps (issue 14): s2 fails once, none fails, s2 fails once and the steps'
+    # results are offloaded to the payload bucket.
+    "SIM_STEPS": [{"fail_times": 1}, {}, {"fail_times": 1, "result_bytes": 20_000}],
 }
 TYPES = tuple(VARIANTS)
 SHAPES = ("client", "client", "raw", "malformed")
@@ -100,6 +103,7 @@ def create_task(
     world.items[task_id] = stored
     if stored is None:
         return None
+    # (world.snapshot loads an offloaded input: the nonce is in it.)
     stored_nonce = (
         stored.get("data", {}).get("nonce") if isinstance(stored.get("data"), dict) else None
     )

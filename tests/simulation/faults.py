@@ -42,7 +42,11 @@ TABLE_WIDE = "*"
 THROTTLE_CODES = {
     "dynamodb": "ProvisionedThroughputExceededException",
     "stepfunctions": "ThrottlingException",
+    # S3 slows a caller down with 503 SlowDown (its "unavailable" answer too).
+    "s3": "SlowDown",
 }
+# The HTTP status of each service's throttling answer (S3's is a 503).
+THROTTLE_STATUS = {"s3": 503}
 
 
 class FaultKind(StrEnum):
@@ -181,6 +185,11 @@ def task_of(service: str, operation: str, kwargs: dict[str, Any], world: World) 
             execution = world.sfn.executions.get(arn)
             if execution is not None and execution.task_id:
                 return execution.task_id
+    if service == "s3":
+        # A payload object's key names its task's prefix (runner.payloads.task_prefix).
+        key = kwargs.get("Key") or kwargs.get("Prefix")
+        found = world.task_of_key(key) if isinstance(key, str) else None
+        return found or TABLE_WIDE
     return TABLE_WIDE
 
 
@@ -188,7 +197,7 @@ def throttled(service: str, operation: str) -> ClientError:
     code = THROTTLE_CODES.get(service, "ThrottlingException")
     response: Any = {
         "Error": {"Code": code, "Message": "injected by the simulation"},
-        "ResponseMetadata": {"HTTPStatusCode": 400},
+        "ResponseMetadata": {"HTTPStatusCode": THROTTLE_STATUS.get(service, 400)},
     }
     return ClientError(response, operation)
 

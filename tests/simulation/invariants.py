@@ -20,6 +20,10 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
 - T   (budget) No invocation runs past its function's timeout unless a fault made it hang.
 - C1  CANCELLED is final: no handler run of that task (the same incarnation) starts after
       the write that cancelled it.
+- S1  (issue 14) A durable step is recorded only by the claim that holds the task, once:
+      no step record is written by another actor than the live claim's, none replaced.
+- S2  (issue 14) A recorded step is not run again: no step effect (`step:<name>`) of the
+      same task incarnation by another attempt after that step's record was written.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Checker:
     _cancelled: dict[tuple[str, str], int] = field(default_factory=dict)
     overlaps: list[tuple[str, str, int, int]] = field(default_factory=list)
     doubles: list[tuple[str, str]] = field(default_factory=list)
+    # (task, nonce, step name) -> the attempt whose record was written (S2).
+    _steps: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def _add(self, invariant: str, task: str | None, message: str, **details: Any) -> Violation:
         violation = Violation(invariant, task, message, details)
@@ -146,6 +152,18 @@ class Checker:
             done = self._done.get(key)
             if done is not None and done[1] != event.attempt:
                 self.doubles.append(key)
+            if event.label.startswith("step:"):
+                name = event.label.removeprefix("step:")
+                recorded = self._steps.get((event.task, event.nonce, name))
+                if recorded is not None and recorded != event.attempt:
+                    self._add(
+                        "S2",
+                        event.task,
+                        f"step {name} ran again on attempt {event.attempt}, recorded by "
+                        f"attempt {recorded}",
+                        attempt=event.attempt,
+                        env=event.env,
+                    )
 
     def _write(self, write: Write) -> None:
         old, new = write.old or {}, write.new or {}
@@ -155,6 +173,7 @@ class Checker:
             self._holders[str(token_new)] = write.actor
         if write.new is None or write.old is None:
             return
+        self._step_records(write, old, new)
         # A write that changes the status answers for the lease it leaves on the item:
         # only while the attempt it records still runs (its handler outlived the timeout
         # and could not be stopped: the lease holds the retry off, I1). A lease already on
@@ -230,6 +249,33 @@ class Checker:
                 else ""
             )
             self._done[(write.task, nonce)] = (write.seq, int(new.get("attempts", 0)))
+
+    def _step_records(self, write: Write, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """S1: step records are written by the live claim only, and never replaced."""
+        old_steps = old.get("steps") if isinstance(old.get("steps"), dict) else {}
+        new_steps = new.get("steps") if isinstance(new.get("steps"), dict) else {}
+        data = new.get("data")
+        nonce = str(data.get("nonce", "")) if isinstance(data, dict) else ""
+        for name in set(old_steps) - set(new_steps):  # retry-task --reset-steps
+            self._steps.pop((write.task, nonce, name), None)
+        for name, record in new_steps.items():
+            before = old_steps.get(name)
+            if before == record:
+                continue
+            holder = self._holders.get(str(old.get("claim_token")))
+            if before is not None:
+                self._add("S1", write.task, f"step {name}'s record was replaced", site=write.site)
+            elif old.get("status") != "PROCESSING" or holder != write.actor:
+                self._add(
+                    "S1",
+                    write.task,
+                    f"step {name} was recorded by {write.actor}, not the live claim ({holder})",
+                    site=write.site,
+                    actor=write.actor,
+                )
+            attempt = record.get("attempt") if isinstance(record, dict) else None
+            if isinstance(attempt, int):
+                self._steps[(write.task, nonce, name)] = attempt
 
     def _invocation(self, invocation: Invocation) -> None:
         world = self.world

@@ -153,6 +153,25 @@ def large_task(data: SimInput, ctx: TaskContext) -> dict[str, Any]:
         return {"attempt": ctx.attempt, "pad": "y" * data.result_bytes}
 
 
+def steps_task(data: SimInput, ctx: TaskContext) -> dict[str, Any]:
+    """Three durable steps, each an effect labelled `step:<name>`; step s2 fails on the
+    first `fail_times` attempts; s3's result is `result_bytes` long (offloaded if large)."""
+    with _Run(data, ctx) as run:
+
+        def act(name: str) -> dict[str, Any]:
+            run.effect(f"step:{name}")
+            if name == "s2" and ctx.attempt <= data.fail_times:
+                raise RetryableTaskError(f"simulated failure of step {name}")
+            return {"step": name, "attempt": ctx.attempt, "pad": "p" * data.result_bytes}
+
+        done = [ctx.step(name, act, name)["attempt"] for name in STEP_NAMES]
+        run.effect()
+        return {"attempt": ctx.attempt, "steps": done}
+
+
+STEP_NAMES = ("s1", "s2", "s3")
+
+
 def odd_result_task(data: SimInput, ctx: TaskContext) -> dict[str, Any]:
     """Returns a number JSON allows and DynamoDB does not store."""
     with _Run(data, ctx) as run:
@@ -182,4 +201,5 @@ TASKS = (
     TaskDefinition(type="SIM_PERMANENT", input_model=SimInput, handler=permanent_task),
     TaskDefinition(type="SIM_LARGE", input_model=SimInput, handler=large_task, max_attempts=3),
     TaskDefinition(type="SIM_ODD_RESULT", input_model=SimInput, handler=odd_result_task),
+    TaskDefinition(type="SIM_STEPS", input_model=SimInput, handler=steps_task, max_attempts=3),
 )

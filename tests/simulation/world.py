@@ -21,6 +21,7 @@ from runner.context import TaskContext
 from runner.items import deserialize_image
 from runner.local.motoserver import create_tasks_table
 from runner.local.stream_records import lambda_record
+from runner.payloads import REFERENCE_KEY, is_reference, task_prefix
 from tests.simulation import asl, sim_tasks
 from tests.simulation.destinations import SqsService, StreamsClient, failure_message
 from tests.simulation.faults import (
@@ -106,6 +107,13 @@ class World:
             lambda: self._moto_table().stream_shard,
             lambda seq: self.stream_times.get(seq, self.clock.t),
         )
+        # The template's buckets (the payload bucket, the exports'), in moto's S3.
+        for logical, kind in topology.resource_types.items():
+            if kind == "AWS::S3::Bucket" and logical in ("PayloadBucket", "ExportBucket"):
+                name = topology.resolve({"Ref": logical}, self.physical)
+                raw.get("s3").create_bucket(Bucket=name)
+                self.physical[logical] = name
+        self._payloads: dict[str, Any] = {}
         self.sfn = StepFunctionsService(self.clock, random.Random(seed + 1), SfnIntegrations(self))
         for spec in topology.state_machines.values():
             values = {k: topology.resolve(v, self.physical) for k, v in spec.substitutions.items()}
@@ -244,7 +252,37 @@ class World:
         from moto.dynamodb.models.dynamo_type import DynamoType
 
         item = self._moto_table().get_item(DynamoType({"S": task}))
-        return deserialize_image(item.to_json()["Attributes"]) if item is not None else None
+        if item is None:
+            return None
+        values = deserialize_image(item.to_json()["Attributes"])
+        if is_reference(values.get("data")):
+            values["data"] = self._payload(values["data"])
+        return values
+
+    def _payload(self, ref: dict[str, Any]) -> Any:
+        """An offloaded input as the harness reads it (moto's S3, unfaulted; staged inputs
+        too), so the checks see its nonce."""
+        inner = ref[REFERENCE_KEY]
+        found = self._payloads.get(inner["sha256"])
+        if found is None:
+            s3 = self.raw.get("s3")
+            for key in (inner["key"], "staging/" + inner["key"].removeprefix("tasks/")):
+                try:
+                    body = s3.get_object(Bucket=inner["bucket"], Key=key)["Body"].read()
+                except s3.exceptions.NoSuchKey:
+                    continue
+                found = self._payloads[inner["sha256"]] = json.loads(body)
+                break
+        return found if found is not None else ref
+
+    def task_of_key(self, key: str) -> str | None:
+        """The task whose payload prefix an S3 key is under (tasks/ or staging/)."""
+        digest = key.split("/")[1] if key.count("/") >= 2 else ""
+        for task_id, item in self.items.items():
+            created = (item or {}).get("created_at")
+            if digest and task_prefix(task_id, created).split("/")[1] == digest:
+                return task_id
+        return None
 
     def log_write(
         self, site: str, task: str, old: dict[str, Any] | None, new: dict[str, Any] | None

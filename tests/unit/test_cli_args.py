@@ -62,6 +62,17 @@ def test_fixed_commands_get_checked_values_with_their_defaults(table: CommandTab
         "task_id": "123",
         "wait": None,
         "follow": False,
+        "payloads": False,
+    }
+    assert fire_values(parsed(table, "get-task", "123", "--payloads")) == {
+        "task_id": "123",
+        "wait": None,
+        "follow": False,
+        "payloads": True,
+    }
+    assert fire_values(parsed(table, "retry-task", "123", "--reset-steps")) == {
+        "task_id": "123",
+        "reset_steps": True,
     }
     # A required parameter may be given without its flag, as python-fire allows
     assert fire_values(parsed(table, "run_task", "abc")) == {"task_id": "abc"}
