@@ -356,7 +356,9 @@ def test_an_action_without_the_token_is_refused(
 def test_a_poll_that_is_refused_marks_the_page_not_updating(
     local_stack: ServedStack, browser: Any, dashboard: str
 ) -> None:
-    # Given the overview, polling every 5 s
+    # Given the overview, polling every 5 s, in a logged-in browser (whatever the tests
+    # before this one left: the printed URL's token starts a session)
+    browser.get(local_stack.dashboard_url)
     browser.get(f"{dashboard}/")
     hidden = "const e = document.getElementById('connection'); return e ? e.hidden : null"
     assert browser.execute_script(hidden) is True

@@ -358,8 +358,12 @@ def test_a_batch_the_mapping_gave_up_on_goes_to_its_queue_and_the_sweep_replays_
         task = sim.create("SIM_SYNC", shape="raw")  # no status_shard: no orphan scan finds it
         sim.stall("hour")  # the record outlives the mapping's MaximumRecordAgeInSeconds
         sim.deliver_all()
-        # The mappings' on-failure queue (the timer queue is another)
-        queues = [q for q in sim.world.sqs.queues.values() if "stream-failures" in q.name]
+        # The mappings' on-failure queue (the timer queue and its dead-letter queue are others)
+        queues = [
+            q
+            for q in sim.world.sqs.queues.values()
+            if "stream-failures" in q.name and "dlq" not in q.name
+        ]
         assert [len(q.messages) for q in queues] == [1]
         body = json.loads(queues[0].messages[0].body)
         assert body["requestContext"]["condition"] == "RecordAgeExceeded"
