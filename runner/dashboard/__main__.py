@@ -68,8 +68,8 @@ def connect(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
 
     from runner.app import App
     from runner.aws import AwsClients
-    from runner.cli import load_registry
     from runner.cli_checks import check_configuration
+    from runner.cli_setup import load_registry
     from runner.client import TaskRunnerClient
 
     session = botocore.session.get_session()

@@ -32,7 +32,7 @@ def dashboard(port: int = 0, *, read_only: bool = False) -> Iterator[list[str]]:
         return
     from runner.app import App
     from runner.aws import AwsClients
-    from runner.cli import load_registry
+    from runner.cli_setup import load_registry
     from runner.client import TaskRunnerClient
     from runner.config import Settings
     from runner.dashboard.serve import running
