@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import fire
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from runner.cli_args import CommandTable, HelpRequest, Invocation
+from runner.cli_args import CommandTable
+from runner.cli_commands import HelpRequest, Invocation
 from runner.cli_control import WaitSeconds, error_exit_code
 from runner.cli_output import (
     EXIT_FAILED,

@@ -9,7 +9,8 @@ import textwrap
 
 from pydantic import BaseModel
 
-from runner.cli_args import CREATE_TASK, Command, CommandTable, Flag, HelpRequest
+from runner.cli_args import CREATE_TASK, CommandTable
+from runner.cli_commands import Command, Flag, HelpRequest
 
 PROG = "task-runner"
 WIDTH = 100

@@ -7,7 +7,8 @@ import ast
 import pytest
 
 from runner.cli import Cli
-from runner.cli_args import CommandTable, HelpRequest, Invocation
+from runner.cli_args import CommandTable
+from runner.cli_commands import HelpRequest, Invocation
 from runner.errors import UsageError
 from runner.local import demo_tasks
 from runner.registry import TaskRegistry
