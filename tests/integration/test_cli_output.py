@@ -143,21 +143,35 @@ def wait_for_status(env: dict[str, str], task_id: str, status: str) -> dict[str,
         time.sleep(0.05)
 
 
-def test_ctrl_c_during_run_task_is_one_line_naming_the_lease(server_env: dict[str, str]) -> None:
-    # Given run-task running a long task
-    table = server_env["AWS_DYNAMO_DB_TABLE_NAME"]
-    put_raw(dynamodb(server_env), table, pending("slow", "SLEEP_TASK", {"seconds": 30}))
+def start_run_task(env: dict[str, str], task_id: str, seconds: float) -> subprocess.Popen[str]:
+    """`run-task` of a new SLEEP_TASK in a subprocess, returned once the task is PROCESSING
+    (the caller ends the process)."""
+    put_raw(
+        dynamodb(env),
+        env["AWS_DYNAMO_DB_TABLE_NAME"],
+        pending(task_id, "SLEEP_TASK", {"seconds": seconds}),
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run-task", "slow"],
-        env=server_env,
+        [sys.executable, "-m", "runner.cli", "run-task", task_id],
+        env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for_status(server_env, "slow", "PROCESSING")
+        wait_for_status(env, task_id, "PROCESSING")
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return process
 
+
+def test_ctrl_c_during_run_task_is_one_line_naming_the_lease(server_env: dict[str, str]) -> None:
+    # Given run-task running a long task
+    process = start_run_task(server_env, "slow", 30)
+    try:
         # When the user presses Ctrl-C
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)

@@ -4,14 +4,12 @@ leaves alone, and what it reports is what happened."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from runner.items import deserialize_image
 from tests.helpers import pending, put_raw
-from tests.integration.test_cli import ROOT, cli, dynamodb, ok, one_error_line, without
-from tests.integration.test_cli_output import wait_for_status
+from tests.integration.test_cli import cli, dynamodb, ok, one_error_line, without
+from tests.integration.test_cli_output import start_run_task
 
 
 def task(env: dict[str, str], task_id: str) -> dict[str, Any]:
@@ -59,18 +57,8 @@ def test_sweep_leaves_tasks_of_types_this_shell_does_not_register(
 def test_run_task_whose_claim_is_lost_while_it_runs_says_so(server_env: dict[str, str]) -> None:
     # Given run-task running a task
     table = server_env["AWS_DYNAMO_DB_TABLE_NAME"]
-    put_raw(dynamodb(server_env), table, pending("s-1", "SLEEP_TASK", {"seconds": 2}))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "run-task", "s-1"],
-        env=server_env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run_task(server_env, "s-1", 2)
     try:
-        wait_for_status(server_env, "s-1", "PROCESSING")
-
         # When the task is put again over it while it runs (its claim no longer holds)
         put_raw(dynamodb(server_env), table, pending("s-1", "SLEEP_TASK", {"seconds": 0}))
         stdout, stderr = process.communicate(timeout=60)

@@ -107,13 +107,15 @@ def current(monkeypatch: pytest.MonkeyPatch) -> Iterator[Machine]:
     yield from _machine(monkeypatch, definition)
 
 
-def _retrying(app: App, task_id: str) -> None:
+def _retrying(
+    app: App, task_id: str, task_type: str = "NOOP_TASK", data: dict[str, object] | None = None
+) -> None:
     """A task in its first retry episode, as the previous routeFailed left it."""
     put_raw(
         app.clients.dynamodb,
         TABLE,
         {
-            **pending(task_id, "NOOP_TASK", {}),
+            **pending(task_id, task_type, data or {}),
             "status": "RETRYING",
             "episode": 1,
             "created_at": "2026-12-01T00:00:00.000Z",
@@ -161,16 +163,7 @@ def test_an_execution_of_the_previous_definition_ends_a_permanent_failure_as_it_
 ) -> None:
     # Given an in-flight execution whose attempt fails for good (bad input)
     app = previous.app
-    put_raw(
-        app.clients.dynamodb,
-        TABLE,
-        {
-            **pending("p", "EXAMPLE_TASK", {"unexpected": 1}),
-            "status": "RETRYING",
-            "episode": 1,
-            "created_at": "2026-12-01T00:00:00.000Z",
-        },
-    )
+    _retrying(app, "p", "EXAMPLE_TASK", {"unexpected": 1})
 
     # When it runs
     found = previous.run(
@@ -205,16 +198,7 @@ def test_an_execution_of_the_previous_definition_marks_exhausted_retries_with_an
 ) -> None:
     # Given an in-flight execution of a task that fails every attempt (2 allowed)
     app = previous.app
-    put_raw(
-        app.clients.dynamodb,
-        TABLE,
-        {
-            **pending("x", "ALWAYS_FAILING_TASK", {}),
-            "status": "RETRYING",
-            "episode": 1,
-            "created_at": "2026-12-01T00:00:00.000Z",
-        },
-    )
+    _retrying(app, "x", "ALWAYS_FAILING_TASK")
 
     # When it runs out of attempts
     found = previous.run(
