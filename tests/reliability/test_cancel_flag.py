@@ -305,6 +305,30 @@ def test_a_cancel_that_wins_the_race_with_a_takeover_ends_it_cancelled(
     assert stored.status is S.CANCELLED and stored.attempts == 1  # never run again
 
 
+def test_a_cancel_landing_as_the_sweeper_takes_a_dead_claim_over_ends_it_cancelled(
+    app: App, client: TaskRunnerClient
+) -> None:
+    # Given a stream claim whose worker died (no cancel yet), found by the sweeper
+    task = client.create_task(KIND, {})
+    app.store.claim_pending(task.id, source=ClaimSource.STREAM, lease_seconds=-5)
+    original = app.store.expire_lease
+    landed: list[dict[str, Any]] = []
+
+    def cancel_first(seen: Task, error: Any, **kwargs: Any) -> Task:
+        if not landed:  # the sweeper read it; the cancel's write lands now
+            landed.append(client.cancel_task(task.id))
+        return original(seen, error, **kwargs)
+
+    app.store.expire_lease = cancel_first  # type: ignore[method-assign]
+
+    # Then its retry is refused on its condition and the task ends CANCELLED, not FAILED
+    # for a retry
+    assert app.sweeper.expire_leases() == 1
+    assert landed[0]["cancel_requested"] is True
+    stored = app.store.get(task.id)
+    assert stored.status is S.CANCELLED and stored.episode == 0
+
+
 # --- a cancel requested, then the result cannot be stored ------------------------------
 
 BUCKET = "payloads-cancel"
@@ -343,3 +367,41 @@ def test_a_cancel_requested_claim_whose_result_s3_refuses_ends_cancelled(papp: A
     stored = app.store.get(task.id)
     assert stored.status is S.CANCELLED and stored.episode == 0
     assert stored.error is not None and stored.error.type == "PayloadUnavailable"
+
+
+# --- a cancel whose reply was lost while its claim ended -------------------------------
+
+
+def test_a_cancel_whose_reply_was_lost_as_its_claim_failed_for_good(
+    app: App, client: TaskRunnerClient
+) -> None:
+    from botocore.exceptions import ReadTimeoutError
+
+    from runner.errors import TaskConflict
+    from runner.failures import describe_error
+
+    task = client.create_task(KIND, {})
+    claimed = app.store.claim_pending(task.id, source=ClaimSource.STREAM, lease_seconds=60)
+    dynamodb = app.clients.dynamodb
+    original = dynamodb.update_item
+    app.store._sleep = lambda seconds: None  # the retry policy's backoff
+
+    def lose_the_reply(**kwargs: Any) -> Any:
+        answer = original(**kwargs)
+        if "cancel_requested" in kwargs.get("ExpressionAttributeNames", {}).values():
+            dynamodb.update_item = original  # once
+            # The cancel's write applied; before its retry, the claim fails for good
+            failure = describe_error(PermanentTaskError("its clean-up failed"))
+            assert app.runner.record(claimed, ClaimSource.STREAM, error=failure).status is S.FAILED
+            raise ReadTimeoutError(endpoint_url="https://dynamodb")
+        return answer
+
+    dynamodb.update_item = lose_the_reply  # type: ignore[method-assign]
+    # The retried write finds the claim gone; the cancel looks again: finished, refused
+    with pytest.raises(TaskConflict, match="FAILED for good"):
+        client.cancel_task(task.id)
+    assert app.store.get(task.id).cancel_requested  # the request applied, as history
+
+    # retry-task's redrive runs the new episode to the end, untouched by that request
+    app.store.redrive(app.store.get(task.id), statuses=(S.FAILED,))
+    assert _attempt(app, task.id).status is S.DONE
