@@ -211,6 +211,14 @@ class WorkflowAttempts:
                 return {"outcome": DONE}
             if task.status is S.CANCELLED:
                 return {"outcome": SUPERSEDED, "found": S.CANCELLED.value}
+            if task.status is S.PROCESSING and task.cancel_requested and not self._lease_live(task):
+                # Its claim died after a cancel was requested: CANCELLED, not exhausted
+                # (which retry-task would run again).
+                try:
+                    self.store.cancel_expired(task)
+                except TaskConflict:
+                    continue  # it changed since the read: look again
+                return {"outcome": SUPERSEDED, "found": S.CANCELLED.value}
             if task.status is S.FAILED and task.retries_exhausted:
                 # Marked by this call's write whose reply was lost, or by an invocation
                 # that crashed after its write: counted again rather than never (a

@@ -155,7 +155,8 @@ class Task(BaseModel):
     run_at: str | None = None
     executions: list[str] = []
     attempt_log: list[AttemptRecord] = []
-    # Set by `cancel-task` on a PROCESSING task: its handler is asked to stop.
+    # Set by `cancel-task` on a PROCESSING task, for its current claim: its handler is
+    # asked to stop. The next claim or redrive removes it (`runner.store.claims`).
     cancel_requested: bool = False
     progress: Progress | None = None
     # The producer's `create_task(idempotency_key=...)`, from which the id was made.

@@ -32,6 +32,13 @@ from runner.store.outcomes import NO_CANCEL_REQUESTED, OutcomeWrites
 S = TaskStatus
 # A lease that is "live" blocks every claim; absent or past, it blocks none.
 LEASE_FREE = "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now_epoch)"
+# What every claim removes, in its own write (no read, no second write): the expiry (a
+# running task is never TTL's to delete; its outcome sets a new one), and any cancel
+# request, which was for a claim that has ended (`cancel_requested` belongs to the claim
+# it was requested for, whose token its write required: heartbeats, outcomes and
+# `cancel_expired` then read only this claim's). A dead claim whose cancel was requested
+# is never claimed, so nothing a cancel still needs is removed.
+CLAIM_REMOVES = ("expires_at", "cancel_requested")
 
 
 class ClaimWrites(OutcomeWrites, StoreBase):
@@ -131,7 +138,8 @@ class ClaimWrites(OutcomeWrites, StoreBase):
     def claim_pending(self, task_id: str, *, source: ClaimSource, lease_seconds: float) -> Task:
         """PENDING → PROCESSING, unless a lease is live (`fence_pending`); raises
         TaskAlreadyClaimed if anyone got there first. An expiry a reset to PENDING kept
-        is removed: a running task is never TTL's to delete."""
+        is removed: a running task is never TTL's to delete; so is any cancel request
+        (`CLAIM_REMOVES`)."""
         try:
             return self._claim(
                 task_id,
@@ -141,7 +149,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
                 values={":pending": S.PENDING.value, ":now_epoch": self.now_epoch()},
                 adds={"attempts": 1},
                 extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
-                removes=("expires_at",),
+                removes=CLAIM_REMOVES,
             )
         except TaskConflict as exc:
             raise TaskAlreadyClaimed(
@@ -183,8 +191,11 @@ class ClaimWrites(OutcomeWrites, StoreBase):
         From PENDING (a task handed to the workflow), RETRYING, FAILED while still
         retryable, or PROCESSING whose lease is dead; never while any lease is live (an
         earlier attempt may still act), never past the attempts allowed, never another
-        incarnation of the id (`created_at`), never once a cancel was requested. On a
-        lost condition the TaskConflict carries the item as it was (`.old`).
+        incarnation of the id (`created_at`), never a dead claim whose cancel was
+        requested (that one ends CANCELLED: `cancel_expired`). A cancel request on a
+        waiting task belonged to a claim that has ended: the claim removes it
+        (`CLAIM_REMOVES`). On a lost condition the TaskConflict carries the item as it
+        was (`.old`).
         """
         condition = (
             f"{episode_condition(episode)}"
@@ -192,7 +203,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             f" AND {LEASE_FREE}"
             " AND (#status <> :failed OR (retryable = :true"
             " AND (attribute_not_exists(retries_exhausted) OR retries_exhausted = :false)))"
-            f" AND {NO_CANCEL_REQUESTED}"
+            f" AND (#status <> :processing OR {NO_CANCEL_REQUESTED})"
         )
         values: dict[str, Any] = {
             ":episode": episode,
@@ -221,8 +232,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
             values=values,
             adds={"attempts": 1, "episode_attempts": 1},
             extra_set=("created_at = if_not_exists(created_at, :updated_at)",),
-            # A running task is never TTL's to delete (its outcome sets a new expiry).
-            removes=("expires_at",),
+            removes=CLAIM_REMOVES,
         )
 
     def prepare_handoff(self, task_id: str) -> Task:

@@ -4,9 +4,10 @@
 - A task that waits (PENDING, SCHEDULED, FAILED awaiting a retry, RETRYING) → CANCELLED
   at once, only as it was seen (status, episode, incarnation): a claim or a retry
   that got there first wins, and the canceller looks again.
-- A PROCESSING task only gets `cancel_requested`; its claim ends it (CANCELLED on
-  `TaskCancelled`, DONE on a normal return), or, once its lease is dead, whoever
-  recovers the claim does: CANCELLED, never FAILED-retryable.
+- A PROCESSING task only gets `cancel_requested`, for the claim seen (its token); its
+  claim ends it (CANCELLED on `TaskCancelled`, DONE on a normal return), or, once its
+  lease is dead, whoever recovers the claim does: CANCELLED, never FAILED-retryable.
+  The flag is that claim's: the next claim or redrive removes it (`CLAIM_REMOVES`).
 - Heartbeats and progress leave `status`, `status_shard` and `updated_at` alone, so
   they never rewrite the task's `by-status` index entry; each holds only while the
   claim does (its token).

@@ -236,12 +236,31 @@ class OutcomeWrites(StoreBase):
         )
         in_workflow = attempt.source == ClaimSource.WORKFLOW.value
         status = S.RETRYING if in_workflow else S.FAILED
+        try:
+            return self.record_outcome(
+                task,
+                status,
+                error=error,
+                attempt=attempt.model_copy(update={"outcome": status}),
+                new_episode=not in_workflow,
+                lease_until=lease_until,
+                unless_cancel_requested=True,
+            )
+        except TaskConflict as conflict:
+            old = conflict.old
+            if not (
+                isinstance(old, Task)
+                and old.status is S.PROCESSING
+                and old.claim_token == task.claim_token
+                and old.cancel_requested
+            ):
+                raise
+        # A cancel came while it ran: no retry follows, the task ends CANCELLED.
         return self.record_outcome(
             task,
-            status,
+            S.CANCELLED,
             error=error,
-            attempt=attempt.model_copy(update={"outcome": status}),
-            new_episode=not in_workflow,
+            attempt=attempt.model_copy(update={"outcome": S.CANCELLED}),
             lease_until=lease_until,
         )
 

@@ -117,10 +117,14 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
         """→ RETRYING in a new episode (the task as seen, if still in one of `statuses`),
         its retries budget reset and its expiry a full TTL from now; `reset_steps`
         clears its recorded steps, so they run again (their objects go with the task).
+        A cancel request goes too: it was for a claim that has ended (no status a
+        redrive starts from is PROCESSING), and the new episode is run on purpose.
 
         A lease is kept: a redriven task whose last attempt could not be stopped is
         claimed only once that lease is over.
         """
+        if S.PROCESSING in statuses:
+            raise ValueError("a running claim is never redriven")
         now = self.clock()
         names = {f":s{n}": status.value for n, status in enumerate(statuses)}
         condition = (
@@ -139,7 +143,7 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
                 "episode_attempts": 0,
                 "expires_at": self._expiry(now),
             },
-            removes=("retries_exhausted", "steps") if reset_steps else ("retries_exhausted",),
+            removes=("retries_exhausted", "cancel_requested", *(("steps",) if reset_steps else ())),
             condition=condition,
             values=values,
         )
@@ -192,14 +196,20 @@ class RecoveryWrites(OutcomeWrites, StoreBase):
     def exhaust(self, task: Task, error: TaskErrorInfo) -> Task:
         """The task as seen → FAILED, retries exhausted, for good: the retry workflow gave
         up. Only if it is still as seen and no lease is live (a live claim is never
-        overwritten); leaves no claim token or lease, and sets the expiry."""
+        overwritten), and not a dead claim whose cancel was requested (`cancel_expired`
+        ends that one CANCELLED); leaves no claim token or lease, and sets the expiry."""
         now = self.clock()
         values: dict[str, Any] = {
             ":seen": task.status.value,
             ":episode": task.episode,
             ":now_epoch": int(now.timestamp()),
+            ":processing": S.PROCESSING.value,
+            ":no": False,
         }
-        condition = f"#status = :seen AND {episode_condition(task.episode)} AND {LEASE_FREE}"
+        condition = (
+            f"#status = :seen AND {episode_condition(task.episode)} AND {LEASE_FREE}"
+            f" AND (#status <> :processing OR {NO_CANCEL_REQUESTED})"
+        )
         if task.created_at:
             condition += " AND created_at = :created_at"
             values[":created_at"] = task.created_at
