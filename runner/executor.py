@@ -197,11 +197,16 @@ class TaskRunner:
                 lease_until = runtime.abandoned_lease(
                     self.store.now_epoch(), left, self.lease_seconds(None, None)
                 )
+            # The lease as the heartbeat last renewed it (the claim's was only the live
+            # lease): it fences the outcome's write of work left running.
+            updates: dict[str, Any] = {}
+            if task.lease_expires_at is not None:
+                updates["lease_expires_at"] = heartbeat.lease
             if steps.steps is not None or steps.offloaded:
                 # The outcome's size check counts the steps this attempt recorded.
-                task = task.model_copy(
-                    update={"steps": steps.steps, "payloads": task.payloads or steps.offloaded}
-                )
+                updates.update(steps=steps.steps, payloads=task.payloads or steps.offloaded)
+            if updates:
+                task = task.model_copy(update=updates)
             progress = (
                 control.progress.close() if isinstance(control.progress, ProgressReporter) else None
             )

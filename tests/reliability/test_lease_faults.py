@@ -16,6 +16,7 @@ Time is the store's injected clock; real waits are fractions of a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,10 +112,8 @@ def test_work_abandoned_long_after_its_claim_is_recorded_under_the_heartbeats_le
                 await asyncio.sleep(0.005)
         lease_now["at"] = app.store.get(ctx.task_id).lease_expires_at or 0
         # ... then an upstream call in a thread is given up on: its work still runs
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.to_thread(release.wait, 10), 0.05)
-        except TimeoutError:
-            pass
         return "fallback"
 
     _register(app, long_then_leaves_work)
@@ -200,9 +199,7 @@ def test_a_beat_stuck_in_its_call_ends_the_runtime_before_the_lease_could_lapse(
     assert app.sweeper.expire_leases() == 0
 
 
-def test_a_stuck_progress_write_never_holds_a_beat_back(
-    app: App, client: TaskRunnerClient
-) -> None:
+def test_a_stuck_progress_write_never_holds_a_beat_back(app: App, client: TaskRunnerClient) -> None:
     claimed = _claimed(app, client)
     stall = threading.Event()
     writes: list[int] = []
@@ -260,7 +257,8 @@ def test_every_heartbeat_and_progress_call_gives_up_before_the_lease_could_lapse
     left_at_progress = 210 - 100 - LAPSE_MARGIN_SECONDS
     beat_budget, progress_budget = budgets["heartbeat"], budgets["progress"]
     assert beat_budget is not None and left_at_beat - 1 < beat_budget <= left_at_beat
-    assert progress_budget is not None and left_at_progress - 1 < progress_budget <= left_at_progress
+    assert progress_budget is not None
+    assert left_at_progress - 1 < progress_budget <= left_at_progress
 
 
 # --- 8. throttled beats never end a task CANCELLED -------------------------------------
