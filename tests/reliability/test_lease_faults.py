@@ -291,8 +291,19 @@ def test_beats_throttled_until_the_lease_could_lapse_never_end_a_task_cancelled(
     app.runner.leases = LeasePolicy(heartbeat_seconds=0.02)  # live: the 120 s lease
     seen: dict[str, Any] = {}
 
+    def beats_fail_until(offset: int) -> bool:
+        """Moves the clock by 30 s once the last beat was refused; True at `offset`."""
+        if counts["throttled"] > seen.setdefault("refused", 0):
+            seen["refused"] = counts["throttled"]
+            seen["at"] = seen.get("at", 0) + 30
+            clock.at(min(seen["at"], offset))
+        return seen.get("at", 0) >= offset
+
+    late = int(120 - LAPSE_MARGIN_SECONDS + 1)  # the claim's lease still holds
+
     async def awaits(data: _Empty, ctx: TaskContext) -> str:
-        clock.at(120 - LAPSE_MARGIN_SECONDS + 1)  # every beat so far throttled
+        while not beats_fail_until(late):
+            await asyncio.sleep(0.005)
         try:
             for _ in range(500):
                 await asyncio.sleep(0.01)
@@ -302,7 +313,8 @@ def test_beats_throttled_until_the_lease_could_lapse_never_end_a_task_cancelled(
         return "ran on"
 
     def polls(data: _Empty, ctx: TaskContext) -> str:
-        clock.at(120 - LAPSE_MARGIN_SECONDS + 1)
+        while not beats_fail_until(late):
+            time.sleep(0.005)
         for _ in range(500):
             if ctx.cancel_requested:
                 seen["ended_when_stopped"] = list(ended)
@@ -317,10 +329,40 @@ def test_beats_throttled_until_the_lease_could_lapse_never_end_a_task_cancelled(
 
     # The beats failed (throttled) while the claim still held; the runtime was ended
     # before the handler was asked to stop ...
-    assert counts["throttled"] >= 1
+    assert counts["throttled"] >= 3
     assert seen.get("ended_when_stopped") == ["ended"], seen
     # ... and the stop is a lost claim, not a cancel: nothing is recorded, the task stays
     # PROCESSING until its lease lapses (then it is retried), never CANCELLED
     assert outcome.status is None and outcome.note == "claim lost"
     stored = app.store.get(task.id)
     assert stored.status is S.PROCESSING and not stored.cancel_requested
+
+
+def test_a_lease_it_cannot_renew_ends_the_runtime_before_the_handler_is_told(
+    app: App, client: TaskRunnerClient
+) -> None:
+    clock = _Clock(app)
+    _throttle_heartbeats(app)
+    claimed = _claimed(app, client)
+    lease = claimed.lease_expires_at or 0
+    order: list[str] = []
+    control = TaskControl()
+    control.on_cancel(lambda: order.append("handler told to stop"))
+    beat = Heartbeat(
+        app.store,
+        claimed.id,
+        claimed.claim_token or "",
+        control,
+        lease=lease,
+        cap=lease + 480,
+        live_seconds=120,
+        interval=30,
+        end_runtime=lambda reason: order.append("runtime ended") is None,
+    )
+
+    # 90 s in, a beat fails after its retries: the next one could come after the lease
+    clock.at(90)
+    assert not beat.beat()
+
+    assert order == ["runtime ended", "handler told to stop"]
+    assert control.lost and not control.cancelled_by_request
