@@ -227,7 +227,9 @@ class Heartbeat:
             if self._lost_once:
                 return
             self._lost_once = self._done = True
-        self.log.warning("claim lost while its handler runs", extra={"task_id": self.task_id})
+        self.log.warning(
+            "claim lost while its handler runs", extra={"task_id": self.task_id, "reason": reason}
+        )
         if self.live_seconds is not None:
             # Its lease may lapse (or has): nothing of this runtime may act past it. Ended
             # before the handler is told: unwound, it could record an outcome meanwhile.
