@@ -108,7 +108,9 @@ def test_work_abandoned_long_after_its_claim_is_recorded_under_the_heartbeats_le
         # 150 s go by, the heartbeat renewing the lease every 10 s of them ...
         for offset in range(10, 160, 10):
             clock.at(offset)
+            gives_up = time.monotonic() + 10
             while (app.store.get(ctx.task_id).lease_expires_at or 0) < EPOCH + offset + 120:
+                assert time.monotonic() < gives_up, f"no beat landed at {offset} s"
                 await asyncio.sleep(0.005)
         lease_now["at"] = app.store.get(ctx.task_id).lease_expires_at or 0
         # ... then an upstream call in a thread is given up on: its work still runs
@@ -189,7 +191,7 @@ def test_a_beat_stuck_in_its_call_ends_the_runtime_before_the_lease_could_lapse(
             assert ended == [], "ended while the lease still had its margin"
             # The margin is reached while the call still hangs
             clock.at(120 - LAPSE_MARGIN_SECONDS)
-            assert _until(lambda: bool(ended), 2.0), "the runtime ran on past its margin"
+            assert _until(lambda: bool(ended)), "the runtime ran on past its margin"
             assert not stall.is_set()
     finally:
         stall.set()
@@ -219,9 +221,9 @@ def test_a_stuck_progress_write_never_holds_a_beat_back(app: App, client: TaskRu
         with beat:
             control.progress.report(1, 3)  # written at once
             control.progress.report(2, 3)  # kept, then written by the heartbeat's thread
-            assert _until(lambda: len(writes) == 2, 2.0)
+            assert _until(lambda: len(writes) == 2)
             # While that write hangs, the beats go on
-            assert _until(lambda: beat.beats >= 3, 2.0), f"{beat.beats} beats"
+            assert _until(lambda: beat.beats >= 3), f"{beat.beats} beats"
     finally:
         stall.set()
 
@@ -300,9 +302,11 @@ def test_beats_throttled_until_the_lease_could_lapse_never_end_a_task_cancelled(
         return seen.get("at", 0) >= offset
 
     late = int(120 - LAPSE_MARGIN_SECONDS + 1)  # the claim's lease still holds
+    gives_up = time.monotonic() + 20
 
     async def awaits(data: _Empty, ctx: TaskContext) -> str:
         while not beats_fail_until(late):
+            assert time.monotonic() < gives_up, "the beats were not refused"
             await asyncio.sleep(0.005)
         try:
             for _ in range(500):
@@ -314,6 +318,7 @@ def test_beats_throttled_until_the_lease_could_lapse_never_end_a_task_cancelled(
 
     def polls(data: _Empty, ctx: TaskContext) -> str:
         while not beats_fail_until(late):
+            assert time.monotonic() < gives_up, "the beats were not refused"
             time.sleep(0.005)
         for _ in range(500):
             if ctx.cancel_requested:
