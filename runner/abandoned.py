@@ -4,9 +4,10 @@ Such work may still act (`runner.runtime`), so its outcome must hold a retry bac
 
 - the outcome is written with a lease past the invocation's hard deadline
   (`lease_until`, from `runtime.abandoned_lease`);
-- until that write lands, only the claim's own lease (the task's timeout plus the
-  grace) fences a retry, so the write is given up, and the runtime ended, a margin
-  before that lease ends (a throttled or slow DynamoDB: `bounded_by_claim`);
+- until that write lands, only the claim's own lease fences a retry (as its heartbeat
+  last renewed it: in Lambda the claim took only the live lease), so the write is given
+  up, and the runtime ended, a margin before that lease ends (a throttled or slow
+  DynamoDB: `bounded_by_claim`);
 - a write refused (the claim lost, the item put again) or failed leaves only the
   claim's lease: the runtime is ended at once, not at the end of the batch;
 - a written lease is handed to the runtime, which cuts or removes it once the work can
@@ -54,7 +55,8 @@ def record(
 @contextlib.contextmanager
 def bounded_by_claim(store: TaskStore, task: Task) -> Iterator[None]:
     """AWS calls in the block give up, and the runtime is ended if the block still runs,
-    `runtime.LATE_WRITE_MARGIN_SECONDS` before the claim's lease ends."""
+    `runtime.LATE_WRITE_MARGIN_SECONDS` before the claim's lease ends (`task`'s lease:
+    the heartbeat's latest, `runner.executor`)."""
     if task.lease_expires_at is None:
         yield
         return

@@ -197,11 +197,12 @@ class TaskRunner:
                 lease_until = runtime.abandoned_lease(
                     self.store.now_epoch(), left, self.lease_seconds(None, None)
                 )
+            # The lease as the heartbeat last renewed it fences the outcome's write of work
+            # left running (runner.abandoned); the size check counts this attempt's steps.
+            updates: dict[str, Any] = {"lease_expires_at": heartbeat.lease}
             if steps.steps is not None or steps.offloaded:
-                # The outcome's size check counts the steps this attempt recorded.
-                task = task.model_copy(
-                    update={"steps": steps.steps, "payloads": task.payloads or steps.offloaded}
-                )
+                updates.update(steps=steps.steps, payloads=task.payloads or steps.offloaded)
+            task = task.model_copy(update=updates)
             progress = (
                 control.progress.close() if isinstance(control.progress, ProgressReporter) else None
             )
@@ -216,6 +217,7 @@ class TaskRunner:
                     lease_until=lease_until,
                     progress=progress,
                     cancel_requested=control.cancelled_by_request,
+                    claim_lost=control.lost,
                 )
 
             if lease_until is None:
@@ -236,12 +238,14 @@ class TaskRunner:
         lease_until: int | None = None,
         progress: dict[str, Any] | None = None,
         cancel_requested: bool = False,
+        claim_lost: bool = False,
     ) -> Outcome:
         """The claim's final write: DONE, FAILED, (in a workflow) RETRYING, or CANCELLED.
 
         `TaskCancelled` ends the task CANCELLED. So does a failure a retry would follow
         once a cancel was requested (known here, or found by the write's condition: one
-        more write, only then); a normal return is DONE, a permanent failure FAILED."""
+        more write, only then); a normal return is DONE, a permanent failure FAILED.
+        A stop for a lost claim (`claim_lost`) is no cancel: nothing is written."""
         fields = {"task_id": task.id, "task_type": task.type, "attempt": task.attempts}
         status = self._status_for(error, source)
         if status in (S.FAILED, S.RETRYING) and error is not None and error.retryable:
@@ -249,6 +253,9 @@ class TaskRunner:
                 status = S.CANCELLED
         elif error is not None and error.type == TaskCancelled.__name__:
             status = S.CANCELLED
+        if claim_lost and status is S.CANCELLED:  # the heartbeat ended it: the lease decides
+            self.log.warning("outcome not recorded: claim lost", extra=fields)
+            return Outcome(task.id, None, error=error, note="claim lost", attempt=task.attempts)
         record = AttemptRecord(
             attempt=task.attempts,
             episode=task.episode,

@@ -10,12 +10,25 @@ past its deadline a handler is abandoned, `runner.runtime`), and reads back
 
 Where the runtime can be ended (in Lambda) the claim's lease is only the live lease
 (`LIVE_LEASE_SECONDS`), so a worker that died is taken over within two minutes rather
-than after its task's whole timeout; the heartbeat keeps it alive. If beats fail (a
-throttled write, retried by the AWS policy, then given up) until the lease could lapse
-before the next one, or the claim is found gone, the runtime is ended at once: no
-handler runs on past a lease another worker may take over. Elsewhere (the CLI, tests)
-the claim's lease already covers the deadline, and a lost claim only asks the handler
-to stop (`ctx.cancel_requested`).
+than after its task's whole timeout; the heartbeat keeps it alive. No handler may run on
+past a lease another worker may take over, whatever an AWS call does (a throttled write
+is retried for up to 20 s by the AWS policy, a stalled socket waits out its 30 s read
+timeout), so:
+
+- the heartbeat's own thread makes no AWS call: it watches the lease, and starts each
+  beat, and each progress write that is due, in a thread of its own (one beat at a time;
+  a progress write only while no beat is in flight, so it never holds a beat back);
+- it ends the runtime once the lease, as last renewed, is within `LAPSE_MARGIN_SECONDS`
+  of its end, even while a call still hangs (each beat that lands moves that point);
+- every beat and progress write gives up its retries by then (`aws_deadline`);
+- a beat that fails with too little lease left for the next one, or that finds the
+  claim gone, ends the runtime at once.
+
+The runtime is ended before the handler is asked to stop (`ctx.cancel_requested`): a
+handler that unwound first could record an outcome for a claim that may still hold, and
+a stop for a lost claim is never recorded as CANCELLED (`runner.executor`). Elsewhere
+(the CLI, tests) the claim's lease already covers the deadline, and a lost claim only
+asks the handler to stop.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner import runtime
+from runner.aws import aws_deadline
 from runner.control import TaskControl
 from runner.errors import TaskConflict
 from runner.items import parse_iso
@@ -39,12 +53,14 @@ if TYPE_CHECKING:
     from runner.store import TaskStore
 
 HEARTBEAT_SECONDS = 30.0
-# The heartbeat thread wakes this often to see whether it was stopped, or progress is due.
+# The heartbeat's thread looks this often whether it was stopped, the lease runs out, a
+# beat or progress is due.
 TICK_SECONDS = 1.0
 # A claim's lease where the runtime can be ended: four beats.
 LIVE_LEASE_SECONDS = 120
-# A beat that fails with less than one interval and this much of its lease left ends
-# the runtime (the next beat might come too late).
+# The runtime is ended this long before the lease ends if no beat renewed it (clock skew
+# between the Lambdas that compare it, the exit itself); a beat that fails with less
+# than one interval and this much left ends it at once (the next might come too late).
 LAPSE_MARGIN_SECONDS = 15.0
 # Reason the control gives the handler when its claim is gone.
 CLAIM_LOST = "the claim was lost"
@@ -65,7 +81,7 @@ class Heartbeat:
         live_seconds: float | None,
         interval: float = HEARTBEAT_SECONDS,
         end_runtime: Callable[[str], bool] = runtime.end_now,
-        on_tick: Callable[[], None] | None = None,
+        progress: ProgressReporter | None = None,
         tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self.store = store
@@ -78,11 +94,16 @@ class Heartbeat:
         self.live_seconds = live_seconds
         self.interval = interval
         self._end_runtime = end_runtime
-        # Called about every `tick` while the handler runs (progress due to be written).
-        self._on_tick = on_tick
+        # Reports kept back, written once due (from a thread of their own).
+        self._progress = progress
         self.tick = min(tick_seconds, interval)
         self._stopped = False
+        self._done = False  # the claim is lost: no more beats
+        self._lost_lock = threading.Lock()
+        self._lost_once = False
         self._thread: threading.Thread | None = None
+        self._beating: threading.Thread | None = None
+        self._writing: threading.Thread | None = None
         self.beats = 0
         self.failures = 0
         self.log = get_logger()
@@ -114,18 +135,52 @@ class Heartbeat:
 
     def _run(self) -> None:
         # Short sleeps, not an Event: time.sleep is what a simulation (and a test)
-        # replaces with its own clock, and the tick also writes progress that is due.
+        # replaces with its own clock. This thread never waits on a call.
         next_beat = time.monotonic() + self.interval
         while True:
-            time.sleep(max(0.0, min(self.tick, next_beat - time.monotonic())))
-            if self._stopped:
+            wait = self.tick
+            if not _busy(self._beating):
+                wait = min(wait, next_beat - time.monotonic())
+            time.sleep(max(0.0, wait))
+            if self._stopped or self._done:
                 return
-            if self._on_tick is not None:
-                self._on_tick()
-            if time.monotonic() >= next_beat:
-                if self._stopped or not self.beat():
-                    return
+            if self.lapsing():
+                self._lost("its lease could not be renewed in time")
+                return
+            if _busy(self._beating):
+                continue  # the next beat waits for it; no progress write beside it
+            now = time.monotonic()
+            if now >= next_beat:
+                self._beating = self._spawn(self._beat_once, "beat")
                 next_beat += self.interval
+                if next_beat <= now:  # that beat came late: the next one interval after
+                    next_beat = now + self.interval
+            elif self._progress is not None and self._progress_due(self._progress):
+                self._writing = self._spawn(self._progress.flush_due, "progress")
+
+    def _progress_due(self, progress: ProgressReporter) -> bool:
+        """A report kept back is due, and no progress write is in flight."""
+        return not _busy(self._writing) and progress.due()
+
+    def _spawn(self, target: Callable[[], object], what: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=f"{what}-{self.task_id}", daemon=True)
+        thread.start()
+        return thread
+
+    def _beat_once(self) -> None:
+        if not self.beat():
+            self._done = True
+
+    def lapsing(self) -> bool:
+        """True once the lease, as last renewed, is within the margin of its end where
+        it is only the live lease (the runtime must end before another may claim)."""
+        if self.live_seconds is None:
+            return False
+        return self.store.clock().timestamp() >= self.lease - LAPSE_MARGIN_SECONDS
+
+    def call_budget(self) -> float:
+        """How long a call under this claim may take: until the lease's margin."""
+        return self.lease - self.store.clock().timestamp() - LAPSE_MARGIN_SECONDS
 
     def next_lease(self, now_epoch: int) -> int:
         """The lease to write now: extended by the live lease, never past the cap, never
@@ -138,7 +193,8 @@ class Heartbeat:
         """One beat; False once the claim is lost (no more beats)."""
         target = self.next_lease(self.store.now_epoch())
         try:
-            cancel = self.store.heartbeat(self.task_id, token=self.token, lease_until=target)
+            with aws_deadline(self.call_budget()):
+                cancel = self.store.heartbeat(self.task_id, token=self.token, lease_until=target)
         except TaskConflict:
             if not self._stopped:  # else the outcome was written meanwhile: all is well
                 self._lost(CLAIM_LOST)
@@ -160,18 +216,29 @@ class Heartbeat:
                 self._lost("its lease could not be renewed")
                 return False
             return True
-        self.lease = target
+        self.lease = max(self.lease, target)
         self.beats += 1
         if cancel:
             self.control.request_cancel()
         return True
 
     def _lost(self, reason: str) -> None:
-        self.log.warning("claim lost while its handler runs", extra={"task_id": self.task_id})
-        self.control.request_cancel(reason, lost=True)
+        with self._lost_lock:  # the watch and a failed beat may both find it
+            if self._lost_once:
+                return
+            self._lost_once = self._done = True
+        self.log.warning(
+            "claim lost while its handler runs", extra={"task_id": self.task_id, "reason": reason}
+        )
         if self.live_seconds is not None:
-            # Its lease may lapse (or has): nothing of this runtime may act past it.
+            # Its lease may lapse (or has): nothing of this runtime may act past it. Ended
+            # before the handler is told: unwound, it could record an outcome meanwhile.
             self._end_runtime(f"task {self.task_id}: {reason}")
+        self.control.request_cancel(reason, lost=True)
+
+
+def _busy(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 @dataclass(frozen=True)
@@ -201,7 +268,9 @@ class LeasePolicy:
         token = task.claim_token or ""
 
         def write(value: dict[str, Any]) -> None:
-            store.write_progress(task.id, token=token, progress=value)
+            # Given up before the lease could lapse, as the heartbeat's own calls are.
+            with aws_deadline(heartbeat.call_budget()):
+                store.write_progress(task.id, token=token, progress=value)
 
         reporter = ProgressReporter(
             write,
@@ -222,7 +291,7 @@ class LeasePolicy:
             cap=cap,
             live_seconds=self.live(),
             interval=self.heartbeat_seconds,
-            on_tick=reporter.flush_due,
+            progress=reporter,
             tick_seconds=min(TICK_SECONDS, self.progress_seconds),
         )
         return control, heartbeat

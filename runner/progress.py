@@ -2,8 +2,9 @@
 
 The first report is written at once; later ones at most every `PROGRESS_INTERVAL_SECONDS`
 per task, the latest value winning: a report inside the interval is kept and written
-once the interval has ended (by the claim's heartbeat thread, which ticks every second:
-`flush_due`), or with the claim's final write if the handler ends first. Each write is
+once the interval has ended (by the claim's heartbeat, which looks every second and
+writes it from a thread of its own: `flush_due`), or with the claim's final write if the
+handler ends first. Each write is
 conditional on the claim and leaves `status`, `status_shard` and `updated_at` alone
 (`runner.store.control`); one that fails is logged, never raised.
 """
@@ -82,15 +83,22 @@ class ProgressReporter:
                 return
         self._send(value)
 
+    def due(self) -> bool:
+        """True if a report kept back has waited out its interval (`flush_due` writes it)."""
+        with self._lock:
+            return self._due()
+
+    def _due(self) -> bool:
+        if self._pending is None or self._closed or self._last is None:
+            return False
+        return self._monotonic() - self._last >= self.interval
+
     def flush_due(self) -> None:
         """Write the report kept back, once its interval has ended."""
         with self._lock:
-            if self._pending is None or self._closed or self._last is None:
+            if not self._due() or self._pending is None:
                 return
-            now = self._monotonic()
-            if now - self._last < self.interval:
-                return
-            value, self._pending, self._last = self._pending, None, now
+            value, self._pending, self._last = self._pending, None, self._monotonic()
         self._send(value)
 
     def _send(self, value: dict[str, Any]) -> None:
