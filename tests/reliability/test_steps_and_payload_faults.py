@@ -36,6 +36,11 @@ class Crash(BaseException):
 
 @pytest.fixture
 def papp(aws: None, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
+    return payload_app(settings, monkeypatch)
+
+
+def payload_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
+    """An App over moto with a payload bucket; S3 retried 3 times, without sleeping."""
     settings = dataclasses.replace(settings, payload_bucket=BUCKET)
     clients = AwsClients(settings)
     create_tasks_table(clients.dynamodb, settings.table_name)
