@@ -16,6 +16,7 @@ from runner.app import App
 from runner.errors import (
     InvalidTaskInput,
     ItemTooLarge,
+    PayloadCorrupt,
     PayloadTooLarge,
     PayloadUnavailable,
     TaskConflict,
@@ -141,8 +142,9 @@ class TaskRunnerClient:
                     payloads.delete_staged(ref)
             raise
         if ref is not None:
-            # A reader that finds the object missing copies it from staging itself.
-            with contextlib.suppress(PayloadUnavailable):
+            # If this fails, the sweeper moves it (runner.staged_inputs), or a reader
+            # that finds the object missing first; PayloadCorrupt: a reader just did.
+            with contextlib.suppress(PayloadUnavailable, PayloadCorrupt):
                 payloads.commit_input(ref)
         return created
 

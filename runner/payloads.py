@@ -7,24 +7,29 @@ under the task's prefix (`tasks/<digest of id and created_at>/`) and referenced 
 `{"$payload": {"bucket", "key", "bytes", "sha256"}}`. The runner's own writes then always
 fit; a payload is refused only past `MAX_PAYLOAD_BYTES`.
 
-A producer's input is written first under `staging/` (a lifecycle rule expires what an
-item never came to reference: a producer that died between the upload and its insert),
-then copied to the task's prefix once the item exists; a reader that finds no object
-there copies it from `staging/` itself. The task's objects are deleted with it: the
+A producer's input is written first under `staging/`, its metadata naming the task (a
+lifecycle rule expires what an item never came to reference: a producer that died
+between the upload and its insert), then copied to the task's prefix once the item
+exists. If that copy fails (S3 throttled, the producer stopped), the sweeper makes it
+(`runner.staged_inputs`), and a reader that finds no object there first makes it
+itself. The task's objects are deleted with it: the
 stream's REMOVE record (TTL) of an item that had any (`payloads` true) reaches
 `routeFailed`, which deletes its prefix (`delete_task`).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import PayloadCorrupt, PayloadUnavailable
+from runner.errors import InvalidTaskInput, PayloadCorrupt, PayloadUnavailable
 
 if TYPE_CHECKING:  # runner.steps imports this module: task modules load no botocore
     from runner.aws import AwsClients, AwsRetryPolicy
@@ -53,6 +58,12 @@ REFERENCE_KEY = "$payload"
 TASKS_PREFIX = "tasks/"
 # Producers' uploads before their item exists; the bucket's lifecycle rule expires them.
 STAGING_PREFIX = "staging/"
+# A staged input's user metadata: the task it is for (its id base64url-encoded: metadata
+# is sent as HTTP headers), so the sweeper can find the item that refers to it.
+STAGED_ID_METADATA = "task-id"
+STAGED_CREATED_METADATA = "task-created-at"
+# S3's limit on an object's user-defined metadata (names and values, UTF-8 bytes).
+METADATA_MAX_BYTES = 2048
 
 
 class InputBudget:
@@ -120,6 +131,25 @@ def _staging_key(key: str) -> str:
     return STAGING_PREFIX + key.removeprefix(TASKS_PREFIX)
 
 
+def final_key(staged_key: str) -> str:
+    """The key under `tasks/` a staged object is moved to."""
+    return TASKS_PREFIX + staged_key.removeprefix(STAGING_PREFIX)
+
+
+def staged_metadata(task_id: str, created_at: str) -> dict[str, str]:
+    """A staged input's user metadata; InvalidTaskInput if S3 could not hold it."""
+    metadata = {
+        STAGED_ID_METADATA: base64.urlsafe_b64encode(task_id.encode()).decode(),
+        STAGED_CREATED_METADATA: created_at,
+    }
+    if sum(len(k) + len(v) for k, v in metadata.items()) > METADATA_MAX_BYTES:
+        raise InvalidTaskInput(
+            "a task id this long (over ~1,500 bytes as UTF-8) with an input past"
+            f" {INLINE_MAX_BYTES} bytes as JSON is not supported: use a shorter id"
+        )
+    return metadata
+
+
 class PayloadStore:
     """The payload bucket: put, load and delete payload objects; None bucket: disabled."""
 
@@ -170,7 +200,9 @@ class PayloadStore:
             }
         }
 
-    def put(self, key: str, value: Any) -> dict[str, Any]:
+    def put(
+        self, key: str, value: Any, *, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Store `value` at `key` (under a task's prefix); its reference."""
         if self.bucket is None:
             raise PayloadUnavailable("no payload bucket is configured (TASK_RUNNER_PAYLOAD_BUCKET)")
@@ -182,19 +214,55 @@ class PayloadStore:
             Body=body,
             ContentType="application/json",
             ServerSideEncryption="AES256",
+            **({"Metadata": metadata} if metadata else {}),
         )
         return self._reference(key, body)
 
     def stage_input(self, task_id: str, created_at: str, value: Any) -> dict[str, Any]:
-        """A producer's input, uploaded under `staging/` before its item is written; the
-        reference names the key it will have under the task's prefix (`commit_input`)."""
+        """A producer's input, uploaded under `staging/` before its item is written (its
+        metadata names the task); the reference names the key it will have under the
+        task's prefix (`commit_input`)."""
+        metadata = staged_metadata(task_id, created_at)
         final = f"{task_prefix(task_id, created_at)}input.json"
-        ref = self.put(_staging_key(final), value)
+        ref = self.put(_staging_key(final), value, metadata=metadata)
         ref[REFERENCE_KEY]["key"] = final
         return ref
 
+    def staged(self, before: datetime) -> Iterator[str]:
+        """The keys of staged inputs last written before `before` (every page)."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": STAGING_PREFIX}
+            if token:
+                kwargs["ContinuationToken"] = token
+            listed = self._call("list_objects_v2", **kwargs)
+            for found in listed.get("Contents", []):
+                if found["LastModified"] < before:
+                    yield str(found["Key"])
+            token = listed.get("NextContinuationToken")
+            if not token:
+                return
+
+    def staged_for(self, key: str) -> tuple[str, str] | None:
+        """(task id, created_at) a staged input was uploaded for; None if it is gone or
+        does not say (uploaded by a client before the metadata)."""
+        try:
+            head = self._call("head_object", Bucket=self.bucket, Key=key)
+        except PayloadCorrupt:
+            return None
+        metadata = head.get("Metadata") or {}
+        encoded = metadata.get(STAGED_ID_METADATA)
+        created_at = metadata.get(STAGED_CREATED_METADATA)
+        if not encoded or not created_at:
+            return None
+        try:
+            return base64.urlsafe_b64decode(encoded.encode()).decode(), created_at
+        except ValueError:
+            return None
+
     def commit_input(self, ref: dict[str, Any]) -> None:
-        """Move a staged input to the key its reference names (the item exists now)."""
+        """Move a staged input to the key its reference names (the item exists now).
+        PayloadCorrupt if there is none to move (moved already, or expired)."""
         inner = ref[REFERENCE_KEY]
         self._call(
             "copy_object",
@@ -228,8 +296,10 @@ class PayloadStore:
         except PayloadCorrupt:
             if not inner["key"].endswith("/input.json"):
                 raise
-            # Its producer stopped between the insert and the copy: finish the copy.
-            self.commit_input(value)
+            # Its producer stopped between the insert and the copy: finish the copy
+            # (unless the producer or the sweeper just did: then it is there to read).
+            with contextlib.suppress(PayloadCorrupt):
+                self.commit_input(value)
             body = self._get(inner["key"])
         if len(body) != inner["bytes"] or hashlib.sha256(body).hexdigest() != inner["sha256"]:
             raise PayloadCorrupt("payload object does not match its reference")

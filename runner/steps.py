@@ -141,7 +141,9 @@ class StepRecorder:
                 )
             except StepNotRecorded:
                 if not inline:
-                    payloads.delete(record.result)  # no item refers to it
+                    # No item refers to it: the store raises this only when the item
+                    # holds no such record (an applied try is recognised, not refused).
+                    payloads.delete(record.result)
                 raise
             except Exception:
                 if not inline:

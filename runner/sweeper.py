@@ -15,6 +15,8 @@ fails does not stop the others):
 4. **Tasks waiting for an execution that is not running** (`runner.repair`).
 5. **SCHEDULED tasks well past their `run_at`** (their timer was lost), found in the
    sparse `by-run-at` index, promoted to PENDING (`runner.delays.promote_overdue`).
+6. **Staged inputs their producer did not move** to the key their item refers to, before
+   the `staging/` lifecycle rule expires them (`runner.staged_inputs`).
 
 A PENDING task inserted without `status_shard` is in no index: if its stream record is
 lost and no on-failure message says so, only a Scan finds it. The scheduled sweep does
@@ -42,6 +44,7 @@ from runner.logs import get_logger
 from runner.model import ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.repair import ExecutionRepairs
 from runner.replay import FailedBatchReplay
+from runner.staged_inputs import move_staged_inputs
 from runner.store import TaskStore
 from runner.workflow import RUNNING, RetryWorkflow
 
@@ -68,6 +71,7 @@ class SweepReport:
     errors: int = 0
     phase_errors: tuple[str, ...] = field(default_factory=tuple)
     promoted: int = 0
+    inputs_moved: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,6 +84,7 @@ class SweepReport:
             "lost_batches": self.lost_batches,
             "repaired": self.repaired,
             "promoted": self.promoted,
+            "inputs_moved": self.inputs_moved,
             "errors": self.errors,
         }
         if self.phase_errors:
@@ -158,6 +163,9 @@ class Sweeper:
         promoted = self._phase(
             "scheduled", tally, lambda: promote_overdue(self.store, left=lambda: left() - 1)
         )
+        moved = self._phase(
+            "staged", tally, lambda: move_staged_inputs(self.store, left=lambda: left() - 1)
+        )
         segment = None if full_scan else self.segment_for(scheduled_at or self.store.clock())
         if full_scan or segment is not None:
             self._phase(
@@ -175,6 +183,7 @@ class Sweeper:
             lost_batches=replayed[2] if replayed else 0,
             repaired=repaired or 0,
             promoted=promoted or 0,
+            inputs_moved=moved or 0,
             errors=tally.errors,
             phase_errors=tuple(tally.phase_errors),
         )

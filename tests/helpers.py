@@ -78,3 +78,41 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return int((self._deadline - time.monotonic()) * 1000)
+
+
+def payload_expirations() -> list[tuple[str, int]]:
+    """(prefix, days) of every expiring rule of the payload bucket as deployed
+    (infra/resources.yml): what the tests' lifecycle applies."""
+    from pathlib import Path
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    text = (Path(__file__).parents[1] / "infra" / "resources.yml").read_text()
+    resources = yaml.load(text, Loader=Loader)["Resources"]
+    rules = resources["PayloadBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    return [(r["Prefix"], r["ExpirationInDays"]) for r in rules if "ExpirationInDays" in r]
+
+
+def apply_lifecycle(s3: Any, bucket: str, now: Any) -> list[str]:
+    """Delete what the payload bucket's lifecycle rules would have expired by `now` (moto
+    stores a lifecycle configuration but never applies it: docs/MOTO-GAPS.md). As AWS
+    documents it: a rule's days are added to the object's creation time and rounded up
+    to the next midnight UTC. The keys deleted."""
+    from datetime import timedelta
+
+    expired: list[str] = []
+    for prefix, days in payload_expirations():
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        for found in listed.get("Contents", []):
+            due = found["LastModified"] + timedelta(days=days)
+            midnight = due.replace(hour=0, minute=0, second=0, microsecond=0)
+            if midnight < due:
+                midnight += timedelta(days=1)
+            if midnight <= now:
+                s3.delete_object(Bucket=bucket, Key=found["Key"])
+                expired.append(found["Key"])
+    return expired

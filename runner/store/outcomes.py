@@ -212,8 +212,10 @@ class OutcomeWrites(StoreBase):
                 and old.status is status
             ):
                 return old  # recorded by an earlier try whose reply was lost
-            if offloaded is not None:
-                self.payloads.delete(offloaded)  # no item refers to it
+            if offloaded is not None and not (isinstance(old, Task) and old.result == offloaded):
+                # No item refers to it. One that does (this write applied, its reply
+                # lost, and the item changed since) keeps it: it goes with its task.
+                self.payloads.delete(offloaded)
             raise TaskConflict(
                 f"task {task.id}: claim {task.attempts} no longer holds (lease taken over)",
                 old,

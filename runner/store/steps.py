@@ -31,7 +31,9 @@ class StepWrites(StoreBase):
     ) -> None:
         """SET steps.<name> (or the whole map, when the item has none yet) while the
         claim `task.claim_token` holds; `offloaded` also marks the item as having
-        payload objects. Raises StepNotRecorded if the claim no longer holds."""
+        payload objects. Raises StepNotRecorded if the claim no longer holds and the
+        item holds no such record (an earlier try of this write that applied is
+        recognised in the conflict's old image, whatever happened to the claim since)."""
         stored = record.model_dump(mode="json")
         names = {"#status": "status", "#steps": "steps", "#claim_token": "claim_token"}
         values: dict[str, Any] = {":processing": S.PROCESSING.value, ":token": task.claim_token}
@@ -62,13 +64,10 @@ class StepWrites(StoreBase):
             )
         except TaskConflict as exc:
             old = old_item(exc)
-            if (
-                old is not None
-                and old.claim_token == task.claim_token
-                and old.steps is not None
-                and old.steps.get(name) == record
-            ):
-                return  # recorded by an earlier try whose reply was lost
+            if old is not None and old.steps is not None and old.steps.get(name) == record:
+                # Recorded by an earlier try whose reply was lost, while the claim held
+                # (a takeover since does not undo it: the record, and its object, stay)
+                return
             raise StepNotRecorded(
                 f"task {task.id}: step {name!r} not recorded, claim {task.attempts} no longer"
                 " holds (lease taken over, or the task changed)"

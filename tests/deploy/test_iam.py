@@ -100,7 +100,8 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         "s3:PutObject": EXPORTS["s3:PutObject"] | PAYLOADS["s3:PutObject"],
     },
     # The sweeper lists by status, replays failed stream batches, runs what it finds
-    # (never EXPORT_DB: that goes to the workflow) and restarts stranded retries.
+    # (never EXPORT_DB: that goes to the workflow), restarts stranded retries and moves
+    # the staged inputs their producers left (it lists staging/).
     "sweep": {
         **XRAY,
         **TASK_WRITES,
@@ -108,6 +109,7 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **DESCRIBE_RETRIES,
         **REPLAY,
         **PAYLOADS,
+        "s3:ListBucket": PAYLOAD_CLEANUP["s3:ListBucket"],
         "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },
     # Promotes delayed tasks, sends early timers back, inserts recurring schedules' tasks.

@@ -179,11 +179,12 @@ def test_payloads_have_a_bucket_of_their_own_kept_only_by_their_tasks(packaged: 
     for logical_id, function in packaged.resources_of_type("AWS::Lambda::Function").items():
         variables = function["Properties"]["Environment"]["Variables"]
         assert variables["TASK_RUNNER_PAYLOAD_BUCKET"] == {"Ref": "PayloadBucket"}, logical_id
-    # Lifecycle expires only staged inputs (the orphans' backstop) and deleted versions:
-    # a task's own objects go with the task, however long its TTL is renewed
+    # Lifecycle expires only staged inputs (the orphans' backstop: the sweeper moves
+    # within minutes those an item refers to, so a week is its margin) and deleted
+    # versions: a task's own objects go with the task, however long its TTL is renewed
     rules = bucket["LifecycleConfiguration"]["Rules"]
     expiring = [r for r in rules if "ExpirationInDays" in r]
-    assert [(r["Prefix"], r["ExpirationInDays"]) for r in expiring] == [("staging/", 1)]
+    assert [(r["Prefix"], r["ExpirationInDays"]) for r in expiring] == [("staging/", 7)]
     assert any(r.get("NoncurrentVersionExpiration") for r in rules)
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert all(bucket["PublicAccessBlockConfiguration"].values())

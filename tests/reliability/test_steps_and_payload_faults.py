@@ -36,6 +36,11 @@ class Crash(BaseException):
 
 @pytest.fixture
 def papp(aws: None, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
+    return payload_app(settings, monkeypatch)
+
+
+def payload_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
+    """An App over moto with a payload bucket; S3 retried 3 times, without sleeping."""
     settings = dataclasses.replace(settings, payload_bucket=BUCKET)
     clients = AwsClients(settings)
     create_tasks_table(clients.dynamodb, settings.table_name)
@@ -223,3 +228,85 @@ def test_objects_no_item_refers_to_are_deleted(papp: App) -> None:
         k for k in _keys(app) if k.startswith(task_prefix(steps_task.id, claimed.created_at))
     ]
     assert is_reference(app.store.get("same").data)
+
+
+def _lose_reply_then(app: App, marker: str, between: Any) -> list[int]:
+    """The first UpdateItem whose expression names `marker` applies, but its reply is
+    lost (a read timeout); `between` runs before the runner's retry of it is sent."""
+    from botocore.exceptions import ReadTimeoutError
+
+    real = app.clients.dynamodb.update_item
+    lost: list[int] = []
+
+    def lose_reply(**kwargs: Any) -> Any:
+        response = real(**kwargs)
+        if marker in kwargs["UpdateExpression"] and not lost:
+            lost.append(1)
+            between()
+            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+        return response
+
+    app.clients.dynamodb.update_item = lose_reply  # type: ignore[method-assign]
+    return lost
+
+
+def test_a_step_record_whose_reply_was_lost_before_a_takeover_keeps_its_object(
+    papp: App,
+) -> None:
+    app = papp
+    task = TaskRunnerClient(app).create_task("STEPS_TASK", {"fail_at": 0})
+    claimed = app.store.claim_pending(task.id, source=ClaimSource.STREAM, lease_seconds=-1)
+    from runner.steps import StepRecorder
+
+    recorder = StepRecorder(app.store, claimed)
+    recorder.begin("reserve")
+
+    def takeover() -> None:
+        # The retries of the lost reply are throttled past the lease: the sweeper takes
+        # the task over (a new claim's token from here on)
+        assert app.sweeper.sweep().expired_leases == 1
+
+    # Given an offloaded step result whose record applied, its reply lost, and a
+    # takeover before the runner's retry of the write (which then fails its condition)
+    lost = _lose_reply_then(app, "#steps", takeover)
+    with contextlib.suppress(Exception):
+        recorder.complete("reserve", "x" * MB)
+    del app.clients.dynamodb.update_item
+    assert lost == [1]
+    # Then the object the item's record refers to is kept
+    record = (app.store.get(task.id).steps or {})["reserve"]
+    assert is_reference(record.result)
+    assert record.result["$payload"]["key"] in _keys(app)
+    # And the next attempt resumes with it: the step is not run again, the task ends DONE
+    assert app.attempts.run(AttemptInput(task.id, 1, "STEPS_TASK")).status is TaskStatus.DONE
+    assert _runs(task.id)["reserve"] == 0
+    full = TaskRunnerClient(app).get_task(task.id, payloads=True)
+    assert (full.steps or {})["reserve"].result == "x" * MB
+
+
+def test_a_result_whose_write_applied_is_never_deleted_whatever_the_item_became(
+    papp: App,
+) -> None:
+    app = papp
+    task = TaskRunnerClient(app).create_task("BLOB_TASK", {"result_bytes": MB})
+
+    def moved_on() -> None:
+        # Whatever changes the task after its DONE applied (no runner path moves a DONE
+        # task today; an operator's write could), its result stays referenced
+        app.clients.dynamodb.update_item(
+            TableName=app.settings.table_name,
+            Key={"id": {"S": task.id}},
+            UpdateExpression="SET claim_token = :other",
+            ExpressionAttributeValues={":other": {"S": "someone-else"}},
+        )
+
+    # Given a 1 MB result whose outcome write applied, its reply lost
+    lost = _lose_reply_then(app, "#result", moved_on)
+    app.runner.run_pending(task.id, source=ClaimSource.STREAM)
+    del app.clients.dynamodb.update_item
+    assert lost == [1]
+    # Then the object its item refers to is still there, and readable
+    done = app.store.get(task.id)
+    assert done.status is TaskStatus.DONE and is_reference(done.result)
+    assert done.result["$payload"]["key"] in _keys(app)
+    assert len(TaskRunnerClient(app).get_task(task.id, payloads=True).result["output"]) == MB
