@@ -1,0 +1,66 @@
+"""review-s4: adversarial review of issues 13 and 14 (each test demonstrates one finding;
+xfail(strict) until the lead fixes it, so the branch stays green)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from runner.app import App
+from runner.errors import RetryableTaskError
+from runner.items import iso
+from runner.model import ClaimSource, Task, TaskStatus
+from runner.registry import TaskDefinition, TaskRegistry
+
+
+class Empty(BaseModel):
+    pass
+
+
+def _register(app: App, definition: TaskDefinition) -> None:
+    app.runner.registry = TaskRegistry([*app.registry, definition])
+
+
+def _put(app: App, task_id: str, task_type: str) -> None:
+    now = iso(app.store.clock())
+    app.store.put_new(Task(id=task_id, type=task_type, status=TaskStatus.PENDING, created_at=now))
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #1")
+def test_a_local_retry_after_a_step_is_not_a_permanent_failure(app: App) -> None:
+    # Given a type with one in-process retry whose handler records a step, then fails
+    # retryably once (a transient error after the effect)
+    runs = {"charge": 0, "handler": 0}
+
+    def handler(data: Empty, ctx: Any) -> dict[str, Any]:
+        runs["handler"] += 1
+
+        def charge() -> str:
+            runs["charge"] += 1
+            return "ch_1"
+
+        charged = ctx.step("charge", charge)
+        if runs["handler"] == 1:
+            raise RetryableTaskError("mail server busy")
+        return {"charged": charged}
+
+    _register(
+        app,
+        TaskDefinition(
+            type="LOCAL_RETRY_STEP_TASK",
+            input_model=Empty,
+            handler=handler,
+            local_retries=1,
+            local_retry_delay_seconds=0.0,
+        ),
+    )
+    _put(app, "local-retry-step", "LOCAL_RETRY_STEP_TASK")
+    # When it runs
+    outcome = app.runner.run_pending("local-retry-step", source=ClaimSource.STREAM)
+    # Then the in-process retry gets the recorded step back (not StepError "already used
+    # in this attempt", a permanent failure) and the task is DONE, charged once
+    assert outcome.error is None, outcome.error
+    assert outcome.status is TaskStatus.DONE
+    assert runs == {"charge": 1, "handler": 2}
