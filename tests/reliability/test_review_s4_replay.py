@@ -1,0 +1,88 @@
+"""review-s4: payload cleanup of a REMOVE record in a stream batch the mapping gave up on
+(xfail(strict) until fixed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from runner.app import App
+from runner.aws import AwsClients
+from runner.client import TaskRunnerClient
+from runner.config import Settings
+from runner.items import serialize
+from runner.payloads import task_prefix
+from tasks import build_registry
+from tests.helpers import StreamReader, create_tasks_table
+
+BUCKET = "payloads-review-s4"
+
+
+@pytest.fixture
+def papp(aws: None, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
+    settings = dataclasses.replace(settings, payload_bucket=BUCKET)
+    clients = AwsClients(settings)
+    create_tasks_table(clients.dynamodb, settings.table_name)
+    clients.s3.create_bucket(Bucket=BUCKET)
+    app = App.build(settings, build_registry(["runner.local.demo_tasks"]), clients)
+    monkeypatch.setattr("runner.app.get_app", lambda: app)
+    return app
+
+
+def _objects(app: App, prefix: str) -> list[str]:
+    listed = app.clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #3")
+def test_a_given_up_remove_record_still_deletes_the_tasks_objects(papp: App) -> None:
+    app = papp
+    stream_arn = app.clients.dynamodb.describe_table(TableName=app.settings.table_name)["Table"][
+        "LatestStreamArn"
+    ]
+    reader = StreamReader(app.clients.client("dynamodbstreams"), stream_arn)
+    # Given a task whose input lives in the payload bucket
+    task = TaskRunnerClient(app).create_task("BLOB_TASK", {"blob": "x" * 40_000})
+    prefix = task_prefix(task.id, task.created_at)
+    assert _objects(app, prefix), "the input was offloaded"
+    reader.read()
+    # and its item removed (TTL), whose REMOVE record's batch routeFailed's mapping gave up
+    # on (S3 throttled its DeleteObjects for the mapping's 5 retries): Lambda sends the
+    # batch's metadata to the on-failure queue
+    app.clients.dynamodb.delete_item(
+        TableName=app.settings.table_name, Key=serialize({"id": task.id})
+    )
+    [removed] = [r for r in reader.read() if r["eventName"] == "REMOVE"]
+    shard = app.clients.dynamodbstreams.describe_stream(StreamArn=stream_arn)[
+        "StreamDescription"
+    ]["Shards"][0]["ShardId"]
+    sequence = removed["dynamodb"]["SequenceNumber"]
+    queue_url = app.clients.sqs.create_queue(QueueName="stream-failures")["QueueUrl"]
+    app.clients.sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=json.dumps(
+            {
+                "requestContext": {"condition": "RetryAttemptsExhausted"},
+                "DDBStreamBatchInfo": {
+                    "shardId": shard,
+                    "startSequenceNumber": sequence,
+                    "endSequenceNumber": sequence,
+                    "batchSize": 1,
+                    "streamArn": stream_arn,
+                },
+            }
+        ),
+    )
+    replaying = App.build(
+        dataclasses.replace(app.settings, failed_batch_queue_url=queue_url),
+        app.registry,
+        app.clients,
+    )
+    # When the sweep replays the given-up batch
+    report = replaying.sweeper.sweep(remaining_seconds=60.0)
+    assert report.replayed_batches == 1
+    # Then the removed task's objects are deleted (no lifecycle rule covers tasks/: left
+    # here they are kept, and billed, for ever)
+    assert _objects(app, prefix) == []
