@@ -55,9 +55,9 @@ def test_a_given_up_remove_record_still_deletes_the_tasks_objects(papp: App) -> 
         TableName=app.settings.table_name, Key=serialize({"id": task.id})
     )
     [removed] = [r for r in reader.read() if r["eventName"] == "REMOVE"]
-    shard = app.clients.dynamodbstreams.describe_stream(StreamArn=stream_arn)[
-        "StreamDescription"
-    ]["Shards"][0]["ShardId"]
+    shard = app.clients.dynamodbstreams.describe_stream(StreamArn=stream_arn)["StreamDescription"][
+        "Shards"
+    ][0]["ShardId"]
     sequence = removed["dynamodb"]["SequenceNumber"]
     queue_url = app.clients.sqs.create_queue(QueueName="stream-failures")["QueueUrl"]
     app.clients.sqs.send_message(
