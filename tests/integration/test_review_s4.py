@@ -64,3 +64,48 @@ def test_a_local_retry_after_a_step_is_not_a_permanent_failure(app: App) -> None
     assert outcome.error is None, outcome.error
     assert outcome.status is TaskStatus.DONE
     assert runs == {"charge": 1, "handler": 2}
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #4")
+def test_a_slow_progress_write_never_overwrites_a_later_report() -> None:
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from runner.progress import ProgressReporter
+
+    # The item's `progress` attribute: each SET replaces it (the last write to land wins)
+    stored: list[float] = []
+    first_sent = threading.Event()
+    release_first = threading.Event()
+
+    def write(value: dict[str, Any]) -> None:
+        if not stored and not first_sent.is_set():
+            # The first write is throttled: the SDK retries it for a few seconds
+            first_sent.set()
+            release_first.wait(5)
+        stored.append(value["done"])
+
+    now = [0.0]
+    wall = datetime(2026, 12, 1, tzinfo=UTC)
+    reporter = ProgressReporter(
+        write,
+        clock=lambda: wall + timedelta(seconds=now[0]),
+        monotonic=lambda: now[0],
+        interval=5.0,
+    )
+    # Given a handler's first report, whose write is slow (the handler's thread sends it)
+    handler = threading.Thread(target=reporter.report, args=(10, 100))
+    handler.start()
+    assert first_sent.wait(5)
+    # and a later report, kept back, then written by the heartbeat's tick once due
+    now[0] = 1.0
+    reporter.report(100, 100, "all done")
+    now[0] = 6.0
+    reporter.flush_due()
+    # When the first write's retry lands after it
+    release_first.set()
+    handler.join(5)
+    # Then the task still shows the latest report (the handler ended: nothing more comes;
+    # the final write has nothing left to carry)
+    assert reporter.close() is None
+    assert stored[-1] == 100, stored
