@@ -109,3 +109,21 @@ def test_a_slow_progress_write_never_overwrites_a_later_report() -> None:
     # the final write has nothing left to carry)
     assert reporter.close() is None
     assert stored[-1] == 100, stored
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #5")
+def test_a_refused_command_line_does_not_exit_as_a_failed_task(
+    server_env: dict[str, str],
+) -> None:
+    from runner.cli_control import EXIT_TASK_FAILED
+    from tests.integration.test_cli import cli
+
+    # A script branches on --wait's documented statuses: 2 means "the task FAILED"
+    for args in (
+        ("create-task", "noop-task", "--wait", "-1"),
+        ("get-task", "--task-id", "x", "--wait", "5", "--no-such-flag"),
+    ):
+        refused = cli(server_env, *args)
+        # Then a command line that was refused (nothing was created or waited for) is told
+        # apart from a task that failed
+        assert refused.returncode not in (0, EXIT_TASK_FAILED), (args, refused.returncode)
