@@ -127,3 +127,53 @@ def test_a_refused_command_line_does_not_exit_as_a_failed_task(
         # Then a command line that was refused (nothing was created or waited for) is told
         # apart from a task that failed
         assert refused.returncode not in (0, EXIT_TASK_FAILED), (args, refused.returncode)
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #8")
+def test_run_tasks_answer_to_step_functions_is_bounded_when_its_claim_was_lost(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import handler
+    from runner.items import serialize
+    from tests.helpers import FakeLambdaContext
+
+    monkeypatch.setattr("runner.app.get_app", lambda: app)
+
+    def loud(data: Empty, ctx: Any) -> None:
+        if ctx.attempt == 1:
+            raise RetryableTaskError("first attempt")
+        # While the attempt runs its claim is taken over (its lease lapsed under throttled
+        # heartbeats; the sweeper re-claimed it)
+        app.clients.dynamodb.update_item(
+            TableName=app.settings.table_name,
+            Key=serialize({"id": "loud"}),
+            UpdateExpression="SET claim_token = :other",
+            ExpressionAttributeValues=serialize({":other": "someone-else"}),
+        )
+        # and the handler fails with a long message (an upstream error body it quotes)
+        raise RetryableTaskError("upstream said: " + "x" * 1024 * 1024)
+
+    _register(app, TaskDefinition(type="LOUD_TASK", input_model=Empty, handler=loud))
+    _put(app, "loud", "LOUD_TASK")
+    first = app.runner.run_pending("loud", source=ClaimSource.STREAM)
+    assert first.status is TaskStatus.FAILED
+    task = app.store.get("loud")
+    # When the retry execution's attempt runs and its outcome finds the claim gone
+    answer = handler.run_task(
+        {
+            "mode": "run",
+            "task_id": "loud",
+            "episode": task.episode,
+            "task_type": "LOUD_TASK",
+            "created_at": task.created_at,
+        },
+        FakeLambdaContext(),
+    )
+    # Then what goes back to Step Functions (the RunTask state's result, which counts
+    # against its 256 KiB: States.DataLimitExceeded is caught by no Catch) is bounded
+    # like every error run_task raises (8 KB)
+    assert len(json.dumps(answer)) <= handler.ERROR_MESSAGE_MAX_BYTES + 1024, len(
+        json.dumps(answer)
+    )
