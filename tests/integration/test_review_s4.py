@@ -177,3 +177,50 @@ def test_run_tasks_answer_to_step_functions_is_bounded_when_its_claim_was_lost(
     assert len(json.dumps(answer)) <= handler.ERROR_MESSAGE_MAX_BYTES + 1024, len(
         json.dumps(answer)
     )
+
+
+def _resources() -> dict[str, Any]:
+    from pathlib import Path
+
+    import yaml
+
+    class CfnLoader(yaml.SafeLoader):
+        pass
+
+    def any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return loader.construct_scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+    CfnLoader.add_multi_constructor("!", any_tag)
+    text = (Path(__file__).parents[2] / "infra" / "resources.yml").read_text()
+    loaded: dict[str, Any] = yaml.load(text, Loader=CfnLoader)
+    return dict(loaded["Resources"])
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #9")
+def test_a_timer_message_that_keeps_failing_is_dead_lettered(app: App) -> None:
+    import json
+
+    from runner.delays import TimerInbox
+    from runner.recurring import RecurringFires
+
+    # Given a recurring schedule's fire whose input the deployed model no longer accepts
+    # (CloudFormation updated the function before the schedule's Input, or a bad edit)
+    inbox = TimerInbox(app.store, app.delays, RecurringFires(app.store, app.registry))
+    body = {
+        "kind": "recurring",
+        "schedule": "nightly",
+        "task_type": "BLOB_TASK",
+        "data": {"result_bytes": -1},
+        "scheduled_time": "2026-12-01T03:00:00Z",
+    }
+    report = inbox.handle([{"messageId": "m1", "body": json.dumps(body)}])
+    # It is handed back to SQS (a failure), so it comes back every visibility timeout
+    assert report.failed_message_ids == ("m1",)
+    # Then the timer queue has a redrive policy (a dead-letter queue with its alarm): else
+    # it cycles for the 14 days of MessageRetentionPeriod, and the schedule's runs are
+    # lost with no alarm
+    assert "RedrivePolicy" in _resources()["TimerQueue"]["Properties"]
