@@ -224,3 +224,41 @@ def test_a_timer_message_that_keeps_failing_is_dead_lettered(app: App) -> None:
     # it cycles for the 14 days of MessageRetentionPeriod, and the schedule's runs are
     # lost with no alarm
     assert "RedrivePolicy" in _resources()["TimerQueue"]["Properties"]
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #10")
+def test_a_step_result_with_a_lone_surrogate_is_refused_as_not_storable(app: App) -> None:
+    runs = {"effect": 0}
+
+    def handler(data: Empty, ctx: Any) -> None:
+        def effect() -> str:
+            runs["effect"] += 1
+            # A file name read with errors="surrogateescape": a str JSON cannot carry in UTF-8
+            return b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+        ctx.step("upload", effect)
+
+    _register(app, TaskDefinition(type="SURROGATE_TASK", input_model=Empty, handler=handler))
+    _put(app, "surrogate", "SURROGATE_TASK")
+    outcome = app.runner.run_pending("surrogate", source=ClaimSource.STREAM)
+    # Then, as for NaN, the step is refused for good (StepNotStorable), not failed retryably
+    # with a UnicodeEncodeError so that every retry repeats the effect and fails again
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("StepNotStorable", False)
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #10")
+def test_a_task_result_with_a_lone_surrogate_ends_failed_not_stuck(app: App) -> None:
+    def handler(data: Empty, ctx: Any) -> dict[str, str]:
+        return {"file": b"report-\xff.csv".decode("utf-8", "surrogateescape")}
+
+    _register(app, TaskDefinition(type="SURROGATE_RESULT_TASK", input_model=Empty, handler=handler))
+    _put(app, "surrogate-result", "SURROGATE_RESULT_TASK")
+    try:
+        outcome = app.runner.run_pending("surrogate-result", source=ClaimSource.STREAM)
+    except Exception as exc:  # the outcome write itself blew up: the task stays PROCESSING
+        pytest.fail(
+            f"recording raised {type(exc).__name__}: {app.store.get('surrogate-result').status}"
+        )
+    # Then it ends FAILED for good with ResultNotStorable, as for NaN
+    assert outcome.error is not None and outcome.error.type == "ResultNotStorable"
