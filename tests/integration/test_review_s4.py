@@ -3,6 +3,7 @@ xfail(strict) until the lead fixes it, so the branch stays green)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -262,3 +263,33 @@ def test_a_task_result_with_a_lone_surrogate_ends_failed_not_stuck(app: App) -> 
         )
     # Then it ends FAILED for good with ResultNotStorable, as for NaN
     assert outcome.error is not None and outcome.error.type == "ResultNotStorable"
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #11")
+def test_a_key_reused_after_its_task_was_deleted_gets_new_effect_keys(app: App) -> None:
+    from runner.client import TaskRunnerClient
+    from runner.items import serialize
+
+    seen: list[tuple[str, str]] = []
+
+    def handler(data: Empty, ctx: Any) -> None:
+        seen.append((ctx.idempotency_key, ctx.step_key("charge")))
+
+    app.registry.register(TaskDefinition(type="KEYED_TASK", input_model=Empty, handler=handler))
+    client = TaskRunnerClient(app)
+    # Given a task created with an idempotency key, run, then deleted by TTL
+    first = client.create_task("KEYED_TASK", {}, idempotency_key="order-42")
+    app.runner.run_pending(first.id, source=ClaimSource.STREAM)
+    app.clients.dynamodb.delete_item(
+        TableName=app.settings.table_name, Key=serialize({"id": first.id})
+    )
+    # When the key is used again: a new task (the issue: its executions must not meet the
+    # old task's; runner/idempotency.py says the same)
+    app.store.clock = lambda: datetime.now(UTC) + timedelta(days=31)
+    second = client.create_task("KEYED_TASK", {}, idempotency_key="order-42")
+    assert second.created_at != first.created_at
+    app.runner.run_pending(second.id, source=ClaimSource.STREAM)
+    # Then its effects' idempotency keys are its own too: a payment API or a dedupe table
+    # that remembers `ctx.idempotency_key` / `ctx.step_key` would otherwise skip the new
+    # task's effects as duplicates of the old one's
+    assert seen[0] != seen[1], seen
