@@ -293,3 +293,34 @@ def test_a_key_reused_after_its_task_was_deleted_gets_new_effect_keys(app: App) 
     # that remembers `ctx.idempotency_key` / `ctx.step_key` would otherwise skip the new
     # task's effects as duplicates of the old one's
     assert seen[0] != seen[1], seen
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #12")
+def test_a_wait_survives_one_read_that_fails_after_its_retries(app: App) -> None:
+    from runner.errors import StoreError
+    from runner.waiting import wait_for
+
+    _put(app, "waited", "NOOP_TASK")
+    reads = {"n": 0}
+
+    class Throttled:
+        """The app's store, whose second read fails after the SDK's retries (throttling)."""
+
+        def find(self, task_id: str) -> Task | None:
+            reads["n"] += 1
+            if reads["n"] == 2:
+                raise StoreError("GetItem failed: ProvisionedThroughputExceededException")
+            if reads["n"] == 3:
+                app.runner.run_pending(task_id, source=ClaimSource.STREAM)
+            return app.store.find(task_id)
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    # When a script waits 60 s for the task and one poll's read is throttled past its retries
+    task = wait_for(Throttled(), "waited", 60, sleep=sleep, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    # Then the wait goes on polling (the timeout is the caller's bound) and returns DONE,
+    # rather than ending `get-task --wait 60` with exit 1 while the task runs on
+    assert task.status is TaskStatus.DONE
