@@ -324,3 +324,29 @@ def test_a_wait_survives_one_read_that_fails_after_its_retries(app: App) -> None
     # Then the wait goes on polling (the timeout is the caller's bound) and returns DONE,
     # rather than ending `get-task --wait 60` with exit 1 while the task runs on
     assert task.status is TaskStatus.DONE
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #13")
+def test_two_recurring_schedules_never_share_a_logical_id() -> None:
+    from runner.recurring import Recurring, schedule_resources
+
+    # Given two schedules with distinct names (EventBridge keeps both) whose names differ
+    # only in punctuation or the case of a word's first letter
+    registry = TaskRegistry(
+        [
+            TaskDefinition(
+                type="REPORT_TASK",
+                input_model=Empty,
+                handler=lambda data, ctx: None,
+                schedules=(
+                    Recurring("nightly-report", "cron(0 3 * * ? *)"),
+                    Recurring("nightly_report", "cron(0 4 * * ? *)", timezone="Europe/Paris"),
+                ),
+            )
+        ]
+    )
+    # When `sls package` asks for their resources
+    resources = schedule_resources(registry)
+    # Then both are in the template (or the registry refuses the pair): not one silently
+    # overwritten, a schedule that never runs with no error anywhere
+    assert len(resources) == 2, sorted(resources)
