@@ -111,3 +111,20 @@ def test_one_task_with_a_missing_payload_object_does_not_stop_every_export(papp:
     # Then the export is made (the lost payload marked as such in its row), not failed on
     # every attempt for as long as that one task exists
     assert outcome.status is TaskStatus.DONE, outcome.error
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #15")
+def test_waiting_for_a_task_gives_its_offloaded_result_in_full(papp: App) -> None:
+    from runner.model import ClaimSource
+
+    client = TaskRunnerClient(papp)
+    # Given a task whose result went to the payload bucket
+    task = client.create_task("BLOB_TASK", {"result_bytes": 40_000})
+    papp.runner.run_pending(task.id, source=ClaimSource.STREAM)
+    # When a producer waits for it (client.wait; the CLI's `get-task --wait --payloads` and
+    # `create-task --wait` go the same way, and `--payloads` is then ignored)
+    done = client.wait(task.id, timeout=5)
+    # Then it sees the result itself, as the issue asks of the client, not a reference
+    assert isinstance(done.result, dict) and len(done.result.get("output", "")) == 40_000, (
+        done.result
+    )
