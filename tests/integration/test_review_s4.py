@@ -112,7 +112,6 @@ def test_a_slow_progress_write_never_overwrites_a_later_report() -> None:
     assert stored[-1] == 100, stored
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #5")
 def test_a_refused_command_line_does_not_exit_as_a_failed_task(
     server_env: dict[str, str],
 ) -> None:
@@ -130,7 +129,6 @@ def test_a_refused_command_line_does_not_exit_as_a_failed_task(
         assert refused.returncode not in (0, EXIT_TASK_FAILED), (args, refused.returncode)
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #8")
 def test_run_tasks_answer_to_step_functions_is_bounded_when_its_claim_was_lost(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,6 @@ from tests.integration.test_workflow import Workflow
 __all__ = ["flow", "realtime_flow"]  # the fixtures, from the cancel tests
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #2")
 def test_a_cancelled_tasks_execution_is_not_counted_as_a_failed_execution(flow: Workflow) -> None:
     # Given a retryable failure whose retry execution has not started yet, cancelled
     # before routeFailed starts it (StopExecution finds nothing to stop)
