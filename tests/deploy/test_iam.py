@@ -108,6 +108,8 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **DESCRIBE_RETRIES,
         **REPLAY,
         **PAYLOADS,
+        # A replayed REMOVE record: the removed task's objects are listed, then deleted.
+        "s3:ListBucket": PAYLOAD_CLEANUP["s3:ListBucket"],
         "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },
     # Promotes delayed tasks, sends early timers back, inserts recurring schedules' tasks.

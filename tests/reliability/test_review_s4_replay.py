@@ -36,7 +36,6 @@ def _objects(app: App, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #3")
 def test_a_given_up_remove_record_still_deletes_the_tasks_objects(papp: App) -> None:
     app = papp
     stream_arn = app.clients.dynamodb.describe_table(TableName=app.settings.table_name)["Table"][
