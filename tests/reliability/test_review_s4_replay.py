@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 
 import pytest
@@ -87,7 +88,6 @@ def test_a_given_up_remove_record_still_deletes_the_tasks_objects(papp: App) -> 
     assert _objects(app, prefix) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #7")
 def test_one_task_with_a_missing_payload_object_does_not_stop_every_export(papp: App) -> None:
     from runner.model import ClaimSource, TaskStatus
 
@@ -110,6 +110,12 @@ def test_one_task_with_a_missing_payload_object_does_not_stop_every_export(papp:
     # Then the export is made (the lost payload marked as such in its row), not failed on
     # every attempt for as long as that one task exists
     assert outcome.status is TaskStatus.DONE, outcome.error
+    result = app.store.get(export.id).result
+    assert isinstance(result, dict) and result["unreadable_payloads"] == 1
+    body = app.clients.s3.get_object(Bucket=result["bucket"], Key=result["key"])["Body"].read()
+    rows = {r["id"]: r for r in map(json.loads, gzip.decompress(body).splitlines())}
+    assert "payload_unavailable" in rows[lost.id] and "payload_unavailable" not in rows[fine.id]
+    assert rows[fine.id]["result"] == app.store.get(fine.id).result
 
 
 @pytest.mark.xfail(strict=True, reason="review-s4 #15")
