@@ -153,7 +153,8 @@ class Cli(_Commands):
         if wait is not None or follow:
             from runner.cli_control import wait_document
 
-            return wait_document(self._get_client(), task_id, wait, follow=follow)
+            client = self._get_client()
+            return wait_document(client, task_id, wait, follow=follow, payloads=payloads)
         return _dump(self._get_client().get_task(task_id, payloads=payloads))
 
     def cancel_task(self, task_id: TaskId) -> dict[str, Any]:

@@ -293,7 +293,6 @@ def test_a_key_reused_after_its_task_was_deleted_gets_new_effect_keys(app: App) 
     assert seen[0] != seen[1], seen
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #12")
 def test_a_wait_survives_one_read_that_fails_after_its_retries(app: App) -> None:
     from runner.errors import StoreError
     from runner.waiting import wait_for

@@ -118,7 +118,6 @@ def test_one_task_with_a_missing_payload_object_does_not_stop_every_export(papp:
     assert rows[fine.id]["result"] == app.store.get(fine.id).result
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #15")
 def test_waiting_for_a_task_gives_its_offloaded_result_in_full(papp: App) -> None:
     from runner.model import ClaimSource
 
