@@ -129,7 +129,11 @@ class App:
             self.dispatcher,
             workflow=self.workflow if routed else None,
             replay=FailedBatchReplay(
-                self.settings, self.clients, self.stream, self.workflow if routed else None
+                self.settings,
+                self.clients,
+                self.stream,
+                self.workflow if routed else None,
+                payloads=self.store.payloads,
             ),
             repairs=ExecutionRepairs(
                 self.store, self.workflow, window_hours=self.settings.repair_window_hours

@@ -6,7 +6,7 @@ the command's one JSON document (`--help`: its text; after an error, nothing); l
 whatever tasks write, and errors go to stderr, an error as one line (runner.cli_output).
 
 Exit status: 0 done (run-task: the task ran, whatever its outcome); 1 the command failed;
-2 the command line was refused and nothing ran; 130 Ctrl-C (the process ends by SIGINT);
+64 the command line was refused and nothing ran (EX_USAGE); 130 Ctrl-C (the process ends by SIGINT);
 141 (as for a Unix tool killed by SIGPIPE) the reader closed stdout early, e.g. `| head`.
 """
 
@@ -153,7 +153,8 @@ class Cli(_Commands):
         if wait is not None or follow:
             from runner.cli_control import wait_document
 
-            return wait_document(self._get_client(), task_id, wait, follow=follow)
+            client = self._get_client()
+            return wait_document(client, task_id, wait, follow=follow, payloads=payloads)
         return _dump(self._get_client().get_task(task_id, payloads=payloads))
 
     def cancel_task(self, task_id: TaskId) -> dict[str, Any]:

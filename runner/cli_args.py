@@ -3,7 +3,7 @@ models, and checked whole before anything runs.
 
 python-fire, which dispatches the commands, checks a command line only as it consumes it:
 a misspelt flag is reported after the command has run. Here every token is accounted for
-first; a command line that is not exactly right is refused (`UsageError`, exit status 2)
+first; a command line that is not exactly right is refused (`UsageError`, exit status 64)
 with one line naming the problem, and nothing runs.
 
 The grammar: `COMMAND [VALUE...] [--flag VALUE | --flag=VALUE]...`, where a flag is a

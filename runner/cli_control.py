@@ -107,10 +107,17 @@ def _print_change(task: Task) -> None:
 
 
 def wait_document(
-    client: TaskRunnerClient, task_id: str, seconds: float | None, *, follow: bool
+    client: TaskRunnerClient,
+    task_id: str,
+    seconds: float | None,
+    *,
+    follow: bool,
+    payloads: bool = False,
 ) -> Exited:
     """Wait for the task to be final (printing each change on stderr if `follow`); its
-    document, with the exit status of its outcome."""
+    document (offloaded payloads in full with `payloads`, else their references, as
+    get-task shows them), with the exit status of its outcome."""
     timeout = seconds if seconds is not None else FOLLOW_SECONDS
-    task = client.wait(task_id, timeout=timeout, on_change=_print_change if follow else None)
+    on_change = _print_change if follow else None
+    task = client.wait(task_id, timeout=timeout, on_change=on_change, payloads=payloads)
     return Exited(task.model_dump(mode="json", exclude_none=True), final_status_code(task))

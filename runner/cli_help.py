@@ -17,7 +17,7 @@ WIDTH = 100
 OUTPUT_NOTE = (
     "Output: one JSON document on stdout (--help: this text; after an error, nothing); logs,"
     " what tasks write, and errors on stderr. Exit status: 0 done (run-task: the task ran,"
-    " whatever its outcome, which the JSON gives), 1 the command failed, 2 the command line"
+    " whatever its outcome, which the JSON gives), 1 the command failed, 64 the command line"
     " was refused (nothing ran), 4 the task was not found, 130 interrupted (Ctrl-C), 141"
     " stdout closed early (| head); with --wait: 0 DONE, 2 FAILED, 3 CANCELLED, 124 timed out."
 )

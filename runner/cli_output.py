@@ -18,8 +18,9 @@ import sys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-# The command line was refused; nothing ran.
-EXIT_USAGE = 2
+# The command line was refused; nothing ran. sysexits.h's EX_USAGE, not 2: with `--wait`,
+# 2 is a task that FAILED, and a script must tell "my command line" from "the task".
+EXIT_USAGE = 64
 # Ctrl-C: the process ends by SIGINT (a shell reports 128 + 2), so a script running the
 # CLI in a loop stops too, as it does for any well-behaved tool.
 EXIT_INTERRUPTED = 130

@@ -152,8 +152,10 @@ class TaskRunnerClient:
         """The task; with `payloads`, its offloaded input, result and step results loaded
         from the payload bucket in place of their references."""
         task = self.app.store.get(task_id)
-        if not payloads:
-            return task
+        return self._loaded(task) if payloads else task
+
+    def _loaded(self, task: Task) -> Task:
+        """The task with its offloaded input, result and step results in full."""
         store = self.app.store.payloads
         steps = task.steps
         if steps is not None:
@@ -179,12 +181,16 @@ class TaskRunnerClient:
         *,
         timeout: float,
         on_change: Callable[[Task], None] | None = None,
+        payloads: bool = True,
     ) -> Task:
-        """The task once it is final (DONE, CANCELLED, FAILED for good); WaitTimedOut
-        (naming its status) after `timeout` seconds, TaskNotFound if there is none."""
+        """The task once it is final (DONE, CANCELLED, FAILED for good), with its offloaded
+        payloads loaded in full unless `payloads` is false (waiting is how a producer gets
+        a result); WaitTimedOut (naming its status) after `timeout` seconds, TaskNotFound
+        if there is none."""
         from runner.waiting import wait_for
 
-        return wait_for(self.app.store, task_id, timeout, on_change=on_change)
+        task = wait_for(self.app.store, task_id, timeout, on_change=on_change)
+        return self._loaded(task) if payloads else task
 
     def list_tasks(
         self, status: TaskStatus | str | None = None, *, limit: int = 20, cursor: str | None = None

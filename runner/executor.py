@@ -39,6 +39,7 @@ from runner.progress import ProgressReporter
 from runner.registry import DEFAULT_TASK_TIMEOUT_SECONDS, TaskDefinition, TaskRegistry
 from runner.steps import StepRecorder
 from runner.store import TaskStore
+from runner.store.base import bounded_error
 from runner.tracing import task_span
 
 S = TaskStatus
@@ -64,8 +65,8 @@ class Outcome:
             "status": self.status.value if self.status else "SKIPPED",
             "attempt": self.attempt,
         }
-        if self.error:
-            out["error"] = self.error.model_dump()
+        if self.error:  # bounded as stored: this answer may be a Step Functions state's data
+            out["error"] = bounded_error(self.error).model_dump()
         if self.note:
             out["note"] = self.note
         return out

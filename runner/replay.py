@@ -24,8 +24,10 @@ from runner.errors import MalformedTask
 from runner.items import deserialize_image, task_from_item
 from runner.logs import get_logger
 from runner.model import Task, TaskStatus
+from runner.payload_cleanup import delete_removed
 
 if TYPE_CHECKING:
+    from runner.payloads import PayloadStore
     from runner.stream import StreamProcessor
     from runner.workflow import RetryWorkflow
 
@@ -69,6 +71,7 @@ class FailedBatchReplay:
         stream: StreamProcessor,
         workflow: RetryWorkflow | None,
         *,
+        payloads: PayloadStore | None = None,
         retry_policy: AwsRetryPolicy | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
@@ -76,6 +79,7 @@ class FailedBatchReplay:
         self.clients = clients
         self.stream = stream
         self.workflow = workflow
+        self.payloads = payloads
         self.retry_policy = retry_policy or AwsRetryPolicy()
         self._sleep = sleep
         self.log = get_logger()
@@ -187,6 +191,11 @@ class FailedBatchReplay:
         done = not self.stream.process(records, remaining_seconds=remaining).failed_sequence_numbers
         if self.workflow is not None and self.settings.state_machine_arn:
             done = not self.workflow.route(records).failed_sequence_numbers and done
+        removed = [r for r in records if r.get("eventName") == "REMOVE"]
+        if removed and self.payloads is not None:
+            # routeFailed's mapping deletes a removed task's objects; replayed, the sweep
+            # does (no lifecycle rule covers tasks/, and the item naming them is gone)
+            done = not delete_removed(self.payloads, removed) and done
         self.log.warning(
             "replayed a failed stream batch",
             extra={"shard_id": info["shardId"], "records": len(records), "complete": done},

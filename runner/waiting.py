@@ -5,6 +5,10 @@ acknowledged), the first at once, then after 50 ms, growing by half each time up
 `MAX_POLL_SECONDS`: a short task is seen DONE within tens of milliseconds, a long one
 within half a second, and one waiter reads at most two items a second (2 read units
 for an item up to 4 KB) however long it waits.
+
+A read that fails after the SDK's retries (throttling, a 500 spell) does not end the
+wait: it is logged and the poll goes on, up to the caller's timeout, which also bounds
+each read (`aws_deadline`), so `--wait 5` answers within about 5 s.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from runner.errors import TaskNotFound, WaitTimedOut
+from runner.aws import aws_deadline
+from runner.errors import StoreError, TaskNotFound, WaitTimedOut
+from runner.logs import get_logger
 from runner.model import Task
 from runner.store import TaskStore
 
 FIRST_POLL_SECONDS = 0.05
 POLL_GROWTH = 1.5
 MAX_POLL_SECONDS = 0.5
+# The least time a read is given, even at the deadline (a wait of 0 still reads once).
+MIN_READ_SECONDS = 1.0
 
 
 def wait_for(
@@ -38,20 +46,30 @@ def wait_for(
     deadline = monotonic() + timeout
     delay = FIRST_POLL_SECONDS
     seen: tuple[object, ...] | None = None
+    status = "unknown"  # until a read succeeds
     while True:
-        task = store.find(task_id)
-        if task is None:
-            raise TaskNotFound(f"task {task_id} not found")
-        if on_change is not None and (task.status, task.progress) != seen:
-            seen = (task.status, task.progress)
-            on_change(task)
-        if task.is_final:
-            return task
+        try:
+            with aws_deadline(max(deadline - monotonic(), MIN_READ_SECONDS)):
+                task = store.find(task_id)
+        except StoreError as exc:
+            if not exc.transient:
+                raise
+            get_logger().warning(
+                "a wait's read failed; polling on", extra={"task_id": task_id, "error": str(exc)}
+            )
+        else:
+            if task is None:
+                raise TaskNotFound(f"task {task_id} not found")
+            status = task.status.value
+            if on_change is not None and (task.status, task.progress) != seen:
+                seen = (task.status, task.progress)
+                on_change(task)
+            if task.is_final:
+                return task
         left = deadline - monotonic()
         if left <= 0:
             raise WaitTimedOut(
-                f"timed out after {timeout:g} s: task {task_id} is {task.status.value}",
-                status=task.status.value,
+                f"timed out after {timeout:g} s: task {task_id} is {status}", status=status
             )
         sleep(min(delay, left))
         delay = min(delay * POLL_GROWTH, MAX_POLL_SECONDS)

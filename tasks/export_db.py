@@ -26,7 +26,12 @@ from pydantic import BaseModel, ConfigDict, EmailStr
 
 from runner.config import Settings
 from runner.context import TaskContext
-from runner.errors import ConfigurationError, PermanentTaskError, RetryableTaskError
+from runner.errors import (
+    ConfigurationError,
+    PayloadCorrupt,
+    PermanentTaskError,
+    RetryableTaskError,
+)
 from runner.items import deserialize_image
 from runner.payloads import PayloadStore
 from runner.registry import TaskDefinition
@@ -100,7 +105,7 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
     dynamodb, s3, ses = ctx.clients.dynamodb, ctx.clients.s3, ctx.clients.ses
     key = export_key(ctx)
     payloads = PayloadStore(settings, ctx.clients)  # offloaded payloads exported in full
-    rows = pages = 0
+    rows = pages = unreadable = 0
     with tempfile.TemporaryFile() as spool:
         with gzip.GzipFile(fileobj=spool, mode="wb") as gz:
             paginator = dynamodb.get_paginator("scan")
@@ -109,7 +114,16 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
             ):
                 pages += 1
                 for item in page.get("Items", []):
-                    values = payloads.load_item(deserialize_image(item))
+                    values = deserialize_image(item)
+                    try:
+                        values = payloads.load_item(values)
+                    except PayloadCorrupt as exc:
+                        # Its object is gone or altered (its task removed since this page
+                        # was read, or a person deleted it): the row keeps its references
+                        # and says why, rather than one task failing every export.
+                        # (PayloadUnavailable, S3 failing, fails the attempt: retried.)
+                        values = {**values, "payload_unavailable": str(exc)}
+                        unreadable += 1
                     gz.write(json.dumps(values, sort_keys=True).encode() + b"\n")
                     rows += 1
         spool.seek(0)
@@ -124,8 +138,13 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
                 extra_args={"ContentType": "application/x-ndjson", "ContentEncoding": "gzip"},
             ).result()
     url = presigned_link(s3, settings.export_bucket, key)
+    missing = (
+        f" {unreadable} of them with a payload that could not be read (see payload_unavailable)."
+        if unreadable
+        else ""
+    )
     body = (
-        f"{rows} tasks exported. Download (valid for up to {_hours(LINK_EXPIRY_SECONDS)}; "
+        f"{rows} tasks exported.{missing} Download (valid for up to {_hours(LINK_EXPIRY_SECONDS)}; "
         "it may stop earlier, when the credentials that signed it expire):\n"
         f"{url}\n\nFor a fresh link: task-runner export-link --task-id {ctx.task_id}\n"
     )
@@ -142,8 +161,17 @@ def run(data: ExportDbInput, ctx: TaskContext) -> dict[str, Any]:
         # Only the code: SES's message names the addresses it refused.
         code = exc.response.get("Error", {}).get("Code", "unknown")
         raise RetryableTaskError(f"could not send the export e-mail: {code}") from exc
-    ctx.logger.info("export written", extra={"task_id": ctx.task_id, "rows": rows, "pages": pages})
-    return {"bucket": settings.export_bucket, "key": key, "rows": rows, "pages": pages}
+    ctx.logger.info(
+        "export written",
+        extra={"task_id": ctx.task_id, "rows": rows, "pages": pages, "unreadable": unreadable},
+    )
+    return {
+        "bucket": settings.export_bucket,
+        "key": key,
+        "rows": rows,
+        "pages": pages,
+        "unreadable_payloads": unreadable,
+    }
 
 
 TASK = TaskDefinition(

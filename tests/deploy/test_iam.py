@@ -109,6 +109,7 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         **DESCRIBE_RETRIES,
         **REPLAY,
         **PAYLOADS,
+        # Moves staged inputs; a replayed REMOVE record's objects are listed, then deleted.
         "s3:ListBucket": PAYLOAD_CLEANUP["s3:ListBucket"],
         "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },

@@ -229,4 +229,4 @@ def test_the_readme_task_added_to_a_copy_passes_lint_types_and_tests(
         text=True,
         check=False,
     )
-    assert refused.returncode == 2 and "--width: input should be greater than 0" in refused.stderr
+    assert refused.returncode == 64 and "--width: input should be greater than 0" in refused.stderr

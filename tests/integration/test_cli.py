@@ -99,7 +99,7 @@ def test_numeric_task_id(server_env: dict[str, str]) -> None:
 
 def test_export_db_command_validates_the_address(server_env: dict[str, str]) -> None:
     done = cli(server_env, "create-task", "export-db", "--email", "not-an-address")
-    assert "--email: value is not a valid email address" in one_error_line(done, 2)
+    assert "--email: value is not a valid email address" in one_error_line(done, 64)
     assert (
         ok(server_env, "create-task", "export-db", "--email", "ops@example.com")["type"]
         == "EXPORT_DB"
@@ -123,7 +123,7 @@ def test_export_db_command_validates_the_address(server_env: dict[str, str]) -> 
         (("sweep", "--bogus"), "unknown flag --bogus"),
     ],
 )
-def test_a_bad_flag_changes_nothing_and_exits_2(
+def test_a_bad_flag_changes_nothing_and_exits_64(
     server_env: dict[str, str], args: tuple[str, ...], named: str
 ) -> None:
     # Given a PENDING task the stream missed (no created_at: the sweeper would run it)
@@ -135,7 +135,7 @@ def test_a_bad_flag_changes_nothing_and_exits_2(
     done = cli(server_env, *args)
 
     # Then it says which flag, in one line, exits 2, and nothing was created or run
-    assert named in one_error_line(done, 2)
+    assert named in one_error_line(done, 64)
     assert items(server_env) == before
 
 
@@ -153,7 +153,7 @@ def test_the_same_sweep_without_the_bad_flag_does_run(server_env: dict[str, str]
 def test_list_tasks_with_a_misspelt_filter_lists_nothing(server_env: dict[str, str]) -> None:
     ok(server_env, "create-task", "noop-task")
     done = cli(server_env, "list-tasks", "--stauts", "FAILED")
-    assert "unknown flag --stauts (did you mean --status?)" in one_error_line(done, 2)
+    assert "unknown flag --stauts (did you mean --status?)" in one_error_line(done, 64)
 
 
 # --- 2. stdout is one JSON document; logs go to stderr; a closed pipe is quiet --------------
@@ -219,21 +219,21 @@ def test_npm_run_silent_prints_only_the_json(server_env: dict[str, str]) -> None
     [
         (("get-task", "--task-id", "does-not-exist"), 4, "task does-not-exist not found"),
         (("retry-task", "--task-id", "does-not-exist"), 4, "task does-not-exist not found"),
-        (("get-task", "--taskid", "x"), 2, "--taskid (did you mean --task-id?)"),
-        (("create-task", "example-task"), 2, "missing --message (Text to log)"),
-        (("create-task", "example-taks"), 2, "(did you mean example-task?); known: "),
+        (("get-task", "--taskid", "x"), 64, "--taskid (did you mean --task-id?)"),
+        (("create-task", "example-task"), 64, "missing --message (Text to log)"),
+        (("create-task", "example-taks"), 64, "(did you mean example-task?); known: "),
         (
             ("frobnicate",),
-            2,
+            64,
             "commands: cancel-task, create-task, export-link, get-task, history,"
             " list-schedules, list-tasks",
         ),
-        (("list-tasks", "--status", "BOGUS"), 2, "PENDING, PROCESSING, DONE, FAILED, RETRYING"),
-        (("list-tasks", "--limit"), 2, "--limit needs a value (a whole number)"),
-        (("list-tasks", "--limit", "1e3"), 2, "valid integer, unable to parse string"),
-        (("list-tasks", "--cursor", "%%%"), 2, "pass back the cursor list-tasks printed"),
-        (("get-task", "--task-id", ""), 2, "--task-id: string should have at least 1 character"),
-        (("run-task",), 2, "missing --task-id"),
+        (("list-tasks", "--status", "BOGUS"), 64, "PENDING, PROCESSING, DONE, FAILED, RETRYING"),
+        (("list-tasks", "--limit"), 64, "--limit needs a value (a whole number)"),
+        (("list-tasks", "--limit", "1e3"), 64, "valid integer, unable to parse string"),
+        (("list-tasks", "--cursor", "%%%"), 64, "pass back the cursor list-tasks printed"),
+        (("get-task", "--task-id", ""), 64, "--task-id: string should have at least 1 character"),
+        (("run-task",), 64, "missing --task-id"),
     ],
 )
 def test_errors_are_one_line_that_says_what_to_do(
@@ -254,7 +254,7 @@ def test_the_stored_type_name_creates_the_task(server_env: dict[str, str]) -> No
 
 def test_a_demo_type_without_its_module_names_the_variable(server_env: dict[str, str]) -> None:
     env = {k: v for k, v in server_env.items() if k != "TASK_RUNNER_TASK_MODULES"}
-    said = one_error_line(cli(env, "create-task", "flaky-task", "--fail-times", "1"), 2)
+    said = one_error_line(cli(env, "create-task", "flaky-task", "--fail-times", "1"), 64)
     assert "unknown task type 'flaky-task'" in said and "TASK_RUNNER_TASK_MODULES" in said
     assert "example-task" in said and "export-db" in said and "noop-task" not in said
     assert items(server_env) == []
@@ -461,4 +461,4 @@ def test_export_link_signs_a_fresh_link_for_a_finished_export(server_env: dict[s
     assert link["valid_for_up_to_hours"] == 2
     assert "X-Amz-Expires=7200" in link["url"] and "exports/task-x.jsonl.gz" in link["url"]
     refused = cli(server_env, "export-link", "--task-id", "x", "--hours", "200")
-    assert refused.returncode == 2 and "--hours" in refused.stderr
+    assert refused.returncode == 64 and "--hours" in refused.stderr

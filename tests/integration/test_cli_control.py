@@ -57,7 +57,7 @@ def test_create_task_wait_and_idempotency_key(server_env: dict[str, str]) -> Non
     other = cli(env, "create-task", "noop-task", "--note", "b", "--idempotency-key", "order-42")
     assert "'order-42' already names task" in one_error_line(other, 1)
     refused = cli(env, "create-task", "noop-task", "--wait", "-1")
-    assert "--wait: input should be greater than or equal to 0" in one_error_line(refused, 2)
+    assert "--wait: input should be greater than or equal to 0" in one_error_line(refused, 64)
 
 
 def test_cancel_task_refuses_a_finished_task_in_one_line(server_env: dict[str, str]) -> None:

@@ -1,0 +1,77 @@
+"""review-s4: a cancel the retry execution sees must not page the on-call (xfail(strict)
+until fixed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.client import TaskRunnerClient
+from runner.model import TaskStatus
+from tests.integration.test_cancel_workflow import _describe, flow, realtime_flow
+from tests.integration.test_workflow import Workflow
+
+__all__ = ["flow", "realtime_flow"]  # the fixtures, from the cancel tests
+
+
+def test_a_cancelled_tasks_execution_is_not_counted_as_a_failed_execution(flow: Workflow) -> None:
+    # Given a retryable failure whose retry execution has not started yet, cancelled
+    # before routeFailed starts it (StopExecution finds nothing to stop)
+    flow.insert("raced", "FLAKY_TASK", {"fail_times": 3})
+    flow.pump()
+    assert TaskRunnerClient(flow.app).cancel_task("raced")["status"] == "CANCELLED"
+    flow.wait()
+    assert flow.app.store.get("raced").status is TaskStatus.CANCELLED
+    # Then its execution does not end FAILED: AWS/States ExecutionsFailed feeds
+    # RetryExecutionsFailedAlarm (threshold 0, "a task's retries are exhausted"), and a
+    # user's cancel is no failure (the runner's own metrics do not count it either)
+    assert _describe(flow, "raced")["status"] != "FAILED"
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4 #14")
+def test_a_cancel_whose_write_reply_was_lost_still_stops_the_execution(
+    realtime_flow: Workflow,
+) -> None:
+    from typing import Any
+
+    from botocore.exceptions import ReadTimeoutError
+
+    from runner.errors import RetryableTaskError
+    from runner.failures import describe_error
+    from runner.model import ClaimSource
+    from tests.integration.test_cancel_workflow import _until
+
+    flow = realtime_flow
+    app = flow.app
+    # Given a retryable failure whose execution runs (waiting out a live lease)
+    flow.insert("held", "FLAKY_TASK", {"fail_times": 3})
+    claimed = app.store.claim_pending("held", source=ClaimSource.STREAM, lease_seconds=60)
+    app.runner.record(
+        claimed,
+        ClaimSource.STREAM,
+        error=describe_error(RetryableTaskError("timed out")),
+        lease_until=app.store.now_epoch() + 120,
+    )
+    flow.pump()
+    _until(lambda: len(app.store.get("held").executions) == 1)
+    _until(lambda: _describe(flow, "held")["status"] == "RUNNING")
+    # and the reply of the cancel's write lost (it applied; the SDK's retry then fails its
+    # condition, the status being CANCELLED already)
+    lost: list[int] = []
+
+    def before(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["cancel_write"] = b'"CANCELLED"' in params.get("body", b"")
+
+    def after(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if context.get("cancel_write") and not lost and "Error" not in parsed:
+            lost.append(1)
+            raise ReadTimeoutError(endpoint_url="https://dynamodb")
+
+    app.clients.dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", before)
+    app.clients.dynamodb.meta.events.register("after-call.dynamodb.UpdateItem", after)
+    result = TaskRunnerClient(app).cancel_task("held")
+    assert lost == [1] and app.store.get("held").status is TaskStatus.CANCELLED
+    # Then this cancel still stops the execution (ABORTED), as when no reply was lost,
+    # rather than answering "already cancelled" and leaving it to run into its Cancelled
+    # state (see #2)
+    assert result.get("execution_stopped"), result
+    assert _describe(flow, "held")["status"] == "ABORTED"
