@@ -81,7 +81,7 @@ class Cancellation:
             if refusal:
                 raise TaskConflict(refusal)
             if task.status is S.CANCELLED:
-                return CancelResult(task.id, S.CANCELLED, S.CANCELLED, note="already cancelled")
+                return self._already_cancelled(task)
             try:
                 if task.status is S.PROCESSING:
                     self.store.request_cancel(task)
@@ -104,11 +104,23 @@ class Cancellation:
             )
         raise TaskConflict(f"task {task_id} kept changing while it was cancelled; try again")
 
+    def _already_cancelled(self, task: Task) -> CancelResult:
+        """A CANCELLED task: its cancel may be this call's own, whose write applied but
+        whose reply was lost (the SDK's retry then failed its condition), or one whose
+        caller died before it stopped the execution or removed the schedule. Both are
+        seen to again: each is idempotent and best effort."""
+        if task.run_at is not None and task.attempts == 0 and self.forget_schedule is not None:
+            self.forget_schedule(task.id)  # it was SCHEDULED when cancelled
+        stopped = self._stop(task) if task.episode > 0 else None
+        return CancelResult(
+            task.id, S.CANCELLED, S.CANCELLED, execution_stopped=stopped, note="already cancelled"
+        )
+
     def _stop(self, task: Task) -> str | None:
         """Stop the execution that waits to run the cancelled task, if one runs."""
         if self.workflow is None or not self.workflow.settings.state_machine_arn:
             return None
-        if task.status not in (S.PENDING, S.FAILED, S.RETRYING):
+        if task.status not in (S.PENDING, S.FAILED, S.RETRYING, S.CANCELLED):
             return None
         try:
             return self.workflow.stop(ExecutionRef.of(task), cause="cancel-task")

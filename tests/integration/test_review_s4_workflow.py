@@ -3,8 +3,6 @@ until fixed)."""
 
 from __future__ import annotations
 
-import pytest
-
 from runner.client import TaskRunnerClient
 from runner.model import TaskStatus
 from tests.integration.test_cancel_workflow import _describe, flow, realtime_flow
@@ -27,7 +25,6 @@ def test_a_cancelled_tasks_execution_is_not_counted_as_a_failed_execution(flow: 
     assert _describe(flow, "raced")["status"] != "FAILED"
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #14")
 def test_a_cancel_whose_write_reply_was_lost_still_stops_the_execution(
     realtime_flow: Workflow,
 ) -> None:
