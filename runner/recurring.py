@@ -110,6 +110,18 @@ def all_schedules(registry: TaskRegistry) -> list[tuple[TaskDefinition, Recurrin
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RegistryError(f"schedule names must be unique: {', '.join(duplicates)}")
+    # Their CloudFormation logical ids too: two names that differ only in punctuation or a
+    # first letter's case would be one resource, the other schedule silently never made.
+    # Refused rather than disambiguated: a changed logical id replaces a deployed schedule.
+    by_id: dict[str, list[str]] = {}
+    for name in names:
+        by_id.setdefault(logical_id(name), []).append(name)
+    clashes = ["/".join(sorted(group)) for group in by_id.values() if len(group) > 1]
+    if clashes:
+        raise RegistryError(
+            "schedule names must differ in more than punctuation or a first letter's case"
+            f" (one CloudFormation resource each): {', '.join(sorted(clashes))}"
+        )
     return found
 
 

@@ -323,8 +323,8 @@ def test_a_wait_survives_one_read_that_fails_after_its_retries(app: App) -> None
     assert task.status is TaskStatus.DONE
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #13")
 def test_two_recurring_schedules_never_share_a_logical_id() -> None:
+    from runner.errors import RegistryError
     from runner.recurring import Recurring, schedule_resources
 
     # Given two schedules with distinct names (EventBridge keeps both) whose names differ
@@ -343,7 +343,8 @@ def test_two_recurring_schedules_never_share_a_logical_id() -> None:
         ]
     )
     # When `sls package` asks for their resources
-    resources = schedule_resources(registry)
-    # Then both are in the template (or the registry refuses the pair): not one silently
-    # overwritten, a schedule that never runs with no error anywhere
-    assert len(resources) == 2, sorted(resources)
+    with pytest.raises(RegistryError) as refused:
+        schedule_resources(registry)
+    # Then the pair is refused, naming both: not one silently overwritten, a schedule
+    # that never runs with no error anywhere
+    assert "nightly-report/nightly_report" in str(refused.value)
