@@ -20,10 +20,11 @@ from runner.store import TaskStore
 
 if TYPE_CHECKING:
     from runner.attempts import WorkflowAttempts
-    from runner.delays import DelayTimers, TimerInbox
+    from runner.delays import DelayTimers
     from runner.dispatch import Dispatcher
     from runner.stream import StreamProcessor
     from runner.sweeper import Sweeper
+    from runner.timer_inbox import TimerInbox
     from runner.workflow import RetryWorkflow
 
 
@@ -106,8 +107,8 @@ class App:
 
     @functools.cached_property
     def timer_inbox(self) -> TimerInbox:
-        from runner.delays import TimerInbox
         from runner.recurring import RecurringFires
+        from runner.timer_inbox import TimerInbox
 
         return TimerInbox(
             self.store,

@@ -88,7 +88,7 @@ class TaskRunnerClient:
                 f"the task's input is {size} bytes as JSON; the cap is {MAX_PAYLOAD_BYTES} bytes"
                 " (pass a reference to large data, e.g. an S3 key, instead)"
             )
-        from runner.delays import resolve_run_at
+        from runner.delays import DelayMessage, resolve_run_at
 
         moment = self.app.store.clock()
         due = resolve_run_at(moment, run_at=run_at, delay=delay)
@@ -118,24 +118,38 @@ class TaskRunnerClient:
                 f"an idempotency key with an input past {INLINE_MAX_BYTES} bytes as JSON is"
                 " not supported: pass a reference to the large data instead"
             )
+        armed: str | None = None
         if due is not None:
             try:
-                self.app.delays.arm(task.id, due)  # first: a timer without its task does nothing
+                # First: a timer without its task does nothing
+                armed = self.app.delays.arm(task.id, due)
             except TaskConflict:
                 if idempotency_key is None:
                     raise
-                # The key's task is already scheduled: put_idempotent returns it (or
-                # refuses other input); the timer it has stays as it was.
+                # The key's schedule is taken (its task scheduled, or its first create's
+                # insert on its way): put_idempotent returns that task, or inserts this
+                # one, whose timer is then set from the item.
         if idempotency_key is not None:
-            return put_idempotent(self.app.store, task)
+            found = put_idempotent(self.app.store, task)
+            if due is not None and found == task and armed is None:
+                self.app.delays.ensure(found)
+            elif due is not None and found != task:
+                self.app.delays.settle(armed, DelayMessage(task.id, str(task.run_at)), found)
+            return found
         ref = None if inline else payloads.stage_input(task.id, now, stored)
         try:
             created = self.app.store.put_new(
                 task if ref is None else task.model_copy(update={"data": ref, "payloads": True})
             )
-        except (TaskConflict, ItemTooLarge):
+        except (TaskConflict, ItemTooLarge) as exc:
             if due is not None:
-                self.app.delays.forget(task.id)
+                # The timer as the id's task needs it (not this refused create's)
+                existing = exc.old if isinstance(exc, TaskConflict) else None
+                self.app.delays.settle(
+                    armed,
+                    DelayMessage(task.id, str(task.run_at)),
+                    existing if isinstance(existing, Task) else None,
+                )
             if ref is not None:
                 # Refused, so never referenced (a lost reply keeps it: the item may exist).
                 with contextlib.suppress(PayloadUnavailable):

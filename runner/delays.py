@@ -10,12 +10,14 @@ never appears, or is no longer that SCHEDULED task, changes nothing):
   minutes; it sends the same message to the queue (Scheduler fires within its minute,
   and retries a failed delivery), and the consumer hands what is left to SQS.
 
-The consumer (`TimerInbox`, the `fireTimers` function) waits out the last fraction of a
-second in its invocation and promotes the task SCHEDULED → PENDING with one conditional write
-at `run_at`; the stream then runs it as any other. A timer that is lost (a schedule
-deleted by hand, a message past its retention) does not lose its task: the sweeper finds
-SCHEDULED tasks well past their `run_at` in the sparse `by-run-at` index (bounded
-Queries) and promotes them (`promote_overdue`).
+The consumer (`runner.timer_inbox.TimerInbox`, the `fireTimers` function) waits out the
+last fraction of a second in its invocation and promotes the task SCHEDULED → PENDING with
+one conditional write at `run_at`; the stream then runs it as any other. A message that
+comes early is kept in the queue, its visibility set to the time left; one that comes
+before its item (the producer's insert still on its way) is kept for a while too. A timer
+that is lost (a schedule deleted by hand, a message past its retention) does not lose its
+task: the sweeper finds SCHEDULED tasks well past their `run_at` in the sparse
+`by-run-at` index (bounded Queries) and promotes them (`promote_overdue`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import hashlib
 import json
 import math
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,12 @@ from runner.aws import AwsClients, AwsRetryPolicy
 from runner.config import Settings
 from runner.cron import utc_at
 from runner.errors import ConfigurationError, TaskConflict, TimerError
+from runner.idempotency import KEY_ID_PREFIX
 from runner.items import Clock, iso, utcnow
 from runner.logs import get_logger
+from runner.model import Task, TaskStatus
 
 if TYPE_CHECKING:
-    from runner.recurring import RecurringFires
     from runner.store import TaskStore
 
 # SQS's longest DelaySeconds.
@@ -55,10 +57,16 @@ SCHEDULE_LEAD_SECONDS = 300
 # later timers queued behind them (bench/delays.py: p99 3 s instead of 0.6 s).
 ARRIVE_EARLY_SECONDS = 0
 # The consumer waits in its invocation for a task due within this; one due later is
-# handed back to the queue with the delay left.
+# kept in the queue for the time left (`runner.timer_inbox`).
 HOLD_SECONDS = 3.0
 # The sweeper promotes a SCHEDULED task this long past its `run_at`: its timer is lost.
 OVERDUE_GRACE_SECONDS = 60
+# A `run_at` less than this ahead is now: DelaySeconds cannot say less than a second, so
+# its timer would arrive at once, racing its own item's insert.
+IMMEDIATE_WITHIN_SECONDS = 1.0
+# ChangeMessageVisibility: at most 12 hours in all from a message's receipt; a minute
+# less, for the time the invocation has taken since.
+MAX_HOLD_SECONDS = 12 * 3600 - 60
 # EventBridge Scheduler: a schedule name is at most 64 of [0-9a-zA-Z-_.].
 _NAME_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]")
 _NAME_DIGEST = 16
@@ -78,7 +86,8 @@ def resolve_run_at(
     now: datetime, *, run_at: datetime | None = None, delay: float | None = None
 ) -> datetime | None:
     """When a task asked to run later should run (to the millisecond a task stores), or
-    None for now: no delay, or a time that has passed ("past `run_at` = now")."""
+    None for now: no delay, a time that has passed ("past `run_at` = now"), or one less
+    than IMMEDIATE_WITHIN_SECONDS ahead."""
     if run_at is not None and delay is not None:
         raise ValueError("give run_at or delay, not both")
     if delay is not None:
@@ -90,7 +99,7 @@ def resolve_run_at(
     if run_at.tzinfo is None:
         raise ValueError("run_at needs a time zone (UTC, or an offset)")
     moment = parse_time(iso(run_at))  # the stored precision
-    return moment if moment > now else None
+    return moment if (moment - now).total_seconds() >= IMMEDIATE_WITHIN_SECONDS else None
 
 
 def schedule_name(task_id: str) -> str:
@@ -221,7 +230,11 @@ class DelayTimers:
 
     def _take_over(self, request: dict[str, Any], message: DelayMessage) -> None:
         """The schedule's name is taken: by this very request (a retry whose first reply
-        was lost), or by an earlier task under the id whose schedule outlived it."""
+        was lost), or by an earlier task under the id whose schedule outlived it.
+
+        An id made from an idempotency key is never taken over here: the schedule may be
+        that of the key's first create, whose insert is still on its way (the item not
+        there yet); `ensure` sets it once the item says whose it is."""
         found = self._aws(
             "scheduler", "get_schedule", Name=request["Name"], GroupName=request["GroupName"]
         )
@@ -231,10 +244,14 @@ class DelayTimers:
             other = json.loads(found.get("Target", {}).get("Input") or "{}")
         except ValueError:
             other = {}
-        if other.get("task_id") == message.task_id and self._is_scheduled(
-            message.task_id, str(other.get("run_at"))
+        if other.get("task_id") == message.task_id and (
+            message.task_id.startswith(KEY_ID_PREFIX)
+            or self._is_scheduled(message.task_id, str(other.get("run_at")))
         ):
             raise TaskConflict(f"a task with id {message.task_id} already exists")
+        self._put_schedule(request)
+
+    def _put_schedule(self, request: dict[str, Any]) -> None:
         request = {k: v for k, v in request.items() if k != "ActionAfterCompletion"}
         self._aws("scheduler", "update_schedule", **request, ActionAfterCompletion="DELETE")
 
@@ -250,6 +267,81 @@ class DelayTimers:
         item = response.get("Item") or {}
         status, due = item.get("status", {}).get("S"), item.get("run_at", {}).get("S")
         return bool(status == "SCHEDULED" and due == run_at)
+
+    def settle(self, armed: str | None, mine: DelayMessage, existing: Task | None) -> None:
+        """A create that set its timer (`armed`, what `arm` returned) was refused: its id
+        is `existing`'s (or, with None, nothing was written). Leave the timer as the task
+        that holds the id needs it, whichever create set it last.
+
+        Only a schedule can hold another task's timer (an SQS message of this create
+        finds the task at another `run_at` and does nothing); it is given back to
+        `existing` if that one waits for its time, else deleted if it is still this
+        create's. Best effort, as `forget`: a timer left wrong is the sweeper's to mend."""
+        if armed is None or armed == "sqs":
+            return
+        try:
+            if existing is not None and existing.status is TaskStatus.SCHEDULED:
+                self.ensure(existing)
+            elif self._schedule_input(mine.task_id) == mine.body():
+                self.forget(mine.task_id)
+        except (TimerError, TaskConflict, ConfigurationError) as exc:
+            get_logger().warning(
+                "could not set a delayed task's timer back after a refused create;"
+                " the sweeper promotes it late",
+                extra={"task_id": mine.task_id, "error_type": type(exc).__name__},
+            )
+
+    def ensure(self, task: Task) -> None:
+        """Set the timer of SCHEDULED `task` (the item as stored) if its schedule does not
+        already send its message: after a create met the id's item, the item is what
+        the schedule must serve. One GetSchedule when it does."""
+        if task.status is not TaskStatus.SCHEDULED or task.run_at is None:
+            return
+        message = DelayMessage(task.id, task.run_at)
+        run_at = parse_time(task.run_at)
+        if self._schedule_input(task.id) == message.body():
+            return
+        if (run_at - self.clock()).total_seconds() <= SQS_MAX_DELAY_SECONDS:
+            self.send(message, self.delay_for((run_at - self.clock()).total_seconds()))
+            self.forget(task.id)  # another create's, due at another time
+            return
+        request = self._schedule_request(message, run_at)
+        try:
+            self._aws("scheduler", "create_schedule", **request)
+        except TimerError as exc:
+            if exc.code != "ConflictException":
+                raise
+            self._put_schedule(request)
+
+    def _schedule_input(self, task_id: str) -> str | None:
+        """The message the task's one-time schedule sends, or None if it has none."""
+        group = self.settings.delay_schedule_group
+        if not group:
+            return None
+        try:
+            found = self._aws(
+                "scheduler", "get_schedule", Name=schedule_name(task_id), GroupName=group
+            )
+        except TimerError as exc:
+            if exc.code == "ResourceNotFoundException":
+                return None
+            raise
+        value = found.get("Target", {}).get("Input")
+        return str(value) if value is not None else None
+
+    def hold(self, receipt_handle: str, seconds: float) -> int:
+        """Keep a received timer message in the queue, invisible for `seconds` (whole,
+        at most SQS's 12 hours from its receipt): the consumer then reports it failed,
+        and SQS delivers the same message again, no copy made. Returns the seconds set."""
+        visibility = max(0, min(MAX_HOLD_SECONDS, math.floor(seconds)))
+        self._aws(
+            "sqs",
+            "change_message_visibility",
+            QueueUrl=self._queue_url(),
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=visibility,
+        )
+        return visibility
 
     def forget(self, task_id: str) -> bool:
         """Best effort: delete the one-time schedule of task `task_id`, if it has one.
@@ -269,108 +361,6 @@ class DelayTimers:
                 )
             return False
         return True
-
-
-# --- the consumer -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InboxReport:
-    """What one batch of timer messages did."""
-
-    promoted: int = 0
-    requeued: int = 0
-    stale: int = 0  # the task was missing, or no longer that SCHEDULED task
-    created: int = 0  # recurring fires that created their task
-    duplicates: int = 0  # recurring fires whose task existed (a double fire)
-    dropped: int = 0  # messages that are not timers
-    failed_message_ids: tuple[str, ...] = ()
-
-    def response(self) -> dict[str, list[dict[str, str]]]:
-        return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failed_message_ids]}
-
-
-class TimerInbox:
-    """The timer queue's consumer: promotes delayed tasks at their time, hands early ones
-    back to SQS, and creates the task of each recurring schedule's fire."""
-
-    def __init__(
-        self,
-        store: TaskStore,
-        timers: DelayTimers,
-        recurring: RecurringFires | None = None,
-        *,
-        clock: Clock = utcnow,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.store = store
-        self.timers = timers
-        self.recurring = recurring
-        self.clock = clock
-        self.sleep = sleep
-        self.log = get_logger()
-
-    def handle(self, records: Sequence[Any]) -> InboxReport:
-        counts = {"promoted": 0, "requeued": 0, "stale": 0, "created": 0, "duplicates": 0}
-        dropped = 0
-        failed: list[str] = []
-        due: list[tuple[datetime, str, DelayMessage]] = []
-        for record in records:
-            message_id = str(record.get("messageId", "")) if isinstance(record, dict) else ""
-            try:
-                body = json.loads(record["body"])
-                kind = body.get("kind")
-            except (KeyError, TypeError, ValueError, AttributeError):
-                dropped += 1
-                self.log.warning(
-                    "timer message is not JSON; dropped", extra={"message_id": message_id}
-                )
-                continue
-            try:
-                if kind == DELAY_KIND:
-                    message = DelayMessage(str(body["task_id"]), str(body["run_at"]))
-                    when = parse_time(message.run_at)
-                    left = (when - self.clock()).total_seconds()
-                    if left > HOLD_SECONDS:
-                        self.timers.send(message, self.timers.delay_for(left))
-                        counts["requeued"] += 1
-                    else:
-                        due.append((when, message_id, message))
-                elif kind == "recurring" and self.recurring is not None:
-                    created = self.recurring.fire(body)
-                    counts["created" if created else "duplicates"] += 1
-                else:
-                    dropped += 1
-                    self.log.warning(
-                        "unknown timer message; dropped", extra={"message_id": message_id}
-                    )
-            except (KeyError, TypeError, ValueError) as exc:
-                dropped += 1
-                self.log.warning(
-                    "malformed timer message; dropped",
-                    extra={"message_id": message_id, "error_type": type(exc).__name__},
-                )
-            except Exception as exc:
-                failed.append(message_id)
-                self.log.error(
-                    "timer message not handled; SQS delivers it again",
-                    extra={"message_id": message_id, "error_type": type(exc).__name__},
-                )
-        for when, message_id, message in sorted(due, key=lambda d: d[0]):
-            wait = (when - self.clock()).total_seconds()
-            if wait > 0:
-                self.sleep(wait)
-            try:
-                promoted = self.store.promote(message.task_id, message.run_at)
-            except Exception as exc:
-                failed.append(message_id)
-                self.log.error(
-                    "delayed task not promoted; SQS delivers its timer again",
-                    extra={"task_id": message.task_id, "error_type": type(exc).__name__},
-                )
-                continue
-            counts["promoted" if promoted is not None else "stale"] += 1
-        return InboxReport(**counts, dropped=dropped, failed_message_ids=tuple(failed))
 
 
 def promote_overdue(

@@ -14,6 +14,15 @@ Each fire creates exactly one task, whose id comes from the schedule's name and 
 *scheduled* time EventBridge Scheduler puts in the message (never the clock):
 `schedule:<name>:<time>`. Schedulers deliver at least once; a second delivery of the
 same fire finds the task and creates nothing (`RecurringFires.fire`).
+
+That holds while the task can be found: a finished task is deleted by TTL
+`TASK_RUNNER_RESULT_TTL_DAYS` after its last write, so never sooner than that after its
+scheduled time. A fire delivered later than `fire_age_limit` (that, less an hour) is
+dropped with an error log, not made again: a message kept failing for days (the timer
+queue keeps one 14 days) cannot run a fire twice. A fire of a type this code does not
+know, or whose input it refuses, is retried while it is younger than FIRE_RETRY_SECONDS
+(a deploy that adds the type may not have reached `fireTimers` when its schedule first
+fires), then dropped likewise: SQS would otherwise retry it for the queue's retention.
 """
 
 from __future__ import annotations
@@ -23,11 +32,11 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from runner.cron import ExpressionError, parse, zone
-from runner.errors import InvalidTaskInput, RegistryError, TaskConflict
+from runner.errors import InvalidTaskInput, RegistryError, TaskConflict, UnknownTaskType
 from runner.items import iso
 from runner.logs import get_logger
 from runner.model import Task, TaskStatus
@@ -38,6 +47,12 @@ if TYPE_CHECKING:
 
 RECURRING_KIND = "recurring"
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
+# A fire is dropped once this much less than the finished-task TTL has passed since its
+# scheduled time: its task, had it been made, could be deleted by then.
+FIRE_AGE_MARGIN = timedelta(hours=1)
+# A fire of an unknown type, or with input its type refuses, is retried (SQS delivers it
+# again after the queue's visibility timeout) for this long after its scheduled time.
+FIRE_RETRY_SECONDS = 3600
 # A recurring schedule's name: EventBridge Scheduler allows 64 of [0-9a-zA-Z-_.].
 _NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,63}$")
 
@@ -156,6 +171,16 @@ def schedule_resources(registry: TaskRegistry) -> dict[str, Any]:
     return resources
 
 
+class FireDropped(Exception):
+    """A recurring fire that must not create its task: too late, or of a type (or with
+    input) this code has refused for longer than FIRE_RETRY_SECONDS."""
+
+
+def fire_age_limit(result_ttl_days: int) -> timedelta:
+    """How late a fire may be delivered and still create its task."""
+    return timedelta(days=result_ttl_days) - FIRE_AGE_MARGIN
+
+
 class RecurringFires:
     """Creates the task of a recurring schedule's fire, exactly once per scheduled time."""
 
@@ -165,22 +190,37 @@ class RecurringFires:
 
     def fire(self, body: Mapping[str, Any]) -> bool:
         """True if this delivery created the task; False if an earlier one had (a double
-        fire). Raises ValueError/KeyError for a message that is not a fire (dropped) and
-        the store's errors for a write that failed (SQS delivers it again)."""
+        fire). Raises ValueError/KeyError for a message that is not a fire (dropped),
+        FireDropped for one too late to be made (dropped, logged as an error), and the
+        store's errors for a write that failed (SQS delivers it again)."""
         schedule, scheduled_time = str(body["schedule"]), str(body["scheduled_time"])
-        definition = self.registry.get(str(body["task_type"]))
+        task_id = fired_task_id(schedule, scheduled_time)
+        scheduled = datetime.fromisoformat(scheduled_time.strip().replace("Z", "+00:00"))
+        now = self.store.clock()
+        age = now - scheduled
+        limit = fire_age_limit(self.store.settings.result_ttl_days)
+        if age > limit:
+            raise FireDropped(
+                f"fire {task_id} delivered {age} after its scheduled time, past {limit}: its"
+                " task may have run and been deleted since"
+            )
         data = body.get("data") or {}
         if not isinstance(data, dict):
             raise ValueError("a recurring fire's data must be an object")
-        task_id = fired_task_id(schedule, scheduled_time)
-        created_at = iso(datetime.fromisoformat(scheduled_time.replace("Z", "+00:00")))
+        try:
+            definition = self.registry.get(str(body["task_type"]))
+            stored = stored_data(definition, data)
+        except (UnknownTaskType, InvalidTaskInput) as exc:
+            if age.total_seconds() <= FIRE_RETRY_SECONDS:
+                raise  # retried: the deploy that knows it may still be on its way
+            raise FireDropped(f"fire {task_id}: {exc}") from exc
         task = Task(
             id=task_id,
             type=definition.type,
             status=TaskStatus.PENDING,
-            data=stored_data(definition, data),
-            created_at=created_at,
-            updated_at=iso(self.store.clock()),
+            data=stored,
+            created_at=iso(scheduled),
+            updated_at=iso(now),
         )
         if self.store.find(task_id) is not None:
             return False

@@ -15,6 +15,7 @@ from runner.config import Settings
 from runner.local import demo_tasks
 from runner.local.dynamodb_fidelity import dynamodb_fidelity
 from runner.local.motoserver import serialised_dynamodb
+from runner.local.sqs_fidelity import sqs_visibility_fidelity
 from tasks import build_registry
 from tests.helpers import create_tasks_table
 
@@ -48,9 +49,10 @@ def _serialised_moto_dynamodb() -> Iterator[None]:
     """Moto is not thread-safe: unserialised, two racing conditional claims can both win.
 
     Its DynamoDB request handling is serialised for every test (in-process and server),
-    and its writes are refused and applied as DynamoDB's are (`dynamodb_fidelity`).
+    and its writes are refused and applied as DynamoDB's are (`dynamodb_fidelity`); SQS
+    changes a message's visibility as SQS does (`sqs_visibility_fidelity`).
     """
-    with serialised_dynamodb(), dynamodb_fidelity():
+    with serialised_dynamodb(), dynamodb_fidelity(), sqs_visibility_fidelity():
         yield
 
 

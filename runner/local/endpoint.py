@@ -8,8 +8,9 @@ process (bench/README.md, figure 4). It also hosts what moto cannot run without 
   `lambda:invoke`, the pollers' and schedules' invocations, any boto3 client) runs in a
   worker process of the function's own (runner.local.lambda_env);
 - chaos (runner.local.chaos_endpoint): the DynamoDB, Step Functions and Lambda faults;
-- DynamoDB's TTL deletions (runner.local.ttl), and the DynamoDB and Step Functions
-  fidelity patches (runner.local.dynamodb_fidelity, runner.local.sfn_fidelity).
+- DynamoDB's TTL deletions (runner.local.ttl), and the DynamoDB, Step Functions and SQS
+  fidelity patches (runner.local.dynamodb_fidelity, runner.local.sfn_fidelity,
+  runner.local.sqs_fidelity).
 
 Protocol, one JSON object per line:
 - child → parent, on the file descriptor given as --report-fd: `{"endpoint": url}` once
@@ -206,6 +207,7 @@ def _serve(port: int, report: IO[str]) -> None:
     )
     from runner.local.motoserver import fast_stream_records, quiet_moto, serialised_dynamodb
     from runner.local.sfn_fidelity import immediate_stop, lambda_unknown_errors
+    from runner.local.sqs_fidelity import sqs_visibility_fidelity
     from runner.local.ttl import TtlDeleter
 
     def send(message: dict[str, Any]) -> None:
@@ -235,6 +237,7 @@ def _serve(port: int, report: IO[str]) -> None:
         dynamodb_fidelity(observe=chaos.on_write),
         lambda_unknown_errors(),
         immediate_stop(),
+        sqs_visibility_fidelity(),
         quiet_moto(),
         service.installed(),
     ):

@@ -169,7 +169,8 @@ def create_tasks_table(dynamodb: Any, name: str) -> str:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """A bare ThreadedMotoServer on loopback (tests, benchmarks), DynamoDB serialised and
-    made atomic (`dynamodb_fidelity`), GetRecords answered by `fast_stream_records`.
+    made atomic (`dynamodb_fidelity`), GetRecords answered by `fast_stream_records`, SQS
+    visibility changes by SQS's rules (`sqs_visibility_fidelity`).
 
     Yields its endpoint URL. The local stack (runner.local.server) adds the service to it.
     """
@@ -178,9 +179,15 @@ def moto_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     from runner.local.dynamodb_fidelity import dynamodb_fidelity
+    from runner.local.sqs_fidelity import sqs_visibility_fidelity
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    with serialised_dynamodb(), fast_stream_records(), dynamodb_fidelity():
+    with (
+        serialised_dynamodb(),
+        fast_stream_records(),
+        dynamodb_fidelity(),
+        sqs_visibility_fidelity(),
+    ):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()

@@ -209,10 +209,11 @@ class StoreBase(TaskListing):
             )
         except TaskConflict as exc:
             old = old_item(exc)
-            if old is not None and (old.type, old.data, old.created_at) == (
+            if old is not None and (old.type, old.data, old.created_at, old.run_at) == (
                 task.type,
                 task.data,
                 task.created_at,
+                task.run_at,  # the same moment, due at another time: another create
             ):
                 return task  # written by an earlier try whose reply was lost
             raise TaskConflict(f"a task with id {task.id} already exists", old) from exc

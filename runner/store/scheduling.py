@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.config import RUN_AT_INDEX, STATUS_SHARDS
-from runner.errors import TaskConflict
+from runner.errors import TaskConflict, TaskNotFound
 from runner.items import serialize
 from runner.model import Task, TaskStatus
 from runner.store.base import StoreBase
@@ -28,14 +28,27 @@ class SchedulingWrites(StoreBase):
         The MODIFY record (old SCHEDULED, new PENDING) is what runs it: processStream's
         filter for a MODIFY to PENDING from any other status admits it."""
         try:
+            return self.promote_timer(task_id, run_at)
+        except TaskNotFound:
+            return None
+
+    def promote_timer(self, task_id: str, run_at: str) -> Task | None:
+        """`promote`, telling the timer apart a task that is not there (TaskNotFound: its
+        producer's insert may still be on its way, as the timer is set first) from one
+        that is no longer that SCHEDULED task (None). The failed condition's ALL_OLD
+        image says which, in the same write."""
+        try:
             return self._update(
                 task_id,
                 self._status_sets(task_id, S.PENDING, self.clock()),
                 condition="#status = :scheduled AND run_at = :run_at",
                 values={":scheduled": S.SCHEDULED.value, ":run_at": run_at},
                 removes=(SCHEDULED_SHARD,),
+                return_old_on_conflict=True,
             )
-        except TaskConflict:
+        except TaskConflict as exc:
+            if exc.old is None:
+                raise TaskNotFound(f"no task {task_id}") from exc
             return None
 
     def iter_overdue(self, before: str, page_size: int = 100) -> Iterator[tuple[str, str]]:

@@ -113,12 +113,13 @@ EXPECTED_FUNCTION_GRANTS: dict[str, Grants] = {
         "s3:ListBucket": PAYLOAD_CLEANUP["s3:ListBucket"],
         "dynamodb:Query": {"TasksTable.Arn/index/by-status", "TasksTable.Arn/index/by-run-at"},
     },
-    # Promotes delayed tasks, sends early timers back, inserts recurring schedules' tasks.
+    # Promotes delayed tasks, keeps early timers in the queue for the time left (never
+    # a copy: it sends nothing), inserts recurring schedules' tasks.
     "fireTimers": {
         **XRAY,
         **TASK_WRITES,
         "dynamodb:PutItem": {TABLE},
-        "sqs:SendMessage": {TIMER_QUEUE},
+        "sqs:ChangeMessageVisibility": {TIMER_QUEUE},
         "sqs:ReceiveMessage": {TIMER_QUEUE},
         "sqs:DeleteMessage": {TIMER_QUEUE},
         "sqs:GetQueueAttributes": {TIMER_QUEUE},

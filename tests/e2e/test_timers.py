@@ -45,7 +45,7 @@ def warm(local_stack: ServedStack, client: TaskRunnerClient) -> None:
     """Environments of fireTimers and of processStream's lanes, so what is measured is the
     timers' precision, not a cold start."""
     ids = [client.create_task("NOOP_TASK", {}).id for _ in range(30)]
-    ids += [client.create_task("NOOP_TASK", {}, delay=0.2).id for _ in range(4)]
+    ids += [client.create_task("NOOP_TASK", {}, delay=1.2).id for _ in range(4)]
     for task_id in ids:
         local_stack.wait_for(task_id, {"DONE"}, timeout=60)
 

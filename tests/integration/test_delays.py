@@ -73,6 +73,11 @@ class Delayed:
 
 @pytest.fixture
 def delayed(app: App, settings: Settings) -> Iterator[Delayed]:
+    yield from make_delayed(app, settings)
+
+
+def make_delayed(app: App, settings: Settings) -> Iterator[Delayed]:
+    """The `delayed` fixture's body (other modules' fixtures use it too)."""
     sqs = app.clients.sqs
     url = sqs.create_queue(QueueName="task-runner-timers-test")["QueueUrl"]
     app.clients.client("scheduler").create_schedule_group(Name=GROUP)
@@ -146,9 +151,13 @@ def test_the_timer_is_set_before_the_item_and_fires_into_nothing_without_it(
     with pytest.raises(StoreError):
         delayed.client.create_task("NOOP_TASK", {}, task_id="never-written", delay=2)
     monkeypatch.undo()
-    # The timer exists; its task does not. When it fires, nothing is created or changed.
+    # The timer exists; its task does not. When it fires, nothing is created or changed:
+    # it is kept while the insert could still be on its way, then dropped.
     [request] = delayed.sent
     delayed.clock.advance(2)
+    report = delayed.app.timer_inbox.handle([delayed.record_of(request)])
+    assert (report.promoted, report.waiting, report.failed_message_ids) == (0, 1, ("m-1",))
+    delayed.clock.advance(OVERDUE_GRACE_SECONDS + 1)
     report = delayed.app.timer_inbox.handle([delayed.record_of(request)])
 
     assert (report.promoted, report.stale, report.failed_message_ids) == (0, 1, ())
@@ -170,18 +179,28 @@ def test_the_consumer_waits_out_the_last_seconds_then_promotes(delayed: Delayed)
     assert SCHEDULED_SHARD not in (delayed.app.store.get_values(task.id) or {})
 
 
-def test_a_message_that_comes_early_is_handed_back_with_the_delay_left(delayed: Delayed) -> None:
+def test_a_message_that_comes_early_is_kept_for_the_delay_left(delayed: Delayed) -> None:
     # A one-time schedule's message: 5 minutes (less Scheduler's lateness) before run_at
     task = delayed.client.create_task("NOOP_TASK", {}, delay=3600)
     body = DelayMessage(task.id, str(task.run_at)).body()
+    sqs = delayed.app.clients.sqs
+    sqs.send_message(QueueUrl=delayed.queue_url, MessageBody=body)
+    [received] = sqs.receive_message(QueueUrl=delayed.queue_url)["Messages"]
+    record = {"messageId": "m-1", "receiptHandle": received["ReceiptHandle"], "body": body}
+    changes: list[dict[str, Any]] = []
+    sqs.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibility",
+        lambda params, **_: changes.append(dict(params)),
+    )
     delayed.clock.advance(3600 - SCHEDULE_LEAD_SECONDS + 40.3)
 
-    report = delayed.app.timer_inbox.handle([{"messageId": "m-1", "body": body}])
+    report = delayed.app.timer_inbox.handle([record])
 
-    assert (report.requeued, report.promoted) == (1, 0)
-    [request] = delayed.sent
-    assert request["MessageBody"] == body
-    assert request["DelaySeconds"] == SCHEDULE_LEAD_SECONDS - 41
+    # The same message, invisible for the whole seconds left; no copy sent
+    assert (report.requeued, report.promoted, report.failed_message_ids) == (1, 0, ("m-1",))
+    [change] = changes
+    assert change["VisibilityTimeout"] == SCHEDULE_LEAD_SECONDS - 41
+    assert [r["MessageBody"] for r in delayed.sent] == [body]  # the test's own send
     assert delayed.app.store.get(task.id).status is TaskStatus.SCHEDULED
     assert delayed.clock.slept == []
 
@@ -215,7 +234,7 @@ def test_a_promotion_that_cannot_be_written_is_reported_for_redelivery(
     def throttled(task_id: str, run_at: str) -> None:
         raise StoreError("DynamoDB update_item failed: ThrottlingException")
 
-    monkeypatch.setattr(delayed.app.store, "promote", throttled)
+    monkeypatch.setattr(delayed.app.store, "promote_timer", throttled)
     report = delayed.app.timer_inbox.handle([delayed.record_of(request)])
 
     assert report.failed_message_ids == ("m-1",)

@@ -156,3 +156,46 @@ def test_the_sweepers_promotion_read_before_the_timer_fired_changes_nothing_afte
         assert stale.result == [None]
         _finish(sim, "late-2")
         assert len(_promotions(sim, "late-2")) == 1
+
+
+# Seeds whose jitter lands the insert after run_at (the others land it before)
+@pytest.mark.parametrize("seed", [1, 2, 5])
+def test_a_timer_that_comes_while_its_items_insert_is_throttled_is_kept_then_runs_it(
+    seed: int,
+) -> None:
+    """The timer is set first; the producer's PutItem is throttled and retried past
+    `run_at`. The timer that comes meanwhile finds no item: kept (reported failed, so
+    SQS delivers it again), not dropped, and its next delivery promotes the task at once
+    rather than the sweeper a minute and a sweep later."""
+    with simulated(seed=seed) as sim:
+        world = sim.world
+        task_id, nonce = "slow-insert-1", f"n{world.ledger.next_seq()}"
+        world.tasks[task_id] = TaskInfo(task_id, nonce, "SIM_SYNC", "client", world.clock.t)
+        run_at = iso(datetime.fromtimestamp(world.clock.t + 1.0, UTC))
+        # Throttled for six tries of the producer's eight: its insert lands seconds late
+        world.budget = 6
+        world.faults.arm(task_id, FaultKind.TRANSIENT, 1, site="PutItem")
+        producer = world.lambdas.start(
+            PRODUCER,
+            None,
+            choice=0,
+            call=lambda app: TaskRunnerClient(app).create_task(
+                "SIM_SYNC", {"nonce": nonce}, task_id=task_id, delay=1.0
+            ),
+        )
+        # Its message (DelaySeconds 1) comes at once after the SendMessage
+        fire = _function(sim, "FireTimersLambdaFunction")
+        timer = _sqs_event(DelayMessage(task_id, run_at).body())
+        early = world.lambdas.start(fire, timer, choice=0)
+        world.scheduler.run_until(world.clock.t + 30, stop=lambda: early.done)
+
+        assert not producer.done, producer.ended  # still retrying its insert at run_at
+        assert early.result == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+        world.scheduler.run_until(world.clock.t + 60, stop=lambda: producer.done)
+        assert producer.outcome == "ok", producer.error
+        world.items[task_id] = world.snapshot(task_id)
+        again = world.lambdas.invoke(fire, timer, choice=0, call=None)
+        assert again.result == {"batchItemFailures": []}
+        item = _finish(sim, task_id)
+        assert len(_promotions(sim, task_id)) == 1
+        assert item["run_at"] == run_at

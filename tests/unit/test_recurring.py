@@ -4,6 +4,7 @@ the one task each fire creates."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import BaseModel, Field
@@ -119,6 +120,7 @@ def test_a_fires_task_id_comes_from_the_schedule_and_its_scheduled_time_only() -
 
 
 def test_a_schedule_firing_twice_creates_one_task(app: App) -> None:
+    app.store.clock = lambda: datetime(2026, 12, 1, 3, 0, 5, tzinfo=UTC)
     fires = RecurringFires(app.store, app.registry)
     body = {
         "kind": "recurring",
