@@ -352,6 +352,10 @@ def test_alarms_watch_failures_lag_and_errors(packaged: Packaged) -> None:
             "ApproximateNumberOfMessagesVisible",
             json.dumps({"Fn::GetAtt": ["StreamOnFailureDeadLetterQueue", "QueueName"]}),
         ),
+        (
+            "ApproximateNumberOfMessagesVisible",
+            json.dumps({"Fn::GetAtt": ["TimerDeadLetterQueue", "QueueName"]}),
+        ),
         ("IteratorAge", ref("ProcessStreamLambdaFunction")),
         ("IteratorAge", ref("RouteFailedLambdaFunction")),
         ("ExecutionsFailed", ref("RetryStateMachine")),
@@ -432,6 +436,32 @@ def test_test_and_bench_table_matches_the_template(packaged: Packaged) -> None:
     for name, index in ours.items():
         assert index["KeySchema"] == theirs[name]["KeySchema"]
         assert index["Projection"] == theirs[name]["Projection"]
+
+
+def test_a_timer_message_that_keeps_failing_moves_to_an_alarmed_dead_letter_queue(
+    packaged: Packaged,
+) -> None:
+    # A poison timer message leaves the queue (not 14 days of redeliveries), but only after
+    # more receives than a kept message may use: a timer before its item is received at
+    # each retry of MISSING_ITEM_RETRY_SECONDS until its grace ends, a recurring fire that
+    # is refused for FIRE_RETRY_SECONDS at each visibility timeout
+    from runner.recurring import FIRE_RETRY_SECONDS
+    from runner.timer_inbox import MISSING_ITEM_GRACE_SECONDS, MISSING_ITEM_RETRY_SECONDS
+
+    props = packaged.resource("TimerQueue")["Properties"]
+    redrive = props["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["TimerDeadLetterQueue", "Arn"]}
+    kept_before_item = len(MISSING_ITEM_RETRY_SECONDS) + (
+        MISSING_ITEM_GRACE_SECONDS // MISSING_ITEM_RETRY_SECONDS[-1]
+    )
+    refused_fire = FIRE_RETRY_SECONDS // props["VisibilityTimeout"] + 1
+    assert redrive["maxReceiveCount"] >= 2 * max(kept_before_item, refused_fire)
+    dlq = packaged.resource("TimerDeadLetterQueue")["Properties"]
+    assert dlq["SqsManagedSseEnabled"] is True
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    alarm = packaged.resource("TimerDeadLetterAlarm")["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["TimerDeadLetterQueue", "QueueName"]}
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 def test_a_message_the_sweeper_cannot_replay_moves_to_an_alarmed_dead_letter_queue(

@@ -199,12 +199,12 @@ def _resources() -> dict[str, Any]:
     return dict(loaded["Resources"])
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #9")
 def test_a_timer_message_that_keeps_failing_is_dead_lettered(app: App) -> None:
     import json
 
-    from runner.delays import TimerInbox
+    from runner.items import iso
     from runner.recurring import RecurringFires
+    from runner.timer_inbox import TimerInbox
 
     # Given a recurring schedule's fire whose input the deployed model no longer accepts
     # (CloudFormation updated the function before the schedule's Input, or a bad edit)
@@ -214,15 +214,17 @@ def test_a_timer_message_that_keeps_failing_is_dead_lettered(app: App) -> None:
         "schedule": "nightly",
         "task_type": "BLOB_TASK",
         "data": {"result_bytes": -1},
-        "scheduled_time": "2026-12-01T03:00:00Z",
+        "scheduled_time": iso(app.store.clock()),
     }
     report = inbox.handle([{"messageId": "m1", "body": json.dumps(body)}])
-    # It is handed back to SQS (a failure), so it comes back every visibility timeout
+    # It is handed back to SQS (a failure, within its hour), so it comes back every
+    # visibility timeout
     assert report.failed_message_ids == ("m1",)
     # Then the timer queue has a redrive policy (a dead-letter queue with its alarm): else
     # it cycles for the 14 days of MessageRetentionPeriod, and the schedule's runs are
     # lost with no alarm
     assert "RedrivePolicy" in _resources()["TimerQueue"]["Properties"]
+    assert "TimerDeadLetterAlarm" in _resources()
 
 
 @pytest.mark.xfail(strict=True, reason="review-s4 #10")
