@@ -154,6 +154,8 @@ class ProgressReporter:
         returns; the heartbeat's tick starts the next once it is due."""
         with self._lock:
             value = self._take()
+            if value is None:  # closed since it was started
+                self._sending = False
         while value is not None:
             outcome = self._send(value)
             with self._lock:

@@ -165,3 +165,38 @@ def test_a_claims_first_report_replaces_an_earlier_claims_whose_clock_was_ahead(
         return None if progress is None else progress.done
 
     assert _until(lambda: shown() == 1), shown()
+
+
+def test_a_failed_progress_write_is_tried_again_once_due_and_a_lost_claim_ends_the_tries() -> None:
+    from runner.errors import StoreError
+    from runner.progress import ProgressReporter
+
+    now = [0.0]
+    results: list[Exception | None] = [StoreError("throttled"), None, TaskConflict("gone")]
+    sent: list[float] = []
+
+    def write(value: dict[str, Any]) -> None:
+        sent.append(value["done"])
+        outcome = results.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    reporter = ProgressReporter(
+        write, clock=lambda: T0 + timedelta(seconds=now[0]), monotonic=lambda: now[0]
+    )
+    # Given a report whose write fails (throttled past the retries)
+    reporter.report(1, 3)
+    assert sent == [1] and not reporter.due()
+    # Then it is tried again once its interval is over (not before), and stored
+    now[0] = 5.0
+    assert reporter.due()
+    reporter.flush_due()
+    assert sent == [1, 1] and not reporter.due()
+    # A later report finds the claim gone: no more writes, and none for the outcome
+    now[0] = 10.0
+    reporter.report(2, 3)
+    now[0] = 20.0
+    reporter.report(3, 3)
+    reporter.flush_due()
+    assert sent == [1, 1, 2]
+    assert reporter.close() is None
