@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from runner import abandoned as abandoned_work
 from runner import metrics, runtime
 from runner.aws import AwsClients
@@ -23,16 +21,14 @@ from runner.context import TaskContext
 from runner.control import TaskControl
 from runner.errors import (
     ItemTooLarge,
-    RetryableTaskError,
     TaskAlreadyClaimed,
     TaskCancelled,
     TaskConflict,
-    TaskTimedOut,
 )
 from runner.failures import describe_error
 from runner.heartbeat import LeasePolicy
-from runner.invoke import invoke_handler
 from runner.items import iso
+from runner.local_retries import run_tries
 from runner.logs import get_logger
 from runner.model import AttemptRecord, ClaimSource, Task, TaskErrorInfo, TaskStatus
 from runner.progress import ProgressReporter
@@ -362,27 +358,15 @@ class TaskRunner:
             control=control,
             step_recorder=steps,
         )
-        # One deadline for every in-process try: the lease covers one timeout, not one
-        # per try.
-        deadline = self._monotonic() + timeout
-        tries = definition.local_retries + 1
-        for number in range(1, tries + 1):
-            left = deadline - self._monotonic()
-            if left <= 0:
-                raise TaskTimedOut(f"{definition.type} exceeded its {timeout:.1f} s timeout")
-            try:
-                result = invoke_handler(definition, data, context, left, left_running=left_running)
-                break
-            except TaskTimedOut:
-                raise
-            except RetryableTaskError:
-                if number == tries or left_running:
-                    raise  # the last try, or one whose work still runs: no other beside it
-                delay = definition.local_retry_delay_seconds * 2 ** (number - 1)
-                self._sleep(max(0.0, min(delay, deadline - self._monotonic())))
-        if isinstance(result, BaseModel):
-            result = result.model_dump(mode="json")
-        return result
+        return run_tries(
+            definition,
+            data,
+            context,
+            timeout,
+            left_running=left_running,
+            sleep=self._sleep,
+            monotonic=self._monotonic,
+        )
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -16,8 +16,10 @@ is retried for up to 20 s by the AWS policy, a stalled socket waits out its 30 s
 timeout), so:
 
 - the heartbeat's own thread makes no AWS call: it watches the lease, and starts each
-  beat, and each progress write that is due, in a thread of its own (one beat at a time;
-  a progress write only while no beat is in flight, so it never holds a beat back);
+  beat, and each progress write that is due, in a thread of its own (one beat at a time,
+  one progress write at a time; a kept-back report is started only while no beat is in
+  flight; a handler's first report is started at once, in a thread of its own too, so
+  an async handler's event loop never waits on a write);
 - it ends the runtime once the lease, as last renewed, is within `LAPSE_MARGIN_SECONDS`
   of its end, even while a call still hangs (each beat that lands moves that point);
 - every beat and progress write gives up its retries by then (`aws_deadline`);
@@ -103,7 +105,6 @@ class Heartbeat:
         self._lost_once = False
         self._thread: threading.Thread | None = None
         self._beating: threading.Thread | None = None
-        self._writing: threading.Thread | None = None
         self.beats = 0
         self.failures = 0
         self.log = get_logger()
@@ -155,12 +156,13 @@ class Heartbeat:
                 next_beat += self.interval
                 if next_beat <= now:  # that beat came late: the next one interval after
                     next_beat = now + self.interval
-            elif self._progress is not None and self._progress_due(self._progress):
-                self._writing = self._spawn(self._progress.flush_due, "progress")
+            elif self._progress is not None and self._progress.due():
+                self._progress.flush_due()  # started in a thread of its own: `write_progress`
 
-    def _progress_due(self, progress: ProgressReporter) -> bool:
-        """A report kept back is due, and no progress write is in flight."""
-        return not _busy(self._writing) and progress.due()
+    def write_progress(self, send: Callable[[], None]) -> None:
+        """Run a progress write (`ProgressReporter`, one at a time) in a thread of its
+        own: never in the handler's, nor in this watch's."""
+        self._spawn(send, "progress")
 
     def _spawn(self, target: Callable[[], object], what: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"{what}-{self.task_id}", daemon=True)
@@ -267,10 +269,16 @@ class LeasePolicy:
         claim) and its heartbeat, capped at the `full` lease from the claim's time."""
         token = task.claim_token or ""
 
-        def write(value: dict[str, Any]) -> None:
+        # The report an earlier claim left: this claim's first may replace it whatever
+        # the two clocks say.
+        inherited = task.progress.updated_at if task.progress is not None else None
+
+        def write(value: dict[str, Any]) -> bool:
             # Given up before the lease could lapse, as the heartbeat's own calls are.
             with aws_deadline(heartbeat.call_budget()):
-                store.write_progress(task.id, token=token, progress=value)
+                return store.write_progress(
+                    task.id, token=token, progress=value, replaces=inherited
+                )
 
         reporter = ProgressReporter(
             write,
@@ -278,6 +286,8 @@ class LeasePolicy:
             monotonic=monotonic,
             interval=self.progress_seconds,
             task_id=task.id,
+            # (a lambda: `heartbeat` is made below, with this reporter)
+            start=lambda send: heartbeat.write_progress(send),  # noqa: PLW0108
         )
         control = TaskControl(reporter)
         claimed = parse_iso(task.started_at) if task.started_at else store.clock()

@@ -70,8 +70,15 @@ class StepRecorder:
         with self._state:
             return dict(self._recorded) if self._map_exists else None
 
+    def new_try(self) -> None:
+        """A new try of the handler within this attempt (an in-process retry,
+        `runner.local_retries`): each name may be used once again; what earlier tries
+        recorded is returned, what they did not runs again."""
+        with self._state:
+            self._used.clear()
+
     def begin(self, name: Any) -> StepRecord | None:
-        """Start step `name` in this attempt: its record if an earlier attempt made one."""
+        """Start step `name` in this try: its record if an earlier try or attempt made one."""
         name = check_name(name)
         with self._state:
             if name in self._used:

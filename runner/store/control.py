@@ -20,7 +20,7 @@ from typing import Any
 from runner.errors import TaskConflict
 from runner.items import deserialize_image, iso, serialize
 from runner.model import AttemptRecord, ClaimSource, Task, TaskStatus
-from runner.store.base import StoreBase, attempt_log_value, episode_condition
+from runner.store.base import StoreBase, attempt_log_value, episode_condition, old_item
 
 S = TaskStatus
 # Statuses a cancel ends at once.
@@ -139,21 +139,44 @@ class ControlWrites(StoreBase):
         updated = deserialize_image(response.get("Attributes") or {})
         return updated.get("cancel_requested") is True
 
-    def write_progress(self, task_id: str, *, token: str, progress: dict[str, Any]) -> None:
-        """The handler's latest progress on the task, while its claim holds (TaskConflict
-        otherwise)."""
-        self._call(
-            "update_item",
-            TableName=self.table_name,
-            Key=serialize({"id": task_id}),
-            UpdateExpression="SET #progress = :progress",
-            ConditionExpression="#status = :processing AND #token = :token",
-            ExpressionAttributeNames={
-                "#progress": "progress",
-                "#status": "status",
-                "#token": "claim_token",
-            },
-            ExpressionAttributeValues=serialize(
-                {":progress": progress, ":processing": S.PROCESSING.value, ":token": token}
-            ),
-        )
+    def write_progress(
+        self, task_id: str, *, token: str, progress: dict[str, Any], replaces: str | None = None
+    ) -> bool:
+        """The handler's report on the task, while its claim holds, unless a later one
+        is there: the stored report's `updated_at` must not be later than this one's (or
+        be `replaces`, the report the claim found, written by an earlier claim whose
+        clock may be ahead). False if a later report is stored (this one is moot);
+        TaskConflict if the claim no longer holds."""
+        names = {
+            "#progress": "progress",
+            "#at": "updated_at",
+            "#status": "status",
+            "#token": "claim_token",
+        }
+        values: dict[str, Any] = {
+            ":progress": progress,
+            ":at": progress["updated_at"],
+            ":processing": S.PROCESSING.value,
+            ":token": token,
+        }
+        newer = "attribute_not_exists(#progress.#at) OR #progress.#at <= :at"
+        if replaces is not None:
+            newer += " OR #progress.#at = :replaces"
+            values[":replaces"] = replaces
+        try:
+            self._call(
+                "update_item",
+                TableName=self.table_name,
+                Key=serialize({"id": task_id}),
+                UpdateExpression="SET #progress = :progress",
+                ConditionExpression=f"#status = :processing AND #token = :token AND ({newer})",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=serialize(values),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except TaskConflict as exc:
+            old = old_item(exc)
+            if old is not None and old.status is S.PROCESSING and old.claim_token == token:
+                return False  # the claim holds: a later report is there already
+            raise TaskConflict(str(exc), old) from exc.__cause__
+        return True

@@ -177,9 +177,9 @@ def test_progress_is_written_at_once_then_throttled_and_the_latest_wins(
     writes: list[dict[str, Any]] = []
     original = app.store.write_progress
 
-    def spy(task_id: str, *, token: str, progress: dict[str, Any]) -> None:
+    def spy(task_id: str, *, token: str, progress: dict[str, Any], **kw: Any) -> bool:
         writes.append(progress)
-        original(task_id, token=token, progress=progress)
+        return original(task_id, token=token, progress=progress, **kw)
 
     app.store.write_progress = spy  # type: ignore[method-assign]
     # Five reports at once, then the handler sleeps past the interval
@@ -211,7 +211,7 @@ def test_a_report_still_pending_goes_with_the_final_write(
 
 
 def test_a_failed_progress_write_never_fails_the_task(app: App, client: TaskRunnerClient) -> None:
-    def refused(task_id: str, *, token: str, progress: dict[str, Any]) -> None:
+    def refused(task_id: str, *, token: str, progress: dict[str, Any], **kw: Any) -> bool:
         raise StoreError("DynamoDB update_item failed: ProvisionedThroughputExceededException")
 
     app.store.write_progress = refused  # type: ignore[method-assign]

@@ -29,7 +29,6 @@ def _put(app: App, task_id: str, task_type: str) -> None:
     app.store.put_new(Task(id=task_id, type=task_type, status=TaskStatus.PENDING, created_at=now))
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #1")
 def test_a_local_retry_after_a_step_is_not_a_permanent_failure(app: App) -> None:
     # Given a type with one in-process retry whose handler records a step, then fails
     # retryably once (a transient error after the effect)
@@ -67,7 +66,6 @@ def test_a_local_retry_after_a_step_is_not_a_permanent_failure(app: App) -> None
     assert runs == {"charge": 1, "handler": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #4")
 def test_a_slow_progress_write_never_overwrites_a_later_report() -> None:
     import threading
     from datetime import UTC, datetime, timedelta

@@ -250,3 +250,88 @@ def test_the_readmes_durable_steps_example_runs_and_resumes(app: App) -> None:
     assert outcome.status is TaskStatus.DONE
     assert charged == ["task:order-1:step:charge"]  # charged once, with its step key
     assert app.store.get("order-1").result == {"charge_id": "ch-42"}
+
+
+def _put_task(app: App, task_id: str, task_type: str) -> None:
+    from runner.items import iso
+    from runner.model import Task
+
+    now = iso(app.store.clock())
+    app.store.put_new(Task(id=task_id, type=task_type, status=TaskStatus.PENDING, created_at=now))
+
+
+def test_a_local_retry_runs_again_a_step_that_raised_and_keeps_the_check_within_a_try(
+    app: App,
+) -> None:
+    from pydantic import BaseModel
+
+    from runner.errors import RetryableTaskError
+
+    class Empty(BaseModel):
+        pass
+
+    runs = {"flaky": 0, "handler": 0}
+
+    def flaky() -> str:
+        runs["flaky"] += 1
+        if runs["flaky"] == 1:
+            raise RetryableTaskError("upstream busy")  # nothing recorded
+        return "ok"
+
+    def handler(data: Empty, ctx: Any) -> str:
+        runs["handler"] += 1
+        value = str(ctx.step("flaky", flaky))
+        if runs["handler"] == 2:
+            ctx.step("flaky", flaky)  # a name twice within one try is still an error
+        return value
+
+    _registry_with(
+        app,
+        TaskDefinition(
+            type="FLAKY_STEP_TASK",
+            input_model=Empty,
+            handler=handler,
+            local_retries=2,
+            local_retry_delay_seconds=0.0,
+        ),
+    )
+    _put_task(app, "flaky-step", "FLAKY_STEP_TASK")
+    # When its step raises on the first try, then the second try uses the name twice
+    outcome = app.runner.run_pending("flaky-step", source=ClaimSource.STREAM)
+    # Then the second try ran the unrecorded step again, and its duplicate is StepError
+    assert runs == {"flaky": 2, "handler": 2}
+    assert outcome.status is TaskStatus.FAILED and outcome.error
+    assert (outcome.error.type, outcome.error.retryable) == ("StepError", False)
+    assert set(app.store.get("flaky-step").steps or {}) == {"flaky"}
+
+
+def test_no_local_retry_starts_once_a_cancel_was_requested(app: App) -> None:
+    from pydantic import BaseModel
+
+    from runner.errors import RetryableTaskError
+
+    class Empty(BaseModel):
+        pass
+
+    runs = []
+
+    def handler(data: Empty, ctx: Any) -> None:
+        runs.append(ctx.attempt)
+        ctx.control.request_cancel()  # as the heartbeat does when it reads the flag
+        raise RetryableTaskError("busy")
+
+    _registry_with(
+        app,
+        TaskDefinition(
+            type="CANCELLED_RETRY_TASK",
+            input_model=Empty,
+            handler=handler,
+            local_retries=3,
+            local_retry_delay_seconds=0.0,
+        ),
+    )
+    _put_task(app, "cancelled-retry", "CANCELLED_RETRY_TASK")
+    outcome = app.runner.run_pending("cancelled-retry", source=ClaimSource.STREAM)
+    # The effects do not run again after the user asked to stop; the task ends CANCELLED
+    assert runs == [1]
+    assert outcome.status is TaskStatus.CANCELLED

@@ -207,11 +207,13 @@ def test_a_stuck_progress_write_never_holds_a_beat_back(app: App, client: TaskRu
     writes: list[int] = []
     original = app.store.write_progress
 
-    def stalled_after_the_first(task_id: str, *, token: str, progress: dict[str, Any]) -> None:
+    def stalled_after_the_first(
+        task_id: str, *, token: str, progress: dict[str, Any], **kw: Any
+    ) -> bool:
         writes.append(int(progress["done"]))
         if len(writes) > 1:
             stall.wait(10)
-        original(task_id, token=token, progress=progress)
+        return original(task_id, token=token, progress=progress, **kw)
 
     app.store.write_progress = stalled_after_the_first  # type: ignore[method-assign]
     policy = LeasePolicy(heartbeat_seconds=0.05, live_lease_seconds=120, progress_seconds=0.02)
@@ -253,7 +255,8 @@ def test_every_heartbeat_and_progress_call_gives_up_before_the_lease_could_lapse
     clock.at(90)
     assert beat.beat()
     clock.at(100)  # the beat renewed the lease to T0 + 210 s
-    control.progress.report(1)
+    control.progress.report(1)  # written from a thread of its own
+    assert _until(lambda: "progress" in budgets)
 
     left_at_beat = 120 - 90 - LAPSE_MARGIN_SECONDS
     left_at_progress = 210 - 100 - LAPSE_MARGIN_SECONDS
