@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from runner.dashboard.payloads import field_value, payload_view, to_json
+from runner.dashboard.payloads import field_value, is_reference, payload_view, to_json
 from runner.dashboard.reads import TaskView
 from runner.errors import MalformedTask, StoreError, TaskNotFound
 from runner.items import decode_cursor
@@ -146,6 +146,17 @@ def routes(dashboard: Dashboard) -> list[Route]:
             value = field_value(view.item, field)
         except (KeyError, StopIteration):
             return PlainTextResponse(f"the task has no payload {field!r}", 404)
+        if is_reference(value):
+            # Offloaded: read from the payload bucket with the dashboard's credentials
+            # (PayloadOperatorPolicy), checked against the reference's sha256.
+            from runner.errors import PayloadCorrupt, PayloadUnavailable
+
+            try:
+                value = dashboard.client.app.store.payloads.load(value)
+            except PayloadCorrupt as exc:
+                return PlainTextResponse(f"the payload object is gone or altered: {exc}", 410)
+            except PayloadUnavailable as exc:
+                return PlainTextResponse(f"the payload bucket did not answer: {exc}", 502)
         return PlainTextResponse(to_json(value), media_type="application/json")
 
     def _load(request: Request) -> TaskView | Response:

@@ -2,8 +2,9 @@
 small, else a link to `/task/payload`, which serves the whole value; hidden with
 `--redact-data`.
 
-Payloads stored outside the item (a reference to an object in S3, once large payloads
-are offloaded) are always linked: the page never fetches them to render.
+Payloads stored outside the item (a reference to an object in the payload bucket) are
+always linked: the page never fetches them to render; `/task/payload` reads the object
+(with the dashboard's credentials) and serves the whole value.
 """
 
 from __future__ import annotations

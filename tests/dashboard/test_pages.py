@@ -3,7 +3,9 @@ and the actions, each through its confirmation."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -11,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from runner.dashboard.payloads import INLINE_PAYLOAD_CHARS
+from runner.app import App
+from runner.dashboard.payloads import INLINE_PAYLOAD_CHARS, is_reference
 from runner.items import serialize
 from runner.model import status_shard
 from tests.dashboard.conftest import PREFIX, Served, serve
@@ -235,6 +238,33 @@ def test_a_large_payload_is_linked_not_inlined(served: Served) -> None:
     full = browser.get(f"/task/payload?id={task.id}&field=data")
     assert full.status == 200 and big in full.text
     assert browser.get(f"/task/payload?id={task.id}&field=nope").status == 404
+
+
+def test_an_offloaded_payload_is_served_in_full_from_the_payload_bucket(routed_app: App) -> None:
+    # Given a dashboard over a deployment with a payload bucket, and a task whose input
+    # went there (over 16 KiB)
+    routed_app.clients.s3.create_bucket(Bucket="payloads-dashboard")
+    settings = dataclasses.replace(routed_app.settings, payload_bucket="payloads-dashboard")
+    served = serve(App(settings, routed_app.clients, routed_app.registry))
+    big = "y" * 40_000
+    task = served.create("EXAMPLE_TASK", {"message": big})
+    assert is_reference(served.app.store.get(task.id).data)
+    browser = served.browser()
+
+    # When its page and its payload link are opened
+    page = browser.get(f"/task?id={task.id}").text
+    full = browser.get(f"/task/payload?id={task.id}&field=data")
+
+    # Then the page links it, and the link serves the whole input, not its reference
+    assert big not in page
+    assert f'href="{PREFIX}/task/payload?id={task.id}&amp;field=data"' in page
+    assert full.status == 200 and json.loads(full.text) == {"message": big}
+
+    # And an object that is gone says so, plainly
+    for key in served.app.clients.s3.list_objects_v2(Bucket="payloads-dashboard")["Contents"]:
+        served.app.clients.s3.delete_object(Bucket="payloads-dashboard", Key=key["Key"])
+    gone = browser.get(f"/task/payload?id={task.id}&field=data")
+    assert gone.status == 410 and "gone" in gone.text
 
 
 def test_redact_data_hides_inputs_results_and_error_messages(routed_app: Any) -> None:
