@@ -1,5 +1,5 @@
-"""review-s4: a cancel the retry execution sees must not page the on-call (xfail(strict)
-until fixed)."""
+"""A cancel the retry execution sees: not a failed execution (no alarm), and one whose
+write's reply was lost still stops the execution."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""review-s4: adversarial review of issues 13 and 14 (each test demonstrates one finding;
-xfail(strict) until the lead fixes it, so the branch stays green)."""
+"""The control verbs, steps and payloads (issues 13, 14) under the faults an adversarial
+review found: an in-process retry after a step, a throttled progress write, a refused
+command line's exit status, run_task's answer after a lost claim, a timer message that
+keeps failing, lone surrogates, a reused id's effect keys, a throttled wait, schedule
+names that would share a logical id."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""review-s4: payload cleanup of a REMOVE record in a stream batch the mapping gave up on
-(xfail(strict) until fixed)."""
+"""Payload objects through their life under faults: a REMOVE record in a stream batch the
+mapping gave up on, an export meeting a missing object, a wait for an offloaded result."""
 
 from __future__ import annotations
 
