@@ -162,11 +162,13 @@ def run_task(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 return _for_the_previous_definition(exc, given, remaining)
     except Exception as exc:
         if isinstance(exc, signals):
-            message = str(exc)
-            if len(message.encode()) > ERROR_MESSAGE_MAX_BYTES:
-                from runner.limits import cut
+            from runner.limits import cut
 
-                raise type(exc)(cut(message, ERROR_MESSAGE_MAX_BYTES)) from None
+            message = str(exc)
+            # Cut, and made valid UTF-8 (a lone surrogate would fail the runtime's reply)
+            bounded = cut(message, ERROR_MESSAGE_MAX_BYTES)
+            if bounded != message:
+                raise type(exc)(bounded) from None
             raise
         get_logger().error(
             "run_task failed", extra={"task_id": task_id, "error_type": type(exc).__name__}

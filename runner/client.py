@@ -24,7 +24,7 @@ from runner.errors import (
 )
 from runner.executor import Outcome
 from runner.items import iso, task_to_item
-from runner.limits import insert_problem
+from runner.limits import insert_problem, utf8_text
 from runner.model import ClaimSource, Task, TaskStatus
 from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, encoded_size
 from runner.registry import TaskDefinition, is_type_name, stored_name
@@ -74,6 +74,8 @@ class TaskRunnerClient:
         """
         if idempotency_key is not None and task_id is not None:
             raise ValueError("give a task_id or an idempotency_key, not both")
+        if task_id is not None and utf8_text(task_id) != task_id:
+            raise ValueError("a task id must be valid UTF-8 text (it holds a lone surrogate)")
         registry = self.app.registry
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json", by_alias=True)
@@ -82,7 +84,13 @@ class TaskRunnerClient:
             stored_type, stored = definition.type, _validated(definition, data)
         else:
             stored_type, stored = _unvalidated(task_type, data)
-        size = encoded_size(stored)
+        try:
+            size = encoded_size(stored)
+        except UnicodeEncodeError:
+            raise InvalidTaskInput(
+                "the task's input is not valid UTF-8 text: a string holds a lone surrogate"
+                " (text decoded with errors='surrogateescape'?)"
+            ) from None
         if size > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(
                 f"the task's input is {size} bytes as JSON; the cap is {MAX_PAYLOAD_BYTES} bytes"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 
 from runner.errors import IdempotencyConflict, TaskConflict
+from runner.limits import utf8_text
 from runner.model import Task
 from runner.store import TaskStore
 
@@ -38,6 +39,8 @@ def check_key(key: str) -> None:
         raise ValueError("an idempotency key must be non-empty text")
     if len(key) > MAX_KEY_CHARS:
         raise ValueError(f"an idempotency key is at most {MAX_KEY_CHARS} characters")
+    if utf8_text(key) != key:
+        raise ValueError("an idempotency key must be valid UTF-8 text (it holds a lone surrogate)")
 
 
 def put_idempotent(store: TaskStore, task: Task) -> Task:

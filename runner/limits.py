@@ -70,8 +70,22 @@ RUNNER_ATTRIBUTES = frozenset(
 PROGRESS_MESSAGE_BYTES = 200
 
 
+def utf8_text(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate (a str decoded with
+    errors="surrogateescape": a file name, a subprocess's output) written as `\\udcff`.
+    DynamoDB, S3 and JSON in UTF-8 hold valid text only; boto's serializers raise
+    UnicodeEncodeError on anything else."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def cut(text: str, max_bytes: int) -> str:
-    """`text` shortened to at most `max_bytes` UTF-8 bytes (never mid-character), marked."""
+    """`text` shortened to at most `max_bytes` UTF-8 bytes (never mid-character), marked;
+    made valid UTF-8 text first (`utf8_text`): error and progress messages quote anything."""
+    text = utf8_text(text)
     raw = text.encode("utf-8")
     if len(raw) <= max_bytes:
         return text
@@ -126,12 +140,23 @@ def storable_json(value: Any) -> Any:
 
     NaN and infinity pass `json.dumps` by default, and numbers past DynamoDB's range
     (38 significant digits, magnitude 1E-130 to below 1E+126) pass JSON altogether:
-    DynamoDB would refuse the write that records them.
+    DynamoDB would refuse the write that records them. A string holding a lone surrogate
+    passes `json.dumps` too (escaped as `\\udcff`), and then fails every UTF-8 encoding
+    on the way to DynamoDB or S3 (UnicodeEncodeError).
     """
     try:
-        plain = json.loads(json.dumps(value, allow_nan=False))
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not JSON-serializable ({type(exc).__name__})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "not valid UTF-8 text: a string holds a lone surrogate (text decoded with"
+            " errors='surrogateescape'?); decode it with errors='replace', or pass bytes"
+            " as base64"
+        ) from None
+    plain = json.loads(text)
     for number in _walk_numbers(plain):
         if isinstance(number, float) and not math.isfinite(number):
             raise ValueError("DynamoDB cannot store NaN or infinity")

@@ -7,12 +7,15 @@ under the task's prefix (`tasks/<digest of id and created_at>/`) and referenced 
 `{"$payload": {"bucket", "key", "bytes", "sha256"}}`. The runner's own writes then always
 fit; a payload is refused only past `MAX_PAYLOAD_BYTES`.
 
-A producer's input is written first under `staging/`, its metadata naming the task (a
-lifecycle rule expires what an item never came to reference: a producer that died
-between the upload and its insert), then copied to the task's prefix once the item
-exists. If that copy fails (S3 throttled, the producer stopped), the sweeper makes it
-(`runner.staged_inputs`), and a reader that finds no object there first makes it
-itself. The task's objects are deleted with it: the
+A producer's input is written first under `staging/`, at a key of that create's own
+(a random suffix: two creates of one id in one millisecond never share it), its
+metadata naming the task (a lifecycle rule expires what an item never came to
+reference: a producer that died between the upload and its insert), then copied to the
+task's prefix once the item exists; the reference names both keys. If that copy fails
+(S3 throttled, the producer stopped), the sweeper makes it (`runner.staged_inputs`),
+and a reader that finds no object there first makes it itself, or, when it may not
+(an operator's credentials: only the runner's roles and the producer write under
+`tasks/`), reads the staged object. The task's objects are deleted with it: the
 stream's REMOVE record (TTL) of an item that had any (`payloads` true) reaches
 `routeFailed`, which deletes its prefix (`delete_task`).
 """
@@ -23,6 +26,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,9 +135,15 @@ def _staging_key(key: str) -> str:
     return STAGING_PREFIX + key.removeprefix(TASKS_PREFIX)
 
 
-def final_key(staged_key: str) -> str:
-    """The key under `tasks/` a staged object is moved to."""
-    return TASKS_PREFIX + staged_key.removeprefix(STAGING_PREFIX)
+def staged_key(ref: dict[str, Any]) -> str:
+    """The `staging/` key an input reference's object was uploaded to: its `staged`
+    (`staging/<digest>/input-<16 hex>.json`, one per create), or for a reference written
+    before it had one, the final key's counterpart (`staging/<digest>/input.json`)."""
+    inner = ref[REFERENCE_KEY]
+    staged = inner.get("staged")
+    if isinstance(staged, str) and staged.startswith(STAGING_PREFIX):
+        return staged
+    return _staging_key(inner["key"])
 
 
 def staged_metadata(task_id: str, created_at: str) -> dict[str, str]:
@@ -220,12 +230,14 @@ class PayloadStore:
 
     def stage_input(self, task_id: str, created_at: str, value: Any) -> dict[str, Any]:
         """A producer's input, uploaded under `staging/` before its item is written (its
-        metadata names the task); the reference names the key it will have under the
-        task's prefix (`commit_input`)."""
+        metadata names the task), at a key of this create's own; the reference names the
+        key it will have under the task's prefix (`commit_input`) and, as `staged`, that
+        upload."""
         metadata = staged_metadata(task_id, created_at)
         final = f"{task_prefix(task_id, created_at)}input.json"
-        ref = self.put(_staging_key(final), value, metadata=metadata)
-        ref[REFERENCE_KEY]["key"] = final
+        staged = _staging_key(final).removesuffix(".json") + f"-{secrets.token_hex(8)}.json"
+        ref = self.put(staged, value, metadata=metadata)
+        ref[REFERENCE_KEY].update(key=final, staged=staged)
         return ref
 
     def staged(self, before: datetime) -> Iterator[str]:
@@ -268,16 +280,16 @@ class PayloadStore:
             "copy_object",
             Bucket=inner["bucket"],
             Key=inner["key"],
-            CopySource={"Bucket": inner["bucket"], "Key": _staging_key(inner["key"])},
+            CopySource={"Bucket": inner["bucket"], "Key": staged_key(ref)},
             ServerSideEncryption="AES256",
         )
-        # DELETE requests are free; the lifecycle rule would expire it a day later.
-        self._call("delete_object", Bucket=inner["bucket"], Key=_staging_key(inner["key"]))
+        # DELETE requests are free; the lifecycle rule would expire it days later.
+        self._call("delete_object", Bucket=inner["bucket"], Key=staged_key(ref))
 
     def delete_staged(self, ref: dict[str, Any]) -> None:
         """Delete a staged input whose item was refused (nothing refers to it)."""
         inner = ref[REFERENCE_KEY]
-        self._call("delete_object", Bucket=inner["bucket"], Key=_staging_key(inner["key"]))
+        self._call("delete_object", Bucket=inner["bucket"], Key=staged_key(ref))
 
     def load(self, value: Any) -> Any:
         """The value a reference stands for (anything else as it is)."""
@@ -296,14 +308,26 @@ class PayloadStore:
         except PayloadCorrupt:
             if not inner["key"].endswith("/input.json"):
                 raise
-            # Its producer stopped between the insert and the copy: finish the copy
-            # (unless the producer or the sweeper just did: then it is there to read).
-            with contextlib.suppress(PayloadCorrupt):
-                self.commit_input(value)
-            body = self._get(inner["key"])
+            body = self._staged_input(value)
         if len(body) != inner["bytes"] or hashlib.sha256(body).hexdigest() != inner["sha256"]:
             raise PayloadCorrupt("payload object does not match its reference")
         return json.loads(body)
+
+    def _staged_input(self, ref: dict[str, Any]) -> bytes:
+        """An input not (yet) under its task's prefix: its producer stopped between the
+        insert and the copy. Finish the copy (unless the producer or the sweeper just
+        did: then it is there to read); a reader that may not copy (S3 refuses an
+        operator's CopyObject: AccessDenied) reads the staged object itself."""
+        try:
+            self.commit_input(ref)
+        except PayloadCorrupt:
+            pass  # nothing staged: moved by another just now (or lost: read and see)
+        except PayloadUnavailable:
+            # Not copied (refused, or S3 failing): the staged object is as good to read;
+            # the sweeper moves it. Moved meanwhile by another: then it is at its key.
+            with contextlib.suppress(PayloadCorrupt):
+                return self._get(staged_key(ref))
+        return self._get(ref[REFERENCE_KEY]["key"])
 
     def load_item(self, values: dict[str, Any]) -> dict[str, Any]:
         """A task item's plain values with every reference (input, result, steps) loaded."""

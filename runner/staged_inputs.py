@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import PayloadCorrupt
 from runner.logs import get_logger
-from runner.payloads import REFERENCE_KEY, final_key, is_reference
+from runner.payloads import is_reference, staged_key
 
 if TYPE_CHECKING:
     from runner.store import TaskStore
@@ -34,11 +34,12 @@ if TYPE_CHECKING:
 STAGED_AGE_SECONDS = 300
 
 
-def _reference_to(store: TaskStore, task_id: str, key: str) -> dict[str, Any] | None:
-    """The task's input reference if its item exists and refers to `key`; else None."""
+def _reference_to(store: TaskStore, task_id: str, staged: str) -> dict[str, Any] | None:
+    """The task's input reference if its item exists and refers to the staged upload
+    `staged` (not another create's of the same id: its insert was refused); else None."""
     task = store.find(task_id)
     data = task.data if task is not None else None
-    if isinstance(data, dict) and is_reference(data) and data[REFERENCE_KEY]["key"] == key:
+    if isinstance(data, dict) and is_reference(data) and staged_key(data) == staged:
         return data
     return None
 
@@ -63,15 +64,14 @@ def move_staged_inputs(
         if named is None:
             continue  # moved meanwhile, or it does not say whose it is: the lifecycle's
         task_id, _created_at = named
-        key = final_key(staged)
-        ref = _reference_to(store, task_id, key)
+        ref = _reference_to(store, task_id, staged)
         if ref is None:
             continue  # an orphan (no item came to refer to it): the lifecycle's
         try:
             payloads.commit_input(ref)
         except PayloadCorrupt:
             continue  # moved meanwhile by the producer or a reader, or its task deleted
-        if _reference_to(store, task_id, key) is None:
+        if _reference_to(store, task_id, staged) is None:
             # Deleted (TTL) while it was being moved, perhaps after its REMOVE record's
             # cleanup listed the prefix: nothing will refer to the copy.
             payloads.delete(ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -311,3 +312,95 @@ def test_only_the_cancel_policy_may_stop_executions_and_only_this_stages(
         "states:DescribeExecution": DESCRIBE_RETRIES["states:DescribeExecution"],
         "states:StopExecution": DESCRIBE_RETRIES["states:DescribeExecution"],
     }
+
+
+def policy_grants(packaged: Packaged, logical_id: str) -> Grants:
+    found: Grants = defaultdict(set)
+    for statement in packaged.resource(logical_id)["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            found[action] |= {render(resource) for resource in as_list(statement["Resource"])}
+    return dict(found)
+
+
+def allows(patterns: set[str], key: str) -> bool:
+    """An S3 object ARN pattern matches `key` as IAM matches it: `*` any characters, "/"
+    included (IAM JSON policy elements: Resource, "Using wildcards in resource ARNs"),
+    `?` any one, case-sensitive."""
+    bucket = "PayloadBucket.Arn/"
+    for pattern in patterns:
+        assert pattern.startswith(bucket), pattern
+        regex = "".join(
+            ".*" if c == "*" else "." if c == "?" else re.escape(c)
+            for c in pattern.removeprefix(bucket)
+        )
+        if re.fullmatch(regex, key):
+            return True
+    return False
+
+
+@pytest.fixture
+def payload_keys(aws: None, settings: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Every kind of object key the runner makes, from a real run on moto's S3: an input as
+    staged and as moved, a result and a step result."""
+    from pydantic import BaseModel
+
+    from runner.client import TaskRunnerClient
+    from runner.model import ClaimSource, TaskStatus
+    from runner.payloads import staged_key
+    from runner.registry import TaskDefinition, TaskRegistry
+    from tests.reliability.test_steps_and_payload_faults import BUCKET, payload_app
+
+    class Blob(BaseModel):
+        blob: str
+
+    def big(data: Blob, ctx: Any) -> str:
+        return str(ctx.step("big step", lambda: "s" * 20_000)) + data.blob
+
+    app = payload_app(settings, monkeypatch)
+    registry = TaskRegistry(
+        [*app.registry, TaskDefinition(type="BIG_TASK", input_model=Blob, handler=big)]
+    )
+    app.registry = app.runner.registry = registry
+    app.store.payloads.commit_input = lambda ref: None  # type: ignore[method-assign]
+    task = TaskRunnerClient(app).create_task("BIG_TASK", {"blob": "i" * 20_000})
+    del app.store.payloads.commit_input
+    staged = staged_key(task.data)
+    assert app.runner.run_pending(task.id, source=ClaimSource.STREAM).status is TaskStatus.DONE
+    listed = app.clients.s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+    found = {"staged input": staged}
+    for key in (str(o["Key"]) for o in listed):
+        kind = "input" if key.endswith("/input.json") else "step" if "/steps/" in key else "result"
+        found[kind] = key
+    assert set(found) == {"staged input", "input", "step", "result"}, found
+    return found
+
+
+def test_payload_producers_write_only_their_uploads_and_inputs_operators_read_all(
+    packaged: Packaged, payload_keys: dict[str, str]
+) -> None:
+    producer = policy_grants(packaged, "PayloadProducerPolicy")
+    operator = policy_grants(packaged, "PayloadOperatorPolicy")
+    staging = "PayloadBucket.Arn/staging/*"
+    assert producer == {
+        "s3:PutObject": {staging, "PayloadBucket.Arn/tasks/*/input.json"},
+        "s3:GetObject": {staging, "PayloadBucket.Arn/tasks/*"},
+        "s3:DeleteObject": {staging},
+    }
+    assert operator == {"s3:GetObject": {staging, "PayloadBucket.Arn/tasks/*"}}
+    # A producer stages its input and moves it under the task's prefix (CopyObject: read
+    # the source, write the target), and deletes an upload whose insert was refused...
+    writes = producer["s3:PutObject"]
+    assert allows(writes, payload_keys["staged input"]) and allows(writes, payload_keys["input"])
+    assert allows(producer["s3:GetObject"], payload_keys["staged input"])
+    assert allows(producer["s3:DeleteObject"], payload_keys["staged input"])
+    # ...but can overwrite no result or step result (their sha256 check would then fail
+    # the task for good) and delete nothing under tasks/
+    for kind in ("result", "step"):
+        assert not allows(writes, payload_keys[kind]), payload_keys[kind]
+    for kind in ("input", "result", "step"):
+        assert not allows(producer["s3:DeleteObject"], payload_keys[kind])
+    # Producers (client.wait) and operators (get-task --payloads, the dashboard) read every
+    # payload, an input still where its producer staged it included
+    for key in payload_keys.values():
+        assert allows(producer["s3:GetObject"], key) and allows(operator["s3:GetObject"], key)

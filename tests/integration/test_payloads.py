@@ -17,7 +17,13 @@ from runner.config import Settings
 from runner.errors import PayloadTooLarge
 from runner.items import serialize
 from runner.model import ClaimSource, TaskStatus
-from runner.payloads import INLINE_MAX_BYTES, MAX_PAYLOAD_BYTES, is_reference, task_prefix
+from runner.payloads import (
+    INLINE_MAX_BYTES,
+    MAX_PAYLOAD_BYTES,
+    is_reference,
+    staged_key,
+    task_prefix,
+)
 from tasks import build_registry
 from tests.helpers import FakeLambdaContext, StreamReader, create_tasks_table, stream_record
 
@@ -118,7 +124,8 @@ def test_a_staged_input_whose_copy_was_lost_is_copied_by_the_reader(papp: App) -
     task = client.create_task("BLOB_TASK", {"blob": "s" * (64 * 1024)})
     del papp.store.payloads.commit_input
     prefix = task_prefix(task.id, task.created_at)
-    assert keys(papp) == [f"staging/{prefix.removeprefix('tasks/')}input.json"]
+    assert keys(papp) == [staged_key(task.data)]
+    assert staged_key(task.data).startswith(f"staging/{prefix.removeprefix('tasks/')}input-")
     # When the task runs, it reads its input all the same
     assert papp.runner.run_pending(task.id, source=ClaimSource.STREAM).status is TaskStatus.DONE
     assert f"{prefix}input.json" in keys(papp)

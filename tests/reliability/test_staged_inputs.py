@@ -17,10 +17,10 @@ import pytest
 from runner.app import App
 from runner.client import TaskRunnerClient
 from runner.config import Settings
-from runner.errors import PayloadCorrupt
+from runner.errors import PayloadCorrupt, TaskConflict
 from runner.items import utcnow
-from runner.model import ClaimSource, TaskStatus
-from runner.payloads import task_prefix
+from runner.model import ClaimSource, Task, TaskStatus
+from runner.payloads import staged_key, task_prefix
 from tests.helpers import apply_lifecycle
 from tests.reliability.test_steps_and_payload_faults import (
     BUCKET,
@@ -72,8 +72,11 @@ def dapp(papp: App) -> tuple[App, Clock]:
 DAY = 86400
 
 
-def _staged_key(task_id: str, created_at: str | None) -> str:
-    return "staging/" + task_prefix(task_id, created_at).removeprefix("tasks/") + "input.json"
+def _staged_key(task: Task) -> str:
+    """Where its producer uploaded a task's input: `staging/<digest>/input-<16 hex>.json`."""
+    key = staged_key(task.data)
+    assert key.startswith("staging/" + task_prefix(task.id, task.created_at)[len("tasks/") :])
+    return key
 
 
 @pytest.mark.parametrize("fault", ["s3 throttled", "producer died"])
@@ -98,7 +101,7 @@ def test_a_staged_input_its_producer_did_not_move_outlives_a_long_delay(
             client.create_task("BLOB_TASK", {"blob": blob}, delay=30 * DAY)
         del app.store.payloads.commit_input
         [task] = client.list_tasks("SCHEDULED")[0]
-    assert _keys(app) == [_staged_key(task.id, task.created_at)]
+    assert _keys(app) == [_staged_key(task)]
     # When the sweeper runs in the days before it is due (every 5 minutes), the staging/
     # lifecycle rule runs (whole days, rounded up to midnight UTC), and its time comes
     clock.advance(600)
@@ -156,9 +159,7 @@ def test_a_staged_input_whose_task_is_deleted_while_it_is_moved_is_not_left_behi
         )
         app.store.payloads.delete_task(task.id, task.created_at)
         with contextlib.suppress(Exception):
-            app.clients.s3.put_object(
-                Bucket=BUCKET, Key=_staged_key(task.id, task.created_at), Body=b"{}"
-            )
+            app.clients.s3.put_object(Bucket=BUCKET, Key=_staged_key(task), Body=b"{}")
         real(ref)
 
     app.store.payloads.commit_input = deleted_first  # type: ignore[method-assign]
@@ -228,3 +229,100 @@ def test_an_id_too_long_for_the_staged_inputs_metadata_is_refused_plainly(papp: 
     with pytest.raises(TaskNotFound):
         papp.store.get(long_id)
     assert len(_keys(papp)) == 1
+
+
+def test_two_creates_of_one_id_in_one_millisecond_never_share_a_staged_upload(
+    papp: App,
+) -> None:
+    app = papp
+    moment = utcnow()
+    app.store.clock = lambda: moment  # both creates in the same millisecond: one created_at
+    client = TaskRunnerClient(app)
+    first_blob, second_blob = "1" * MB, "2" * MB
+    # Given a create whose producer inserted its item and has not moved its input yet
+    real = app.store.payloads.commit_input
+    app.store.payloads.commit_input = lambda ref: None  # type: ignore[method-assign]
+    first = client.create_task("BLOB_TASK", {"blob": first_blob}, task_id="twice")
+    del app.store.payloads.commit_input
+    # When a second create of that id (a retried request) uploads its own input and has
+    # its insert refused (which deletes its upload), and only then the first producer's
+    # move lands
+    with pytest.raises(TaskConflict):
+        client.create_task("BLOB_TASK", {"blob": second_blob}, task_id="twice")
+    real(first.data)
+    # Then the task runs with the first create's input, whole
+    outcome = app.runner.run_pending("twice", source=ClaimSource.STREAM)
+    assert outcome.status is TaskStatus.DONE, outcome.error
+    full = client.get_task("twice", payloads=True)
+    assert full.result["input_sha256"] == hashlib.sha256(first_blob.encode()).hexdigest()
+    assert _keys(app) == sorted(
+        [f"{task_prefix('twice', first.created_at)}input.json", *_result_keys(app, "twice")]
+    )
+
+
+def _result_keys(app: App, task_id: str) -> list[str]:
+    result = app.store.get(task_id).result
+    return [result["$payload"]["key"]] if isinstance(result, dict) and "$payload" in result else []
+
+
+def test_a_staged_input_left_by_a_refused_create_is_never_moved_over_the_tasks_input(
+    dapp: tuple[App, Clock],
+) -> None:
+    app, clock = dapp
+    client = TaskRunnerClient(app)
+    moment = clock.now
+    # Given a task whose producer did not move its input, and a second create of its id
+    # in the same millisecond whose refused upload could not be deleted (S3 failing)
+    app.store.payloads.commit_input = lambda ref: None  # type: ignore[method-assign]
+    first = client.create_task("BLOB_TASK", {"blob": "1" * MB}, task_id="kept", delay=DAY)
+    del app.store.payloads.commit_input
+    clock.now = moment
+    with s3_down(app, "DeleteObject"), pytest.raises(TaskConflict):
+        client.create_task("BLOB_TASK", {"blob": "2" * MB}, task_id="kept", delay=DAY)
+    assert len(_keys(app)) == 2
+    # When the sweeper moves what was left
+    clock.advance(600)
+    assert app.sweeper.sweep().inputs_moved == 1
+    # Then it moved the task's own input (the other is left to the lifecycle rule)
+    clock.advance(DAY)
+    app.sweeper.sweep()  # promotes it (the test delivers no timer)
+    outcome = app.runner.run_pending("kept", source=ClaimSource.STREAM)
+    assert outcome.status is TaskStatus.DONE, outcome.error
+    digest = client.get_task("kept", payloads=True).result["input_sha256"]
+    assert digest == hashlib.sha256(("1" * MB).encode()).hexdigest()
+    assert first.data["$payload"]["key"] in _keys(app)
+
+
+def _refuse_with_access_denied(app: App, operation: str) -> Any:
+    """S3 refuses `operation` as it refuses a principal without the permission (403),
+    before the request is sent (raised: moto's own before-send handler runs after)."""
+    from botocore.exceptions import ClientError
+
+    def refuse(**_: Any) -> None:
+        error = {"Code": "AccessDenied", "Message": "Access Denied"}
+        raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}, operation)
+
+    event = f"before-send.s3.{operation}"
+    app.clients.s3.meta.events.register_first(event, refuse)
+    return lambda: app.clients.s3.meta.events.unregister(event, refuse)
+
+
+def test_an_operator_who_may_not_move_a_staged_input_reads_it_where_it_is(papp: App) -> None:
+    app = papp
+    blob = "o" * MB
+    # Given a task whose producer stopped between its insert and its move
+    app.store.payloads.commit_input = lambda ref: None  # type: ignore[method-assign]
+    task = TaskRunnerClient(app).create_task("BLOB_TASK", {"blob": blob})
+    del app.store.payloads.commit_input
+    staged = _staged_key(task)
+    # When an operator (PayloadOperatorPolicy: GetObject only) asks for it in full, S3
+    # refusing its CopyObject and DeleteObject
+    undo = [_refuse_with_access_denied(app, op) for op in ("CopyObject", "DeleteObject")]
+    try:
+        full = TaskRunnerClient(app).get_task(task.id, payloads=True)
+    finally:
+        for step in undo:
+            step()
+    # Then it gets the input, read where it was staged, and nothing was moved or lost
+    assert full.data == {"blob": blob, "numbers": [], "result_bytes": 0, "fail_times": 0}
+    assert _keys(app) == [staged]

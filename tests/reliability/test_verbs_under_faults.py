@@ -228,7 +228,6 @@ def test_a_timer_message_that_keeps_failing_is_dead_lettered(app: App) -> None:
     assert "TimerDeadLetterAlarm" in _resources()
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #10")
 def test_a_step_result_with_a_lone_surrogate_is_refused_as_not_storable(app: App) -> None:
     runs = {"effect": 0}
 
@@ -249,7 +248,6 @@ def test_a_step_result_with_a_lone_surrogate_is_refused_as_not_storable(app: App
     assert (outcome.error.type, outcome.error.retryable) == ("StepNotStorable", False)
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #10")
 def test_a_task_result_with_a_lone_surrogate_ends_failed_not_stuck(app: App) -> None:
     def handler(data: Empty, ctx: Any) -> dict[str, str]:
         return {"file": b"report-\xff.csv".decode("utf-8", "surrogateescape")}

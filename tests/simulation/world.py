@@ -21,7 +21,7 @@ from runner.context import TaskContext
 from runner.items import deserialize_image
 from runner.local.motoserver import create_tasks_table
 from runner.local.stream_records import lambda_record
-from runner.payloads import REFERENCE_KEY, is_reference, task_prefix
+from runner.payloads import REFERENCE_KEY, is_reference, staged_key, task_prefix
 from tests.simulation import asl, sim_tasks
 from tests.simulation.destinations import SqsService, StreamsClient, failure_message
 from tests.simulation.faults import (
@@ -266,7 +266,7 @@ class World:
         found = self._payloads.get(inner["sha256"])
         if found is None:
             s3 = self.raw.get("s3")
-            for key in (inner["key"], "staging/" + inner["key"].removeprefix("tasks/")):
+            for key in (inner["key"], staged_key(ref)):
                 try:
                     body = s3.get_object(Bucket=inner["bucket"], Key=key)["Body"].read()
                 except s3.exceptions.NoSuchKey:
