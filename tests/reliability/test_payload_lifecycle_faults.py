@@ -18,7 +18,7 @@ from runner.payloads import task_prefix
 from tasks import build_registry
 from tests.helpers import StreamReader, create_tasks_table
 
-BUCKET = "payloads-review-s4"
+BUCKET = "payloads-lifecycle"
 
 
 @pytest.fixture

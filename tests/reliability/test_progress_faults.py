@@ -1,4 +1,4 @@
-"""Faults on progress writes (review-s4 #4): the latest report always wins, whatever order
+"""Faults on progress writes: the latest report always wins, whatever order
 the writes land in, and a report never holds up the handler that makes it.
 
 - a progress write held up (throttled, retried by the SDK) while an async handler goes
