@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # task modules import this one: `task-runner --help` loads no
 class TaskContext(StepsMixin):
     """The task's identity and the tools a handler may use.
 
-    `idempotency_key` is the same for every attempt of the task; `attempt` counts claims.
+    `idempotency_key` is the same for every attempt of the task, and not the key of an
+    earlier task under the same id (`Task.idempotency_key`); `attempt` counts claims.
     A handler that has side effects uses the key (e.g. as an S3 object name or an SES
     message tag) so a retried attempt does not repeat them.
 

@@ -9,7 +9,10 @@ long as the task exists (TTL deletes finished tasks after 30 days, or days later
 
 A key used again after its task was deleted makes a new task with the same id but a new
 `created_at`, which the retry executions' names carry (`runner.executions`): it never
-meets the old task's executions, which Step Functions keeps for 90 days.
+meets the old task's executions, which Step Functions keeps for 90 days. Its payload
+prefix (`runner.payloads.task_prefix`) and the keys its handler gives effects
+(`Task.idempotency_key`, `ctx.step_key`) carry it too, so an API or a dedupe table that
+remembers the old task's keys does not take the new task's effects for repeats.
 """
 
 from __future__ import annotations

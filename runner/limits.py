@@ -50,6 +50,7 @@ RUNNER_ATTRIBUTES = frozenset(
         "started_at",
         "finished_at",
         "attempts",
+        "effect_key_claims",
         "result",
         "error",
         "retryable",

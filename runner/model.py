@@ -5,6 +5,7 @@ Nothing here knows about DynamoDB; `runner.store` converts to and from items.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from enum import StrEnum
 from typing import Any
@@ -63,6 +64,17 @@ FINAL_STATUSES = frozenset({S.DONE, S.CANCELLED})
 def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
     """True if the runner may move a task from `current` to `target`."""
     return target in TRANSITIONS[current]
+
+
+# Hex digits of sha256(id, created_at) in an effect key: 64 bits, as in execution names.
+EFFECT_KEY_DIGEST_CHARS = 16
+
+
+def effect_key(task_id: str, created_at: str | None) -> str:
+    """`task:<id>:<16 hex of sha256(id, created_at)>`: one per incarnation of an id, so a
+    task re-created under an old id (a key reused after TTL, a put again) gets its own."""
+    digest = hashlib.sha256(f"{task_id}\0{created_at or ''}".encode()).hexdigest()
+    return f"task:{task_id}:{digest[:EFFECT_KEY_DIGEST_CHARS]}"
 
 
 def status_shard(task_id: str, status: TaskStatus | str) -> str:
@@ -135,6 +147,10 @@ class Task(BaseModel):
     # Mirrors error.retryable at the top level so a stream filter can match it.
     retryable: bool | None = None
     attempts: int = 0
+    # Claims made by a runner that keys effects by incarnation (every claim adds 1, as
+    # to `attempts`; a previous version's adds nothing): while the two are equal, every
+    # attempt had the incarnation's `idempotency_key`. None: the item has none (0).
+    effect_key_claims: int | None = None
     # Failure episodes: each retryable failure outside a workflow starts a new one.
     episode: int = 0
     episode_attempts: int = 0
@@ -169,8 +185,16 @@ class Task(BaseModel):
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across every retry of this task: use it to make side effects idempotent."""
-        return f"task:{self.id}"
+        """The same on every attempt of this task, and not the key of an earlier task
+        under the same id: use it to make side effects idempotent.
+
+        `effect_key(id, created_at)`, except for a task a previous version's runner
+        claimed (it added to `attempts`, not to `effect_key_claims`), whose attempts
+        used `task:<id>`: it keeps that one, so its retry does not repeat their effects.
+        """
+        if (self.effect_key_claims or 0) != self.attempts:
+            return f"task:{self.id}"
+        return effect_key(self.id, self.created_at)
 
     @property
     def is_final(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -61,6 +62,34 @@ def put_raw(dynamodb: Any, table: str, values: dict[str, Any]) -> dict[str, Any]
     """Insert an item exactly as given (as a user with the AWS CLI would) and return it."""
     dynamodb.put_item(TableName=table, Item=serialize(values))
     return values
+
+
+def effect_key(app: Any, task_id: str) -> str:
+    """The task's `ctx.idempotency_key` as the item now gives it."""
+    key: str = app.store.get(task_id).idempotency_key
+    return key
+
+
+def effects_on(task_id: str, step: str | None = None) -> dict[str, int]:
+    """The demo tasks' effects (`demo_tasks.EFFECTS`) under every effect key an
+    incarnation of `task_id` has or had (`task:<id>`, `task:<id>:<16 hex>`), or under
+    those of its step `step` (`ctx.step_key`), by key."""
+    from runner.local import demo_tasks
+
+    tail = "" if step is None else f":step:{re.escape(step)}"
+    pattern = re.compile(f"task:{re.escape(task_id)}(:[0-9a-f]{{16}})?{tail}")
+    return {k: n for k, n in demo_tasks.EFFECTS.items() if pattern.fullmatch(k) and n}
+
+
+def step_runs(app: Any, task_id: str) -> dict[str, int]:
+    """Runs of each of the demo's steps (`demo_tasks.STEP_NAMES`) for `task_id`, checked
+    to be all under the task's own step keys (`ctx.step_key`): one key on every attempt."""
+    from runner.local import demo_tasks
+
+    key = effect_key(app, task_id)
+    runs = {name: effects_on(task_id, name) for name in demo_tasks.STEP_NAMES}
+    assert all(set(on) <= {f"{key}:step:{name}"} for name, on in runs.items()), runs
+    return {name: sum(on.values()) for name, on in runs.items()}
 
 
 def pending(task_id: str, task_type: str, data: dict[str, Any]) -> dict[str, Any]:

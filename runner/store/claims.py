@@ -39,6 +39,10 @@ LEASE_FREE = "(attribute_not_exists(lease_expires_at) OR lease_expires_at < :now
 # `cancel_expired` then read only this claim's). A dead claim whose cancel was requested
 # is never claimed, so nothing a cancel still needs is removed.
 CLAIM_REMOVES = ("expires_at", "cancel_requested")
+# What every claim adds to beside `attempts`: while the two are equal, no runner of a
+# version before incarnation keys claimed the task, and its attempts key effects by its
+# incarnation (`Task.idempotency_key`). One ADD in the claim's own write: no read.
+EFFECT_KEY_CLAIMS = "effect_key_claims"
 
 
 class ClaimWrites(OutcomeWrites, StoreBase):
@@ -71,7 +75,7 @@ class ClaimWrites(OutcomeWrites, StoreBase):
                     "lease_expires_at": int(now.timestamp() + lease_seconds),
                 },
                 extra_set=extra_set,
-                adds=adds,
+                adds={**adds, EFFECT_KEY_CLAIMS: 1},
                 removes=removes,
                 condition=condition,
                 values=values,

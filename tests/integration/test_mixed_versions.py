@@ -27,9 +27,11 @@ from runner.aws import AwsClients
 from runner.config import Settings
 from runner.errors import StoreError
 from runner.items import utcnow
+from runner.local import demo_tasks
 from runner.local.lambdas import LambdaDispatcher
 from runner.local.statemachine import load_definition
 from runner.model import TaskStatus, status_shard
+from runner.payloads import encoded_size
 from tasks import build_registry
 from tests.helpers import create_tasks_table, pending, put_raw
 
@@ -212,3 +214,52 @@ def test_an_execution_of_the_previous_definition_marks_exhausted_retries_with_an
     assert task.claim_token is None and task.lease_expires_at is None
     assert task.expires_at is not None
     assert found["status"] == "SUCCEEDED"
+
+
+def test_a_task_in_flight_across_the_deploy_keeps_the_effect_keys_it_had(
+    previous: Machine,
+) -> None:
+    # Given a task in flight across the deploy: the previous version's runner made its
+    # first attempt, which recorded step "reserve", then charged (`task:k:step:charge`
+    # sent to the payment API) and died before recording it; its execution retries it
+    app = previous.app
+    reserved = {"step": "reserve", "attempt": 1}
+    put_raw(
+        app.clients.dynamodb,
+        TABLE,
+        {
+            **pending("k", "STEPS_TASK", {"fail_at": 2, "fail_times": 2}),
+            "status": "RETRYING",
+            "attempts": 1,
+            "episode": 1,
+            "created_at": "2026-12-01T00:00:00.000Z",
+            "updated_at": "2026-12-01T00:00:00.000Z",
+            "steps": {
+                "reserve": {
+                    "completed_at": "2026-12-01T00:00:01.000Z",
+                    "attempt": 1,
+                    "bytes": encoded_size(reserved),
+                    "result": reserved,
+                }
+            },
+        },
+    )
+    demo_tasks.EFFECTS.update({"task:k:step:reserve": 1, "task:k:step:charge": 1})
+
+    # When the new runTask makes its attempts (the charge fails once more, then passes)
+    found = previous.run(
+        "k-1", {"task_id": "k", "episode": 1, "failed_shard": status_shard("k", TaskStatus.FAILED)}
+    )
+
+    # Then every attempt gave its effects the keys the first one used (a payment API
+    # keyed on them charges once), not keys of the task's incarnation: those would make
+    # the retry repeat the first attempt's charge
+    task = app.store.get("k")
+    assert found["status"] == "SUCCEEDED"
+    assert task.status is TaskStatus.DONE and task.attempts == 3
+    assert demo_tasks.EFFECTS == {
+        "task:k:step:reserve": 1,
+        "task:k:step:charge": 3,
+        "task:k:step:email": 1,
+    }
+    assert task.idempotency_key == "task:k"

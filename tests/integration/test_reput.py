@@ -19,9 +19,15 @@ from runner.attempts import AttemptInput
 from runner.client import TaskRunnerClient
 from runner.errors import TaskAlreadyClaimed, TaskConflict, TaskRetryableError
 from runner.executions import ExecutionRef, execution_name
-from runner.local import demo_tasks
 from runner.model import ClaimSource, Task, TaskErrorInfo, TaskStatus
-from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
+from tests.helpers import (
+    FakeLambdaContext,
+    StreamReader,
+    effect_key,
+    effects_on,
+    pending,
+    put_raw,
+)
 from tests.integration.test_workflow import Workflow, _build
 
 
@@ -55,7 +61,10 @@ def test_a_task_put_again_over_a_finished_one_runs(app: App) -> None:
     second = app.store.get("again")
     assert second.status is TaskStatus.DONE and second.result == {"note": "second"}
     assert second.attempts == 1 and len(second.attempt_log) == 1
-    assert demo_tasks.EFFECTS["task:again"] == 2
+    # (each incarnation once, under keys of its own: `ctx.idempotency_key` carries
+    # `created_at`, which the claim filled in for each)
+    assert sorted(effects_on("again").values()) == [1, 1]
+    assert effects_on("again")[effect_key(app, "again")] == 1
 
 
 def test_only_a_change_to_pending_is_run(app: App) -> None:
@@ -71,7 +80,7 @@ def test_only_a_change_to_pending_is_run(app: App) -> None:
     # When they are delivered again, then nothing runs a second time
     result = app.stream.process([pending_reput, *claim_and_finish, insert])
     assert not result.outcomes or all(o.status is None for o in result.outcomes)
-    assert demo_tasks.EFFECTS["task:life"] == 1
+    assert effects_on("life") == {effect_key(app, "life"): 1}
     assert app.store.get("life").attempts == 1
 
 
@@ -150,7 +159,7 @@ def test_a_task_put_over_a_live_claim_waits_for_its_lease(app: App) -> None:
 
     # Then it does not run beside the claim: it is held until the claim's lease is over
     assert [o.status for o in result.outcomes] == [None]
-    assert demo_tasks.EFFECTS["task:d"] == 0
+    assert effects_on("d") == {}
     held = app.store.get("d")
     assert held.status is TaskStatus.PENDING
     assert held.lease_expires_at == claimed.lease_expires_at
@@ -163,7 +172,7 @@ def test_a_task_put_over_a_live_claim_waits_for_its_lease(app: App) -> None:
     app.store.clock = lambda: later
     assert app.sweeper.sweep().orphans_run == 1
     assert app.store.get("d").status is TaskStatus.DONE
-    assert demo_tasks.EFFECTS["task:d"] == 1
+    assert effects_on("d") == {effect_key(app, "d"): 1}
 
 
 def test_a_claim_removes_an_expiry_a_reset_to_pending_kept(app: App) -> None:
@@ -313,10 +322,10 @@ def test_a_task_put_over_a_live_claim_is_handed_to_the_workflow_after_the_lease(
     pump(flow)
     held = flow.app.store.get("h")
     assert held.status is TaskStatus.PENDING and len(held.executions) == 1
-    assert demo_tasks.EFFECTS["task:h"] == 0
+    assert effects_on("h") == {}
     done = settle(flow, "h")
 
     # Then it ran once, after that lease
-    assert demo_tasks.EFFECTS["task:h"] == 1
+    assert effects_on("h") == {effect_key(flow.app, "h"): 1}
     assert done.started_at and claimed.lease_expires_at
     assert datetime.fromisoformat(done.started_at).timestamp() > claimed.lease_expires_at

@@ -13,10 +13,10 @@ from runner.app import App
 from runner.attempts import AttemptInput
 from runner.client import TaskRunnerClient
 from runner.errors import StepNotRecorded, TaskRetryableError
-from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
 from runner.registry import TaskDefinition, TaskRegistry
 from runner.steps import StepRecorder
+from tests.helpers import effect_key, step_runs
 
 READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
 
@@ -35,10 +35,6 @@ def calls(app: App) -> Iterator[collections.Counter[str]]:
     yield counted
 
 
-def _runs(key: str) -> dict[str, int]:
-    return {n: demo_tasks.EFFECTS[f"task:{key}:step:{n}"] for n in demo_tasks.STEP_NAMES}
-
-
 def test_a_retry_skips_the_steps_an_earlier_attempt_completed(
     app: App, calls: collections.Counter[str]
 ) -> None:
@@ -55,8 +51,8 @@ def test_a_retry_skips_the_steps_an_earlier_attempt_completed(
     outcome = app.attempts.run(AttemptInput(task.id, 1, "STEPS_TASK"))
     # Then it resumes at the failed step: reserve is not run again, with no read to know it
     assert outcome.status is TaskStatus.DONE
-    assert _runs(task.id) == {"reserve": 1, "charge": 2, "email": 1}
     assert calls["UpdateItem"] == 4 and not READS & set(calls)
+    assert step_runs(app, task.id) == {"reserve": 1, "charge": 2, "email": 1}
     done = app.store.get(task.id)
     assert {n: r.attempt for n, r in (done.steps or {}).items()} == {
         "reserve": 1,
@@ -248,7 +244,8 @@ def test_the_readmes_durable_steps_example_runs_and_resumes(app: App) -> None:
     assert app.runner.run_pending("order-1", source=ClaimSource.STREAM).status is TaskStatus.FAILED
     outcome = app.attempts.run(AttemptInput("order-1", 1, "CHARGE_ORDER"))
     assert outcome.status is TaskStatus.DONE
-    assert charged == ["task:order-1:step:charge"]  # charged once, with its step key
+    # charged once, with its step key
+    assert charged == [f"{effect_key(app, 'order-1')}:step:charge"]
     assert app.store.get("order-1").result == {"charge_id": "ch-42"}
 
 

@@ -9,9 +9,8 @@ import pytest
 
 import handler
 from runner.app import App
-from runner.local import demo_tasks
 from runner.model import TaskStatus
-from tests.helpers import FakeLambdaContext, pending, put_raw, stream_record
+from tests.helpers import FakeLambdaContext, effect_key, effects_on, pending, put_raw, stream_record
 
 
 @pytest.fixture
@@ -76,7 +75,7 @@ def test_same_insert_twice_in_one_batch_and_across_batches_runs_once(lambda_app:
     record = _insert(lambda_app, "dup", "NOOP_TASK", {})
     handler.process_stream({"Records": [record, record]}, FakeLambdaContext())
     handler.process_stream({"Records": [record]}, FakeLambdaContext())
-    assert demo_tasks.EFFECTS["task:dup"] == 1
+    assert effects_on("dup") == {effect_key(lambda_app, "dup"): 1}
     assert lambda_app.store.get("dup").attempts == 1
 
 

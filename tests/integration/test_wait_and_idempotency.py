@@ -4,20 +4,29 @@ a key used again after its task was deleted gets executions of its own)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from runner.app import App
+from runner.attempts import AttemptInput
 from runner.client import TaskRunnerClient
 from runner.errors import IdempotencyConflict, TaskNotFound, WaitTimedOut
 from runner.executions import ExecutionRef
 from runner.idempotency import task_id_for
-from runner.model import ClaimSource, TaskStatus
+from runner.model import ClaimSource, TaskStatus, effect_key
+from runner.recurring import RecurringFires, fired_task_id
+from runner.registry import TaskDefinition
 from runner.waiting import MAX_POLL_SECONDS, wait_for
+from tests.helpers import pending, put_raw, step_runs
 
 S = TaskStatus
+
+
+class _Empty(BaseModel):
+    pass
 
 
 class _FakeTime:
@@ -150,3 +159,58 @@ def test_a_key_used_again_after_its_task_was_deleted_gets_new_execution_names(
 
 def _later() -> datetime:
     return datetime(2027, 1, 15, tzinfo=UTC)
+
+
+def test_a_task_put_by_hand_keys_every_attempt_by_its_incarnation(app: App) -> None:
+    # Given a task inserted with only the required attributes (no `created_at`: its
+    # first claim fills it in), whose second step fails on the first attempt
+    put_raw(
+        app.clients.dynamodb,
+        app.settings.table_name,
+        pending("by-hand", "STEPS_TASK", {"fail_at": 2, "fail_times": 1}),
+    )
+
+    # When it fails once and its retry finishes it
+    assert app.runner.run_pending("by-hand", source=ClaimSource.STREAM).status is S.FAILED
+    assert app.attempts.run(AttemptInput("by-hand", 1, "STEPS_TASK")).status is S.DONE
+
+    # Then both attempts had the key of its incarnation: the failed step ran again
+    # under the same step key, and the key is not the bare `task:<id>` an id put again
+    # (or re-created from an idempotency key) would share with this one
+    task = app.store.get("by-hand")
+    assert step_runs(app, "by-hand") == {"reserve": 1, "charge": 2, "email": 1}
+    assert task.idempotency_key == effect_key("by-hand", task.created_at) != "task:by-hand"
+
+
+def test_a_fire_created_again_for_its_scheduled_time_keeps_its_effect_keys(app: App) -> None:
+    # Given a recurring fire's task, run and then deleted
+    seen: list[str] = []
+
+    def handler(data: Any, ctx: Any) -> None:
+        seen.append(ctx.step_key("report"))
+
+    app.registry.register(TaskDefinition(type="NIGHTLY", input_model=_Empty, handler=handler))
+    fires = RecurringFires(app.store, app.registry)
+    body = {
+        "kind": "recurring",
+        "schedule": "nightly",
+        "task_type": "NIGHTLY",
+        "data": {},
+        "scheduled_time": "2026-12-01T03:00:00Z",
+    }
+    scheduled = datetime(2026, 12, 1, 3, tzinfo=UTC)
+    app.store.clock = lambda: scheduled + timedelta(minutes=1)
+    assert fires.fire(body) is True
+    task_id = fired_task_id("nightly", "2026-12-01T03:00:00Z")
+    app.runner.run_pending(task_id, source=ClaimSource.STREAM)
+    app.clients.dynamodb.delete_item(TableName=app.settings.table_name, Key={"id": {"S": task_id}})
+
+    # When the same fire is delivered again, a day later (at least once: its scheduled
+    # time is the same)
+    app.store.clock = lambda: scheduled + timedelta(days=1)
+    assert fires.fire(body) is True
+    app.runner.run_pending(task_id, source=ClaimSource.STREAM)
+
+    # Then it is the same occurrence, with the same effect keys (its `created_at` is the
+    # scheduled time, not the clock): its effects are not made twice for one night
+    assert len(seen) == 2 and seen[0] == seen[1] != f"task:{task_id}:step:report"

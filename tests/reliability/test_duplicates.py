@@ -15,7 +15,7 @@ from runner.errors import TaskConflict
 from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
 from tasks import build_registry
-from tests.helpers import StreamReader, create_tasks_table, pending, put_raw
+from tests.helpers import StreamReader, create_tasks_table, effect_key, effects_on, pending, put_raw
 
 
 def test_thousand_tasks_every_record_twice_and_batches_replayed(app: App) -> None:
@@ -73,6 +73,6 @@ def test_sixteen_concurrent_run_task_calls_run_once(moto_server: str) -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert demo_tasks.EFFECTS[f"task:{task_id}"] == 1
+        assert effects_on(task_id) == {effect_key(workers[0], task_id): 1}
         assert outcomes.count(TaskStatus.DONE) == 1
         assert workers[0].store.get(task_id).attempts == 1

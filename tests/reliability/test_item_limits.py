@@ -19,9 +19,8 @@ from runner.app import App
 from runner.errors import TaskRetryableError
 from runner.item_size import MAX_ITEM_BYTES, item_size
 from runner.items import utcnow
-from runner.local import demo_tasks
 from runner.model import TaskStatus, status_shard
-from tests.helpers import FakeLambdaContext, pending, put_raw, stream_record
+from tests.helpers import FakeLambdaContext, effect_key, effects_on, pending, put_raw, stream_record
 
 
 @pytest.fixture
@@ -76,7 +75,7 @@ def test_a_near_limit_task_whose_lease_expired_does_not_stop_the_sweep(lambda_ap
 
     # Then it finished: the lost task ran, and the oversized one is FAILED for good
     # (its data dropped, the one write that could still fit), with an expiry
-    assert demo_tasks.EFFECTS["task:lost"] == 1
+    assert effects_on("lost") == {effect_key(app, "lost"): 1}
     assert app.store.get("lost").status is TaskStatus.DONE
     failed = app.store.get("near-limit")
     assert failed.status is TaskStatus.FAILED and failed.retryable is False

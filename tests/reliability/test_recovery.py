@@ -17,7 +17,7 @@ from runner.app import App
 from runner.items import utcnow
 from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus, status_shard
-from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
+from tests.helpers import FakeLambdaContext, StreamReader, effect_key, pending, put_raw
 
 OLD = "2026-01-01T00:00:00.000Z"
 
@@ -166,7 +166,7 @@ def test_a_batch_the_stream_mapping_gave_up_on_is_read_again_without_a_scan(
 
     # Then the task ran, the message is gone, and no Scan read the table
     assert app.store.get("lost").status is TaskStatus.DONE
-    assert demo_tasks.EFFECTS == {"task:lost": 1}
+    assert {effect_key(app, "lost"): 1} == demo_tasks.EFFECTS
     assert report.replayed_batches == 1 and report.replayed_records == 1
     assert app.clients.sqs.receive_message(QueueUrl=queue_url).get("Messages", []) == []
     assert scans == []

@@ -20,11 +20,10 @@ from runner.client import TaskRunnerClient
 from runner.config import Settings
 from runner.errors import TaskConflict
 from runner.items import utcnow
-from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
 from runner.payloads import is_reference, task_prefix
 from tasks import build_registry
-from tests.helpers import create_tasks_table
+from tests.helpers import create_tasks_table, step_runs
 
 BUCKET = "payloads-faults"
 MB = 1024 * 1024
@@ -56,10 +55,6 @@ def payload_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
 
 def _later(app: App, seconds: float) -> None:
     app.store.clock = lambda: utcnow() + timedelta(seconds=seconds)
-
-
-def _runs(task_id: str) -> dict[str, int]:
-    return {n: demo_tasks.EFFECTS[f"task:{task_id}:step:{n}"] for n in demo_tasks.STEP_NAMES}
 
 
 def _keys(app: App) -> list[str]:
@@ -107,7 +102,7 @@ def test_a_crash_after_a_steps_effect_before_its_record_runs_that_step_again(pap
     # Then the recorded step is skipped, the unrecorded one runs again (the documented
     # limit: give its effect ctx.step_key), and every step is recorded once
     assert outcome.status is TaskStatus.DONE
-    assert _runs(task.id) == {"reserve": 1, "charge": 2, "email": 1}
+    assert step_runs(app, task.id) == {"reserve": 1, "charge": 2, "email": 1}
     steps = app.store.get(task.id).steps or {}
     assert {n: r.attempt for n, r in steps.items()} == {"reserve": 1, "charge": 2, "email": 2}
 
@@ -137,7 +132,7 @@ def test_a_step_record_racing_a_lease_takeover_is_refused(papp: App) -> None:
     assert set(after.steps or {}) == {"reserve"}
     # And the retry finishes it, running charge again
     assert app.attempts.run(AttemptInput(task.id, 1, "STEPS_TASK")).status is TaskStatus.DONE
-    assert _runs(task.id) == {"reserve": 1, "charge": 2, "email": 1}
+    assert step_runs(app, task.id) == {"reserve": 1, "charge": 2, "email": 1}
 
 
 def test_s3_unavailable_while_writing_a_result_ends_retryable_not_lost(papp: App) -> None:
@@ -279,7 +274,7 @@ def test_a_step_record_whose_reply_was_lost_before_a_takeover_keeps_its_object(
     assert record.result["$payload"]["key"] in _keys(app)
     # And the next attempt resumes with it: the step is not run again, the task ends DONE
     assert app.attempts.run(AttemptInput(task.id, 1, "STEPS_TASK")).status is TaskStatus.DONE
-    assert _runs(task.id)["reserve"] == 0
+    assert step_runs(app, task.id)["reserve"] == 0
     full = TaskRunnerClient(app).get_task(task.id, payloads=True)
     assert (full.steps or {})["reserve"].result == "x" * MB
 

@@ -16,7 +16,7 @@ from runner.local import demo_tasks
 from runner.model import ClaimSource, TaskStatus
 from runner.sweeper import Sweeper
 from runner.workflow import routable
-from tests.helpers import FakeLambdaContext, StreamReader, pending, put_raw
+from tests.helpers import FakeLambdaContext, StreamReader, effect_key, pending, put_raw
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_pending_tasks_the_stream_missed_are_run(swept_app: App) -> None:
     assert app.store.get("lost").status is TaskStatus.DONE
     assert app.store.get("lost").claimed_by is ClaimSource.SWEEPER
     assert app.store.get("recent").status is TaskStatus.DONE
-    assert demo_tasks.EFFECTS == {"task:lost": 1, "task:recent": 1}
+    assert {effect_key(app, "lost"): 1, effect_key(app, "recent"): 1} == demo_tasks.EFFECTS
 
 
 def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: App) -> None:
@@ -146,7 +146,7 @@ def test_scheduled_sweeps_scan_one_segment_each_and_cover_the_table(swept_app: A
     assert sorted(segment for segment, _ in scanned) == list(range(13))
     assert {total for _, total in scanned} == {13}
     assert sum(found) == 40 and max(found) < 40
-    assert {f"task:lost-{n}": 1 for n in range(40)} == demo_tasks.EFFECTS
+    assert {effect_key(app, f"lost-{n}"): 1 for n in range(40)} == demo_tasks.EFFECTS
 
 
 def test_the_scheduled_sweep_scans_the_segment_of_its_scheduled_minute(

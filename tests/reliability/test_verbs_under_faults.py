@@ -264,7 +264,6 @@ def test_a_task_result_with_a_lone_surrogate_ends_failed_not_stuck(app: App) -> 
     assert outcome.error is not None and outcome.error.type == "ResultNotStorable"
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4 #11")
 def test_a_key_reused_after_its_task_was_deleted_gets_new_effect_keys(app: App) -> None:
     from runner.client import TaskRunnerClient
     from runner.items import serialize

@@ -47,6 +47,7 @@ def test_the_reserve_holds_every_runner_attribute_at_its_bound() -> None:
         "started_at": stamp,
         "finished_at": stamp,
         "attempts": 99_999,
+        "effect_key_claims": 99_999,
         "error": error,
         "retryable": True,
         "episode": 99_999,

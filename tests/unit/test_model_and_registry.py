@@ -18,7 +18,14 @@ from runner.errors import (
 from runner.failures import describe_error
 from runner.item_size import MAX_ITEM_BYTES, item_size, value_size
 from runner.local import demo_tasks
-from runner.model import TRANSITIONS, TaskStatus, can_transition, status_shard
+from runner.model import (
+    TRANSITIONS,
+    Task,
+    TaskStatus,
+    can_transition,
+    effect_key,
+    status_shard,
+)
 from runner.registry import TaskDefinition, TaskRegistry
 from tasks import build_registry
 
@@ -61,6 +68,33 @@ def test_status_shard_is_stable_and_spread() -> None:
     shards = {status_shard(f"task-{n}", TaskStatus.PENDING) for n in range(500)}
     assert len(shards) == 16
     assert all(s.startswith("PENDING#") for s in shards)
+
+
+def test_the_effect_key_is_the_incarnations_unless_a_previous_runner_claimed_the_task() -> None:
+    def task(created_at: str, attempts: int, effect_key_claims: int | None) -> Task:
+        return Task.model_validate(
+            {
+                "id": "order:42",
+                "type": "X",
+                "status": "PROCESSING",
+                "created_at": created_at,
+                "attempts": attempts,
+                "effect_key_claims": effect_key_claims,
+            }
+        )
+
+    first, again = "2026-12-01T00:00:00.000Z", "2027-01-15T00:00:00.000Z"
+    key = effect_key("order:42", first)
+    assert re.fullmatch(r"task:order:42:[0-9a-f]{16}", key)
+    # Every claim by this version: the incarnation's key, another for a re-created id
+    assert task(first, 1, 1).idempotency_key == key == task(first, 3, 3).idempotency_key
+    assert task(again, 1, 1).idempotency_key != key
+    assert task(first, 0, None).idempotency_key == key  # not claimed yet
+    # A claim by a runner before this version (attempts counted, not the claims): the key
+    # its attempts used, on every later attempt too
+    assert task(first, 1, None).idempotency_key == "task:order:42"
+    assert task(first, 2, 1).idempotency_key == "task:order:42"
+    assert task(first, 5, 4).idempotency_key == "task:order:42"
 
 
 def test_registry_rejects_duplicates_and_unknown_types() -> None:
