@@ -195,6 +195,7 @@ def _for_the_previous_definition(
     from runner.errors import (
         PermanentTaskError,
         RetriesExhausted,
+        TaskCancelled,
         TaskFailedPermanently,
         TaskLeaseHeld,
         TaskRetryableError,
@@ -204,6 +205,8 @@ def _for_the_previous_definition(
         raise exc
     if isinstance(exc, TaskFailedPermanently):
         return {"task_id": given.task_id, "status": "FAILED", "note": str(exc)}
+    if isinstance(exc, TaskCancelled):  # the task stays CANCELLED: the execution ends now
+        return {"task_id": given.task_id, "status": "CANCELLED", "note": str(exc)}
     try:
         if isinstance(exc, RetriesExhausted):
             return get_app().attempts.exhaust(

@@ -186,6 +186,8 @@ def test_payloads_have_a_bucket_of_their_own_kept_only_by_their_tasks(packaged: 
     expiring = [r for r in rules if "ExpirationInDays" in r]
     assert [(r["Prefix"], r["ExpirationInDays"]) for r in expiring] == [("staging/", 7)]
     assert any(r.get("NoncurrentVersionExpiration") for r in rules)
+    # and the delete markers the deletes leave once their versions have gone
+    assert any(r.get("ExpiredObjectDeleteMarker") is True for r in rules)
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     outputs = packaged.template["Outputs"]

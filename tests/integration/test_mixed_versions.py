@@ -179,6 +179,26 @@ def test_an_execution_of_the_previous_definition_ends_a_permanent_failure_as_it_
     assert found["status"] == "SUCCEEDED"
 
 
+def test_an_execution_of_the_previous_definition_ends_at_once_on_a_cancelled_task(
+    previous: Machine,
+) -> None:
+    # Given an in-flight execution whose task was cancelled while it waited
+    app = previous.app
+    _retrying(app, "c")
+    app.store.cancel_waiting(app.store.get("c"))
+
+    # When it runs
+    found = previous.run(
+        "c-1", {"task_id": "c", "episode": 1, "failed_shard": status_shard("c", TaskStatus.FAILED)}
+    )
+
+    # Then it ends at once, succeeded (not after 20 TaskLeaseHeld retries a minute apart:
+    # no Retry wait passed), and the task stays CANCELLED
+    assert found["status"] == "SUCCEEDED", found
+    assert previous.slept == []
+    assert app.store.get("c").status is TaskStatus.CANCELLED
+
+
 def test_the_current_definition_runs_an_execution_started_with_the_previous_input(
     current: Machine,
 ) -> None:
