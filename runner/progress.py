@@ -16,7 +16,9 @@ a lost claim makes it moot).
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,12 @@ PROGRESS_INTERVAL_SECONDS = 5.0
 
 
 def _number(name: str, value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    """A count as stored: any real number (numpy's, a Decimal) as a plain int or float."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, numbers.Real | decimal.Decimal) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"report_progress: {name} must be a finite number, not {value!r}")
     if value < 0:
         raise ValueError(f"report_progress: {name} must not be negative, not {value!r}")

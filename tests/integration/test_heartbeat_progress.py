@@ -231,3 +231,22 @@ def test_bad_progress_values_are_a_clear_error(app: App, client: TaskRunnerClien
 
     assert outcome.error is not None and outcome.error.type == "ValueError"
     assert "runner/progress.py" in outcome.error.message
+
+
+def test_any_real_number_is_a_progress_count(app: App, client: TaskRunnerClient) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    # A handler counting with Decimals or Fractions (numpy's numbers are int and float
+    # subclasses, or registered as numbers.Integral)
+    def counts(data: _Work, ctx: TaskContext) -> None:
+        ctx.report_progress(Decimal("2.5"), Fraction(10, 1), "rows")
+
+    app.registry.register(TaskDefinition(type="REAL_PROGRESS", input_model=_Work, handler=counts))
+    task = client.create_task("REAL_PROGRESS", {})
+
+    outcome = app.runner.run_pending(task.id, source=ClaimSource.STREAM)
+
+    assert outcome.error is None, outcome.error
+    progress = app.store.get(task.id).progress
+    assert progress is not None and (progress.done, progress.total) == (2.5, 10)
