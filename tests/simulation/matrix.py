@@ -157,6 +157,7 @@ def render(result: RunResult, matrix: Matrix) -> str:
         f"{matrix.tasks} tasks, {matrix.invocations} Lambda invocations, "
         f"{matrix.sim_seconds / 3600:.0f} h of virtual time",
     ]
+    lines.append(f"  timers: {_timer_line(result)}")
     if result.unsimulated:
         lines.append(f"  NOT SIMULATED: event sources {', '.join(result.unsimulated)}")
     lines += [
