@@ -37,7 +37,7 @@ from tests.simulation.world import RawClients, TaskInfo, World
 ENV_CHOICES = st.integers(0, 3)
 # Most tasks run now; a delayed one runs after a fraction of a second (DelaySeconds 0),
 # seconds, minutes (an SQS message) or past 15 minutes (a one-time schedule).
-DELAYS = st.sampled_from([None] * 8 + [0.5, 5.0, 90.0, 600.0, 1200.0])
+DELAYS = st.sampled_from([None] * 8 + [0.5, 5.0, 90.0, 600.0, 960.0])
 # A delayed create's insert made late (its timer, set first, may come before the item).
 SLOW_INSERTS = st.sampled_from([0.0, 0.0, 0.0, 3.0, 30.0])
 # Recurring fires (distinct scheduled times) per example: each is a task to settle.
