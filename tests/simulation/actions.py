@@ -10,7 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.client import TaskRunnerClient
+from runner.delays import OVERDUE_GRACE_SECONDS, parse_time
 from runner.items import serialize
+from runner.recurring import fired_task_id
+from tests.simulation import timers
 from tests.simulation.lambdas import Invocation
 from tests.simulation.schedules import Schedules
 from tests.simulation.world import CLI, PRODUCER, TaskInfo, World
@@ -59,6 +62,12 @@ def _data(task_type: str, variant: int, nonce: str) -> dict[str, Any]:
     return {**data, "nonce": nonce}
 
 
+def run_at_seconds(item: dict[str, Any]) -> float:
+    """A SCHEDULED item's `run_at` on the clock (0 without one)."""
+    run_at = item.get("run_at")
+    return parse_time(str(run_at)).timestamp() if run_at else 0.0
+
+
 def is_final(item: dict[str, Any] | None) -> bool:
     """DONE; CANCELLED; FAILED permanently; FAILED with retries exhausted."""
     if not item:
@@ -74,18 +83,29 @@ def is_final(item: dict[str, Any] | None) -> bool:
 
 
 def create_task(
-    world: World, task_type: str, variant: int, shape: str, task_id: str | None = None
+    world: World,
+    task_type: str,
+    variant: int,
+    shape: str,
+    task_id: str | None = None,
+    *,
+    delay: float | None = None,
+    slow: float = 0.0,
 ) -> TaskInfo | None:
+    """A producer's create (`delay`: a delayed task, through the client). `slow`: its
+    insert is made that many seconds late, and the rule returns while it waits (the
+    delayed task's timer, set before the insert, may come first)."""
     task_id = task_id or f"t{len(world.tasks) + 1}"
     nonce = f"n{world.ledger.next_seq()}"
     data = _data(task_type, variant, nonce)
     if shape == "client":
-        world.lambdas.invoke(
-            PRODUCER,
-            None,
-            choice=0,
-            call=lambda app: TaskRunnerClient(app).create_task(task_type, data, task_id=task_id),
-        )
+
+        def call(app: Any) -> Any:
+            return TaskRunnerClient(app).create_task(task_type, data, task_id=task_id, delay=delay)
+
+        if slow > 0:
+            return _create_slowly(world, task_id, nonce, task_type, call, slow)
+        world.lambdas.invoke(PRODUCER, None, choice=0, call=call)
     else:
         item: dict[str, Any] = {"id": task_id, "type": task_type, "status": "PENDING", "data": data}
         if shape == "malformed":
@@ -113,6 +133,60 @@ def create_task(
     world.tasks[task_id] = info
     world.ttl_deleted.discard(task_id)
     return info
+
+
+def _create_slowly(
+    world: World, task_id: str, nonce: str, task_type: str, call: Any, slow: float
+) -> TaskInfo:
+    """The create runs on while the rules go on; a create that wrote nothing (or another
+    incarnation's item) is no task to check."""
+    info = TaskInfo(task_id, nonce, task_type, "client", world.clock.t)
+    world.tasks[task_id] = info
+    world.ttl_deleted.discard(task_id)
+    world.faults.delay(task_id, "PutItem", slow)
+
+    def done(_: Invocation) -> None:
+        stored = world.snapshot(task_id)
+        data = (stored or {}).get("data")
+        if not isinstance(data, dict) or data.get("nonce") != nonce:
+            info.deleted, info.final_when_deleted = True, True
+
+    world.lambdas.start(PRODUCER, None, choice=0, call=call, on_done=done)
+    return info
+
+
+def fire_recurring(world: World, slot: int) -> str | None:
+    """A recurring schedule fires (or fires again) for one of its last few scheduled
+    times: its target sends the fire to the timer queue."""
+    if not world.timers:
+        return None
+    period = timers.RECURRING_PERIOD
+    scheduled = (world.clock.t // period - slot % 4) * period
+    task_id = fired_task_id(timers.RECURRING_SCHEDULE, timers.iso_seconds(scheduled))
+    body = world.fires.get(task_id)
+    if body is None:
+        nonce = f"n{world.ledger.next_seq()}"
+        body = world.fires[task_id] = timers.recurring_body("SIM_SYNC", scheduled, nonce)
+        world.tasks.setdefault(
+            task_id, TaskInfo(task_id, nonce, "SIM_SYNC", "client", world.clock.t)
+        )
+    world.sqs.send_message(QueueUrl=world.timers[0].url, MessageBody=body)
+    return task_id
+
+
+def fire_schedule(world: World, index: int, how: str) -> bool:
+    """EventBridge Scheduler fires a one-time schedule that is due (`early`: within the
+    minute before its time), twice, or loses it."""
+    due = world.eventbridge.due(early=how == "early")
+    if not due:
+        return False
+    world.eventbridge.fire(due[index % len(due)], how)
+    return True
+
+
+def deliver_timers(world: World, take: int, choice: int | None) -> Invocation | None:
+    ready = [m for m in world.timers if m.deliverable()]
+    return ready[0].deliver(take, choice) if ready else None
 
 
 # --- Lambda: stream batches, the schedule, executions ---------------------------------------
@@ -170,7 +244,13 @@ def cancel_task(world: World, task_id: str, choice: int) -> Invocation:
 
 
 def next_event_time(world: World, schedules: Schedules) -> float | None:
-    times = [t for t in (world.sfn.next_time(), schedules.next_time()) if t is not None]
+    candidates = [
+        world.sfn.next_time(),
+        schedules.next_time(),
+        world.eventbridge.next_time(),
+        *(m.next_time() for m in world.timers),
+    ]
+    times = [t for t in candidates if t is not None]
     return min(times) if times else None
 
 
@@ -197,6 +277,7 @@ def stall(world: World, schedules: Schedules, how: str) -> None:
         target = min(leases) + 1 if leases else now + STEPS["short"]
     else:
         target = now + STEPS[how]
+    world.stalls.append((now, max(target, now)))
     world.scheduler.run_until(max(target, now))
     schedules.catch_up()
 
@@ -220,6 +301,8 @@ def run_until(world: World, schedules: Schedules, target: float) -> None:
 def settled(world: World) -> bool:
     if any(q.busy() for q in world.queues) or world.sfn.running() or world.lambdas.running():
         return False
+    if any(m.busy() for m in world.timers) or world.eventbridge.schedules:
+        return False
     return all(
         is_final(world.items.get(info.id)) for info in world.tasks.values() if not info.deleted
     )
@@ -235,6 +318,8 @@ def quiet(world: World) -> bool:
         or world.sqs.waiting()
         or world.sfn.running()
         or world.lambdas.running()
+        or world.eventbridge.schedules
+        or any(item and item.get("status") == "SCHEDULED" for item in world.items.values())
     )
 
 
@@ -310,12 +395,21 @@ def quiesce(world: World, schedules: Schedules, *, max_steps: int = 4000) -> Non
         # Nothing moves and nothing will: what is left is stranded. That is certain once
         # the README's bound has passed quietly; sooner when no lease is still to expire
         # and no PENDING task waits for the orphan scan's rotation.
+        # A SCHEDULED task waits on purpose until its run_at, and for the sweeper's
+        # grace and period past it (its timer lost).
+        due = [
+            run_at_seconds(item) + OVERDUE_GRACE_SECONDS + 2 * period
+            for item in world.items.values()
+            if item and item.get("status") == "SCHEDULED"
+        ]
+        if any(at > world.clock.t for at in due):
+            return False
         waiting = [
             item
             for item in world.items.values()
             if item
             and (
-                item.get("status") == "PENDING"
+                item.get("status") in ("PENDING", "SCHEDULED")
                 or (
                     item.get("status") == "PROCESSING"
                     and float(item.get("lease_expires_at", 0)) >= world.clock.t - period
@@ -341,6 +435,10 @@ def _drive(
         world.pump()
         if any(q.deliverable() for q in world.queues):
             deliver(world, 0, 0, 10_000, None)
+            continue
+        if fire_schedule(world, 0, "on-time"):
+            continue
+        if deliver_timers(world, 10, None) is not None:
             continue
         if step_execution(world, 0, None):
             continue

@@ -1,7 +1,8 @@
 """What a stream mapping's give-up leaves for the sweeper, on the simulation's clock.
 
-- The on-failure destination: an SQS standard queue (`SqsService`) as AWS documents it.
-  A received message is invisible for the VisibilityTimeout asked for (else the
+- The on-failure destination and the timer queue: SQS standard queues (`SqsService`)
+  as AWS documents them. A message sent with DelaySeconds (at most 900) is hidden that
+  long; a received message is invisible for the VisibilityTimeout asked for (else the
   queue's, 30 s by default), then visible again; messages older than the queue's
   MessageRetentionPeriod are dropped; DeleteMessage with a receipt handle that is not
   the latest one succeeds without deleting ("you must provide the most recently received
@@ -35,6 +36,8 @@ from tests.simulation.topology import ACCOUNT, REGION
 DEFAULT_VISIBILITY_SECONDS = 30
 DEFAULT_RETENTION_SECONDS = 4 * 24 * 3600
 MAX_RECEIVE = 10
+# A message's DelaySeconds: at most 15 minutes (SQS Developer Guide, delay queues).
+MAX_DELAY_SECONDS = 900
 # DynamoDB Streams keeps records this long.
 STREAM_RETENTION_SECONDS = 24 * 3600
 
@@ -166,6 +169,13 @@ class SqsService:
     def waiting(self) -> int:
         return sum(len(q.messages) for q in self.queues.values())
 
+    def next_visible(self, url: str) -> float | None:
+        """When the queue's next message hidden now (delayed, or received and not
+        deleted) becomes visible."""
+        now = self.clock.t
+        times = [m.visible_at for m in self.queues[url].messages if m.visible_at > now]
+        return min(times) if times else None
+
     # --- the API ---------------------------------------------------------------------
 
     def get_queue_url(self, *, QueueName: str, **_: Any) -> dict[str, Any]:
@@ -173,9 +183,14 @@ class SqsService:
         self._queue(url, "GetQueueUrl")
         return {"QueueUrl": url}
 
-    def send_message(self, *, QueueUrl: str, MessageBody: str, **_: Any) -> dict[str, Any]:
+    def send_message(
+        self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int = 0, **_: Any
+    ) -> dict[str, Any]:
         queue = self._queue(QueueUrl, "SendMessage")
-        message = Message(f"m{next(self._ids)}", MessageBody, self.clock.t, self.clock.t)
+        if not 0 <= DelaySeconds <= MAX_DELAY_SECONDS:
+            raise _error("InvalidParameterValue", "DelaySeconds", "SendMessage")
+        now = self.clock.t
+        message = Message(f"m{next(self._ids)}", MessageBody, now, now + DelaySeconds)
         queue.messages.append(message)
         md5 = hashlib.md5(MessageBody.encode(), usedforsecurity=False).hexdigest()
         return {"MessageId": message.id, "MD5OfMessageBody": md5}

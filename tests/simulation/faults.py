@@ -11,7 +11,8 @@ store method is a new row of the matrix by itself.
 Kinds: a transient error that outlasts the caller's retry budget (with `storm` seconds,
 every call of that site for that task fails for that long), a reply lost after the write
 was applied, the process crashing just before or just after the call, and the Lambda
-timing out while the call hangs.
+timing out while the call hangs. Apart from the kinds, a call can be made slow (`delay`:
+it succeeds, seconds late), e.g. a producer's insert that a delayed task's timer beats.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class FaultPlan:
     firings: list[Firing] = field(default_factory=list)
     stopped: bool = False
     armed_total: int = 0
+    # Calls that succeed, but only after a wait (a slow network; retries within the
+    # budget): (task, site fragment, seconds).
+    slow: list[tuple[str, str, float]] = field(default_factory=list)
 
     def arm(
         self,
@@ -113,6 +117,18 @@ class FaultPlan:
         self.stopped = True
         self.armed.clear()
         self.storms.clear()
+        self.slow.clear()
+
+    def delay(self, task: str, site: str, seconds: float) -> None:
+        """The task's next call at a site containing `site` is made `seconds` late."""
+        self.slow.append((task, site, seconds))
+
+    def pause(self, site: str, task: str) -> float:
+        for entry in self.slow:
+            if entry[0] == task and entry[1] in site:
+                self.slow.remove(entry)
+                return entry[2]
+        return 0.0
 
     def decide(self, site: str, task: str, now: float, budget: int) -> FaultKind | None:
         if self.stopped:
@@ -185,12 +201,32 @@ def task_of(service: str, operation: str, kwargs: dict[str, Any], world: World) 
             execution = world.sfn.executions.get(arn)
             if execution is not None and execution.task_id:
                 return execution.task_id
+    if service == "sqs" and "MessageBody" in kwargs:
+        # A timer (runner.delays.DelayMessage) names its task.
+        return _json_task(kwargs["MessageBody"])
+    if service == "scheduler":
+        # A one-time schedule carries its timer as Input, and is named from its task.
+        if "Target" in kwargs:
+            return _json_task(kwargs["Target"].get("Input"))
+        found = world.eventbridge.schedules.get(
+            (str(kwargs.get("GroupName", "default")), str(kwargs.get("Name")))
+        )
+        task = found.task_id if found is not None else None
+        return task or world.task_of_schedule(str(kwargs.get("Name"))) or TABLE_WIDE
     if service == "s3":
         # A payload object's key names its task's prefix (runner.payloads.task_prefix).
         key = kwargs.get("Key") or kwargs.get("Prefix")
         found = world.task_of_key(key) if isinstance(key, str) else None
         return found or TABLE_WIDE
     return TABLE_WIDE
+
+
+def _json_task(body: Any) -> str:
+    try:
+        found = json.loads(body or "{}").get("task_id")
+    except (ValueError, AttributeError, TypeError):
+        found = None
+    return found if isinstance(found, str) else TABLE_WIDE
 
 
 def throttled(service: str, operation: str) -> ClientError:
@@ -223,6 +259,9 @@ class FaultyClient:
         world.refuse_if_killed()
         site = site_of(operation)
         task = task_of(self._service, operation, kwargs, world)
+        pause = world.faults.pause(site, task)
+        if pause and world.scheduler.current() is not None:
+            world.scheduler.sleep(pause)
         # Called outside every fiber, the caller is AWS itself (Step Functions' own calls).
         kind = world.fault_for(site, task, process=world.scheduler.current() is not None)
         if kind is FaultKind.CRASH_BEFORE:

@@ -24,6 +24,8 @@ invocations, as the simulation goes (I1, I2, I4, I6, T) and after it settles (I3
       no step record is written by another actor than the live claim's, none replaced.
 - S2  (issue 14) A recorded step is not run again: no step effect (`step:<name>`) of the
       same task incarnation by another attempt after that step's record was written.
+- D1, D2, R1 (issue 13: no run before `run_at`; a promotion in time, a lost timer's by
+      the sweeper; one task per recurring fire): tests.simulation.timer_checks.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.local.scheduler import rate_seconds
 from runner.model import TaskStatus, can_transition
 from tests.simulation.actions import is_final
 from tests.simulation.faults import TABLE_WIDE, FaultKind
 from tests.simulation.lambdas import Invocation
 from tests.simulation.ledger import Event, Write
+from tests.simulation.timer_checks import TimerChecks
 from tests.simulation.world import World
 
 
@@ -71,6 +75,15 @@ class Checker:
     doubles: list[tuple[str, str]] = field(default_factory=list)
     # (task, nonce, step name) -> the attempt whose record was written (S2).
     _steps: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    _timers: TimerChecks | None = None
+
+    @property
+    def timers(self) -> TimerChecks:
+        """D1, D2, R1 (tests.simulation.timer_checks)."""
+        if self._timers is None:
+            periods = [rate_seconds(s.expression) for s in self.world.topology.schedules]
+            self._timers = TimerChecks(self.world, self._add, max(periods, default=300.0))
+        return self._timers
 
     def _add(self, invariant: str, task: str | None, message: str, **details: Any) -> Violation:
         violation = Violation(invariant, task, message, details)
@@ -101,6 +114,7 @@ class Checker:
         return (task, nonce)
 
     def _event(self, event: Event) -> None:
+        self.timers.event(event)
         key = self._incarnation(event.task, event.nonce)
         claim = event.claim
         if event.kind == "start" and key in self._cancelled:
@@ -171,6 +185,7 @@ class Checker:
         token_old, token_new = old.get("claim_token"), new.get("claim_token")
         if token_new and token_new != token_old:
             self._holders[str(token_new)] = write.actor
+        self.timers.write(write)
         if write.new is None or write.old is None:
             return
         self._step_records(write, old, new)
@@ -333,6 +348,7 @@ class Checker:
         before = len(self.violations)
         world = self.world
         self._count_doubles()
+        self.timers.final()
         attribute = world.topology.table.ttl_attribute
         for info in world.tasks.values():
             if info.deleted:

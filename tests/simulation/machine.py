@@ -29,11 +29,20 @@ from tests.simulation.faults import TABLE_WIDE, FaultKind
 from tests.simulation.fibers import EPOCH
 from tests.simulation.invariants import Checker, Violation
 from tests.simulation.schedules import Schedules
+from tests.simulation.timers import timer_counts
 from tests.simulation.topology import Topology
 from tests.simulation.virtual import virtualized
 from tests.simulation.world import RawClients, TaskInfo, World
 
 ENV_CHOICES = st.integers(0, 3)
+# Most tasks run now; a delayed one runs after a fraction of a second (DelaySeconds 0),
+# seconds, minutes (an SQS message) or past 15 minutes (a one-time schedule).
+DELAYS = st.sampled_from([None] * 8 + [0.5, 5.0, 90.0, 600.0, 960.0])
+# A delayed create's insert made late (its timer, set first, may come before the item).
+SLOW_INSERTS = st.sampled_from([0.0, 0.0, 0.0, 3.0, 30.0])
+# Recurring fires (distinct scheduled times) per example: each is a task to settle.
+MAX_FIRES = 2
+SCHEDULER_FIRES = st.sampled_from(["on-time", "on-time", "early", "twice", "lost"])
 STORMS = st.sampled_from([0.0, 0.0, 0.0, 900.0, 7200.0])
 FAULTS = st.tuples(st.sampled_from(list(FaultKind)), st.integers(1, 4), STORMS)
 
@@ -104,12 +113,29 @@ class ProtocolMachine(RuleBasedStateMachine):
         variant=st.integers(0, 3),
         shape=st.sampled_from(actions.SHAPES),
         fault=st.none() | FAULTS,
+        delay=DELAYS,
+        slow=SLOW_INSERTS,
     )
     def create(
-        self, task_type: str, variant: int, shape: str, fault: tuple[FaultKind, int, float] | None
+        self,
+        task_type: str,
+        variant: int,
+        shape: str,
+        fault: tuple[FaultKind, int, float] | None,
+        delay: float | None,
+        slow: float,
     ) -> Any:
-        """A producer inserts a task (which may meet a fault at its n-th AWS call)."""
-        info = actions.create_task(self.w, task_type, variant, shape)
+        """A producer inserts a task (which may meet a fault at its n-th AWS call); a
+        delayed one (through the client) is SCHEDULED, its timer set first."""
+        delayed = delay is not None and shape == "client"
+        info = actions.create_task(
+            self.w,
+            task_type,
+            variant,
+            shape,
+            delay=delay if delayed else None,
+            slow=slow if delayed else 0.0,
+        )
         if info is None:
             return multiple()
         if fault is not None:
@@ -166,6 +192,42 @@ class ProtocolMachine(RuleBasedStateMachine):
         """A scheduled run's event is delivered a second time (at-least-once)."""
         self.schedules.again(index, env)
 
+    @precondition(
+        lambda self: self.world is not None and any(m.deliverable() for m in self.world.timers)
+    )
+    @rule(take=st.integers(1, 10), env=ENV_CHOICES)
+    def deliver_timers(self, take: int, env: int) -> None:
+        """The timer queue's mapping hands fireTimers a batch of visible messages."""
+        actions.deliver_timers(self.w, take, env)
+
+    @precondition(
+        lambda self: self.world is not None and any(m.delivered for m in self.world.timers)
+    )
+    @rule(index=st.integers(0, 7))
+    def timer_again(self, index: int) -> None:
+        """A timer message already delivered comes again (SQS: at least once)."""
+        self.w.timers[0].again(index)
+
+    @precondition(
+        lambda self: self.world is not None and bool(self.world.eventbridge.due(early=True))
+    )
+    @rule(index=st.integers(0, 3), how=SCHEDULER_FIRES)
+    def schedule_fire(self, index: int, how: str) -> None:
+        """EventBridge Scheduler fires a one-time schedule: on time, early, twice, or
+        never (lost); late is any time the rule comes after it was due."""
+        actions.fire_schedule(self.w, index, how)
+
+    @precondition(
+        lambda self: (
+            self.world is not None and bool(self.world.timers) and len(self.world.fires) < MAX_FIRES
+        )
+    )
+    @rule(slot=st.integers(0, 3))
+    def recurring_fire(self, slot: int) -> None:
+        """A recurring schedule fires for one of its last scheduled times (again, if
+        that time fired already: a double fire)."""
+        actions.fire_recurring(self.w, slot)
+
     @precondition(lambda self: self.world is not None and bool(self.world.sfn.due()))
     @rule(index=st.integers(0, 3), env=ENV_CHOICES)
     def execution_step(self, index: int, env: int) -> None:
@@ -178,6 +240,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         """The task's n-th AWS call from now on meets a fault."""
         kind, nth, storm = fault
         self.w.faults.arm(task.id, kind, nth, storm)
+
+    @rule(task=tasks, storm=st.sampled_from([0.0, 900.0]))
+    def throttle_heartbeat(self, task: TaskInfo, storm: float) -> None:
+        """The task's next heartbeat write is throttled past the retry budget (for 15
+        minutes, with a storm)."""
+        self.w.faults.arm(task.id, FaultKind.TRANSIENT, 1, storm, site="heartbeat")
 
     @rule(kind=st.sampled_from(list(FaultKind)), nth=st.integers(1, 4))
     def arm_table_fault(self, kind: FaultKind, nth: int) -> None:
@@ -275,6 +343,7 @@ class ProtocolMachine(RuleBasedStateMachine):
                 "sim_seconds": world.clock.t - EPOCH,
                 "wall": (steps_done - self.started, time.perf_counter() - steps_done),
                 "settled": world.fault_stop_at is not None,
+                "timers": timer_counts(world),
             }
         )
 

@@ -127,7 +127,24 @@ def summary(result: RunResult, matrix: Matrix) -> list[str]:
         f"{result.seconds:.0f} s; {sum(c.runs for c in cells)} faulted task runs at "
         f"{len({site for site, _ in matrix.cells if site != NO_FAULT})} call sites",
         "  violations: " + (", ".join(listed) or "none"),
+        "  timers: " + _timer_line(result),
     ]
+
+
+def _timer_line(result: RunResult) -> str:
+    totals: Counter[str] = Counter()
+    for report in result.reports:
+        totals.update(report.get("timers", {}))
+    fires = ", ".join(
+        f"{k.removeprefix('schedule ')} {v}"
+        for k, v in sorted(totals.items())
+        if k.startswith("schedule ")
+    )
+    return (
+        f"{totals['scheduled']} delayed tasks ({totals['promoted']} promoted, "
+        f"{totals['by_sweeper']} by the sweeper), {totals['deliveries']} timer batches, "
+        f"one-time schedules fired: {fires or 'none'}; {totals['recurring']} recurring fires"
+    )
 
 
 def render(result: RunResult, matrix: Matrix) -> str:
@@ -140,6 +157,7 @@ def render(result: RunResult, matrix: Matrix) -> str:
         f"{matrix.tasks} tasks, {matrix.invocations} Lambda invocations, "
         f"{matrix.sim_seconds / 3600:.0f} h of virtual time",
     ]
+    lines.append(f"  timers: {_timer_line(result)}")
     if result.unsimulated:
         lines.append(f"  NOT SIMULATED: event sources {', '.join(result.unsimulated)}")
     lines += [

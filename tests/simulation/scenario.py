@@ -35,8 +35,12 @@ class Sim:
         *,
         fault: tuple[FaultKind, int, float] | None = None,
         task_id: str | None = None,
+        delay: float | None = None,
+        slow: float = 0.0,
     ) -> TaskInfo:
-        info = actions.create_task(self.world, task_type, variant, shape, task_id=task_id)
+        info = actions.create_task(
+            self.world, task_type, variant, shape, task_id=task_id, delay=delay, slow=slow
+        )
         assert info is not None, "the producer could not create the task"
         if fault is not None:
             self.world.faults.arm(info.id, *fault)
@@ -56,6 +60,10 @@ class Sim:
         while self.world.clock.t < end:
             self.deliver_all()
             if actions.step_execution(self.world, 0, None):
+                continue
+            if actions.fire_schedule(self.world, 0, "on-time"):
+                continue
+            if actions.deliver_timers(self.world, 10, 0) is not None:
                 continue
             self.schedules.catch_up()
             if self.schedules.due:

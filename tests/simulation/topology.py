@@ -62,6 +62,18 @@ class StateMachineSpec:
 
 
 @dataclass(frozen=True)
+class QueueMapping:
+    """An SQS event source mapping of the template (the timer queue's, to fireTimers)."""
+
+    logical_id: str
+    function_logical_id: str
+    source_logical_id: str  # the queue
+    batch_size: int
+    maximum_concurrency: int
+    report_batch_item_failures: bool
+
+
+@dataclass(frozen=True)
 class TableSpec:
     logical_id: str
     name: str
@@ -81,6 +93,8 @@ class Topology:
     resource_names: Mapping[str, str]  # logical id -> its name property, where it has one
     # SQS queues (a mapping's on-failure destination): logical id -> properties.
     queues: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # Event source mappings of an SQS queue of the template (the timer queue's).
+    queue_mappings: tuple[QueueMapping, ...] = ()
 
     def function_by_name(self, name_or_arn: str) -> Function:
         from runner.local.lambdas import function_name_of
@@ -136,6 +150,37 @@ def _name_property(resource: Mapping[str, Any]) -> str | None:
         if isinstance(props.get(key), str):
             return str(props[key])
     return None
+
+
+def queue_mappings(resources: Mapping[str, Any]) -> tuple[QueueMapping, ...]:
+    """The event source mappings whose source is one of the template's SQS queues."""
+    found = []
+    for logical_id, resource in sorted(resources.items()):
+        if resource.get("Type") != "AWS::Lambda::EventSourceMapping":
+            continue
+        props = resource["Properties"]
+        source = props.get("EventSourceArn")
+        getatt = source.get("Fn::GetAtt") if isinstance(source, Mapping) else ""
+        queue = getatt[0] if isinstance(getatt, list) else str(getatt).split(".")[0]
+        if resources.get(queue, {}).get("Type") != _QUEUE:
+            continue
+        function = props.get("FunctionName")
+        target = function.get("Fn::GetAtt") if isinstance(function, Mapping) else None
+        function_id = target[0] if isinstance(target, list) else str(target).split(".")[0]
+        found.append(
+            QueueMapping(
+                logical_id=logical_id,
+                function_logical_id=function_id,
+                source_logical_id=queue,
+                batch_size=int(props.get("BatchSize", 10)),  # AWS's default for SQS
+                maximum_concurrency=int(
+                    props.get("ScalingConfig", {}).get("MaximumConcurrency", 1000)
+                ),
+                report_batch_item_failures="ReportBatchItemFailures"
+                in props.get("FunctionResponseTypes", []),
+            )
+        )
+    return tuple(found)
 
 
 def _without_nulls(node: Any) -> Any:
@@ -194,6 +239,7 @@ def parse_topology(template: Mapping[str, Any], asl_dir: Path = ASL_PATH.parent)
             for m in mappings
             if m.source_logical_id != table_id
         ),
+        queue_mappings=queue_mappings(resources),
         schedules=schedules(dict(template)),
         state_machines=machines,
         table=TableSpec(

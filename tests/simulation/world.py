@@ -37,6 +37,7 @@ from tests.simulation.lambdas import SIM_TASK_MODULE, LambdaClient, LambdaServic
 from tests.simulation.ledger import Ledger
 from tests.simulation.stepfunctions import StepFunctionsClient, StepFunctionsService
 from tests.simulation.streams import MappingQueue
+from tests.simulation.timers import SchedulerService, TimerMapping
 from tests.simulation.topology import ACCOUNT, REGION, Function, Topology
 
 # The people and programs outside Lambda that run the runner's code.
@@ -122,6 +123,17 @@ class World:
             )
         self.lambdas = LambdaService(self.scheduler, self._settings_for, self._clients_for)
         self.queues = [MappingQueue(m, topology.mapped_function(m)) for m in topology.mappings]
+        # EventBridge Scheduler's one-time schedules, and the timer queue's mapping.
+        self.eventbridge = SchedulerService(self.clock, self.sqs)
+        self.timers = [
+            TimerMapping(self, m, self.physical[m.source_logical_id])
+            for m in topology.queue_mappings
+            if m.source_logical_id in self.physical
+        ]
+        # Recurring fires sent: the fire's task id -> its message body.
+        self.fires: dict[str, str] = {}
+        # Stalls (`actions.stall`): from, to.
+        self.stalls: list[tuple[float, float]] = []
         for mapping_queue in self.queues:
             mapping_queue.on_failure = self._on_failure_for(mapping_queue)
         self.tasks: dict[str, TaskInfo] = {}
@@ -163,6 +175,8 @@ class World:
             return self.sqs
         if service == "dynamodbstreams":
             return self.streams
+        if service == "scheduler":
+            return self.eventbridge
         return self.raw.get(service)
 
     def _on_failure_for(self, queue: MappingQueue) -> Any:
@@ -283,6 +297,12 @@ class World:
             if digest and task_prefix(task_id, created).split("/")[1] == digest:
                 return task_id
         return None
+
+    def task_of_schedule(self, name: str) -> str | None:
+        """The task a one-time schedule's name is made from (runner.delays.schedule_name)."""
+        from runner.delays import schedule_name
+
+        return next((t for t in self.items if schedule_name(t) == name), None)
 
     def log_write(
         self, site: str, task: str, old: dict[str, Any] | None, new: dict[str, Any] | None
