@@ -43,6 +43,9 @@ STREAM_RETENTION_SECONDS = 24 * 3600
 
 Record = dict[str, Any]
 
+# ChangeMessageVisibility: at most 12 hours from the message's receipt.
+MAX_VISIBILITY_SECONDS = 12 * 3600
+
 
 def _error(code: str, message: str, operation: str) -> ClientError:
     response: Any = {
@@ -111,6 +114,7 @@ class Message:
     visible_at: float
     receipt: str | None = None
     receives: int = 0
+    received_at: float = 0.0
 
 
 @dataclass
@@ -132,6 +136,7 @@ class SqsService:
             "send_message": "SendMessage",
             "receive_message": "ReceiveMessage",
             "delete_message": "DeleteMessage",
+            "change_message_visibility": "ChangeMessageVisibility",
             "get_queue_url": "GetQueueUrl",
         }
 
@@ -217,6 +222,7 @@ class SqsService:
             message.visible_at = now + hide
             message.receipt = f"{message.id}#{next(self._ids)}"
             message.receives += 1
+            message.received_at = now
             out.append(
                 {
                     "MessageId": message.id,
@@ -239,6 +245,27 @@ class SqsService:
                 queue.deleted += 1
                 break
         return {}
+
+    def change_message_visibility(
+        self, *, QueueUrl: str, ReceiptHandle: str, VisibilityTimeout: int, **_: Any
+    ) -> dict[str, Any]:
+        """SQS's rules: the message must be in flight under this receipt, and its
+        visibility may reach at most 12 hours from that receipt."""
+        queue = self._queue(QueueUrl, "ChangeMessageVisibility")
+        if "#" not in ReceiptHandle:
+            raise _error("ReceiptHandleIsInvalid", ReceiptHandle, "ChangeMessageVisibility")
+        now = self.clock.t
+        for message in queue.messages:
+            if message.receipt == ReceiptHandle and message.visible_at > now:
+                if not 0 <= VisibilityTimeout <= MAX_VISIBILITY_SECONDS or (
+                    now + VisibilityTimeout - message.received_at > MAX_VISIBILITY_SECONDS
+                ):
+                    raise _error(
+                        "InvalidParameterValue", "VisibilityTimeout", "ChangeMessageVisibility"
+                    )
+                message.visible_at = now + VisibilityTimeout
+                return {}
+        raise _error("MessageNotInflight", ReceiptHandle, "ChangeMessageVisibility")
 
 
 class StreamsClient:

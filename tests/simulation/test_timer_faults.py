@@ -169,26 +169,23 @@ def test_a_fire_that_creates_its_task_again_breaks_r1(sim: Sim) -> None:
 
 
 def test_a_delayed_create_whose_insert_is_slow_still_runs_once(sim: Sim) -> None:
-    """The timer (DelaySeconds 0) comes before the item exists: it changes nothing; the
-    item, written SCHEDULED with its run_at passed, is promoted (by the sweeper, within
-    its grace and period: D2) and runs once."""
-    task = sim.create("SIM_SYNC", delay=0.5, slow=30.0)
+    """The timer comes before the item exists: fireTimers keeps it (ChangeMessageVisibility
+    1, 2, 4, 8, 15 s, within 60 s past run_at); the item, written SCHEDULED with its run_at
+    passed, is promoted when the kept timer comes again, and runs once. (A delay under
+    1 s is PENDING at once: no timer.)"""
+    task = sim.create("SIM_SYNC", delay=1.5, slow=30.0)
     assert sim.world.snapshot(task.id) is None  # the insert waits
-    assert actions.deliver_timers(sim.world, 10, 0) is not None
     sim.settle()
     assert sim.item(task.id)["status"] == "DONE"
     assert starts(sim, task.id) == 1
+    (promoted,) = promotions(sim, task.id)
+    assert promoted.actor.startswith("FireTimers"), promoted.actor  # not the sweeper
     assert broken(sim) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review-13-14 item 6: a timer that comes before its item is deleted as stale; "
-    "the task waits for the sweeper (60 s grace + a sweep period) instead of starting "
-    "within 1 s of run_at",
-)
 def test_a_timer_that_beats_its_item_still_promotes_it_at_its_time(sim: Sim) -> None:
-    task = sim.create("SIM_SYNC", delay=0.5, slow=3.0)
+    # (a delay under 1 s is made PENDING at once: no timer to beat)
+    task = sim.create("SIM_SYNC", delay=2.0, slow=3.0)
     actions.deliver_timers(sim.world, 10, 0)
     sim.settle()
     (promoted,) = promotions(sim, task.id)
@@ -206,11 +203,6 @@ def _create_again(sim: Sim, task_id: str, delay: float) -> Any:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review-13-14 item 4: a create under an existing SCHEDULED task's id is refused, "
-    "and deletes that task's schedule on its way out",
-)
 def test_a_refused_create_under_a_scheduled_tasks_id_leaves_its_schedule(sim: Sim) -> None:
     task = sim.create("SIM_SYNC", delay=3600.0)
     refused = _create_again(sim, task.id, 60.0)
