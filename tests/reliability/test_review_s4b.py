@@ -1,0 +1,75 @@
+"""review-s4b: seams between the review-s4 fixes, as AWS would run them.
+
+Time is the store's injected clock; real waits are fractions of a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from runner import runtime
+from runner.app import App
+from runner.client import TaskRunnerClient
+from runner.context import TaskContext
+from runner.heartbeat import LeasePolicy
+from runner.model import ClaimSource, TaskStatus
+from runner.registry import TaskDefinition
+
+S = TaskStatus
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class _Empty(BaseModel):
+    pass
+
+
+@pytest.fixture
+def ended() -> Iterator[list[str]]:
+    """The runtime can be ended (as in Lambda): each end is recorded, and returns."""
+    calls: list[str] = []
+    runtime.set_ender(lambda: calls.append("ended"))
+    yield calls
+    runtime.set_ender(None)
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4b #1")
+def test_a_handler_within_its_timeout_is_not_ended_by_the_watchdog_after_a_slow_input_load(
+    app: App, ended: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease's cap is the claim's time + timeout + 30 s (LEASE_GRACE_SECONDS); the
+    # handler's own deadline starts after its input is loaded (run_tries). A load that
+    # takes 20 s (a 10 MiB input, S3 throttled and retried) moves the handler's deadline
+    # past the point where the watchdog ends the runtime (cap - 15 s).
+    now = {"at": T0}
+    app.store.clock = lambda: now["at"]
+    app.runner.leases = LeasePolicy(heartbeat_seconds=0.02, progress_seconds=0.02)
+
+    def handler(data: _Empty, ctx: TaskContext) -> str:
+        # 596 s of its 600 s timeout go by, beats landing every few seconds of them
+        for offset in [*range(30, 611, 10), 616]:
+            now["at"] = T0 + timedelta(seconds=offset)
+            time.sleep(0.05)
+        return "charged"
+
+    app.registry.register(
+        TaskDefinition(type="SLOWLOAD", input_model=_Empty, handler=handler, timeout_seconds=600)
+    )
+    task = TaskRunnerClient(app).create_task("SLOWLOAD", {})
+    load = app.store.payloads.load
+
+    def slow_load(value: Any) -> Any:
+        now["at"] = T0 + timedelta(seconds=20)
+        return load(value)
+
+    monkeypatch.setattr(app.store.payloads, "load", slow_load)
+    outcome = app.runner.run_pending(task.id, source=ClaimSource.STREAM)
+
+    # The handler returned within its timeout: its outcome is DONE, the runtime ran on
+    assert ended == [], "the watchdog ended a handler that was within its own timeout"
+    assert outcome.status is S.DONE
