@@ -73,3 +73,48 @@ def test_a_handler_within_its_timeout_is_not_ended_by_the_watchdog_after_a_slow_
     # The handler returned within its timeout: its outcome is DONE, the runtime ran on
     assert ended == [], "the watchdog ended a handler that was within its own timeout"
     assert outcome.status is S.DONE
+
+
+@pytest.mark.xfail(strict=True, reason="review-s4b #3")
+def test_a_wait_answers_within_its_timeout_when_a_read_stalls(settings: Any) -> None:
+    # A DynamoDB endpoint that takes the request and never answers (a stalled socket,
+    # a connection to a node that went away): waiting.py says the wait's timeout bounds
+    # each read, so `--wait 1` answers (124) within about a second. aws_deadline bounds
+    # the retries only; the one read in flight waits out the client's 30 s read timeout.
+    import dataclasses
+    import socket
+    import threading
+
+    from runner.aws import AwsClients
+    from runner.errors import WaitTimedOut
+    from runner.registry import TaskRegistry
+    from runner.waiting import wait_for
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stalled = dataclasses.replace(
+        settings, endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}"
+    )
+    store = App(stalled, AwsClients(stalled), TaskRegistry()).store
+    answered: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            wait_for(store, "t-1", 1.0)
+        except BaseException as exc:  # the answer, whatever it is
+            answered.append(exc)
+        else:
+            answered.append(None)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    started = time.monotonic()
+    waiter.start()
+    waiter.join(6.0)
+    took = time.monotonic() - started
+    listener.settimeout(1.0)
+    request, _ = listener.accept()  # it did reach the stalled endpoint (no moto in between)
+    request.close()
+    listener.close()
+    assert answered, f"no answer after {took:.1f} s: the read outlived the wait's 1 s timeout"
+    assert isinstance(answered[0], WaitTimedOut)
