@@ -342,10 +342,16 @@ class TaskRunner:
         left_running: list[threading.Thread],
     ) -> Any:
         definition = self.registry.get(task.type)
+        loading = self.store.clock()
         data = definition.parse_input(self.store.payloads.load(task.data))
-        timeout = definition.timeout_seconds
+        # The timeout counts from the claim, as the lease's cap does (claim + timeout +
+        # grace): an input slow to load (S3 throttled) is time the handler no longer has,
+        # or it would run past the point where the heartbeat's watchdog ends the runtime.
+        spent = max(0.0, (self.store.clock() - loading).total_seconds())
+        timeout = max(0.0, definition.timeout_seconds - spent)
         if remaining_seconds is not None:
-            timeout = min(timeout, max(0.1, remaining_seconds - RECORDING_MARGIN_SECONDS))
+            left = remaining_seconds - spent - RECORDING_MARGIN_SECONDS
+            timeout = min(timeout, max(0.1, left))
         context = TaskContext(
             task_id=task.id,
             task_type=task.type,
