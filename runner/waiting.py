@@ -8,11 +8,13 @@ for an item up to 4 KB) however long it waits.
 
 A read that fails after the SDK's retries (throttling, a 500 spell) does not end the
 wait: it is logged and the poll goes on, up to the caller's timeout, which also bounds
-each read (`aws_deadline`), so `--wait 5` answers within about 5 s.
+each read (its retries by `aws_deadline`, its socket waits by a client of that timeout),
+so `--wait 5` answers within about 5 s, even on a stalled connection.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -27,6 +29,8 @@ POLL_GROWTH = 1.5
 MAX_POLL_SECONDS = 0.5
 # The least time a read is given, even at the deadline (a wait of 0 still reads once).
 MIN_READ_SECONDS = 1.0
+# The shared DynamoDB client's read timeout (runner.aws).
+SHARED_READ_TIMEOUT_SECONDS = 30
 
 
 def wait_for(
@@ -49,8 +53,13 @@ def wait_for(
     status = "unknown"  # until a read succeeds
     while True:
         try:
-            with aws_deadline(max(deadline - monotonic(), MIN_READ_SECONDS)):
-                task = store.find(task_id)
+            # The shared client's socket waits are 30 s; within the wait's last 30 s a
+            # read gets one try on a client whose waits end with the wait (whole seconds,
+            # so a few clients serve every wait), and the next poll is its retry.
+            left = max(deadline - monotonic(), MIN_READ_SECONDS)
+            with aws_deadline(left):
+                short = math.ceil(left) if left < SHARED_READ_TIMEOUT_SECONDS else None
+                task = store.find(task_id, timeout=short)
         except StoreError as exc:
             if not exc.transient:
                 raise

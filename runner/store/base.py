@@ -219,10 +219,12 @@ class StoreBase(TaskListing):
             raise TaskConflict(f"a task with id {task.id} already exists", old) from exc
         return task
 
-    def get_values(self, task_id: str) -> dict[str, Any] | None:
-        """The item's plain values (consistent read), or None if there is none."""
+    def get_values(self, task_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
+        """The item's plain values (consistent read), or None if there is none. With
+        `timeout`, one try whose socket waits are that many seconds."""
         response = self._call(
             "get_item",
+            client=None if timeout is None else self.clients.client("dynamodb", timeout=timeout),
             TableName=self.table_name,
             Key=serialize({"id": task_id}),
             ConsistentRead=True,
@@ -237,7 +239,7 @@ class StoreBase(TaskListing):
             raise TaskNotFound(f"task {task_id} not found")
         return task_from_item(values)
 
-    def find(self, task_id: str) -> Task | None:
-        """The task, or None if there is none."""
-        values = self.get_values(task_id)
+    def find(self, task_id: str, *, timeout: float | None = None) -> Task | None:
+        """The task, or None if there is none (`timeout`: as `get_values`)."""
+        values = self.get_values(task_id, timeout=timeout)
         return None if values is None else task_from_item(values)

@@ -65,7 +65,8 @@ def test_wait_returns_the_task_once_it_is_final_reading_consistently(app: App) -
         if polls["n"] == 3:  # the task runs while the waiter sleeps
             app.runner.run_pending(task.id, source=ClaimSource.CLI)
 
-    done = wait_for(app.store, task.id, 30, sleep=sleep, monotonic=fake.monotonic)
+    # (60 s: a wait's last 30 s read on clients of their own, which `reads` does not see)
+    done = wait_for(app.store, task.id, 60, sleep=sleep, monotonic=fake.monotonic)
 
     assert done.status is S.DONE and done.result == {"note": ""}
     assert len(reads) == 4 and all(r["ConsistentRead"] is True for r in reads)

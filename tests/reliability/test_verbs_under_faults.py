@@ -303,13 +303,13 @@ def test_a_wait_survives_one_read_that_fails_after_its_retries(app: App) -> None
     class Throttled:
         """The app's store, whose second read fails after the SDK's retries (throttling)."""
 
-        def find(self, task_id: str) -> Task | None:
+        def find(self, task_id: str, *, timeout: float | None = None) -> Task | None:
             reads["n"] += 1
             if reads["n"] == 2:
                 raise StoreError("GetItem failed: ProvisionedThroughputExceededException")
             if reads["n"] == 3:
                 app.runner.run_pending(task_id, source=ClaimSource.STREAM)
-            return app.store.find(task_id)
+            return app.store.find(task_id, timeout=timeout)
 
     now = [0.0]
 

@@ -77,7 +77,6 @@ def test_an_input_slow_to_load_is_time_the_handler_no_longer_has(
     assert len(given) == 1 and given[0] <= 580.0, given
 
 
-@pytest.mark.xfail(strict=True, reason="review-s4b #3")
 def test_a_wait_answers_within_its_timeout_when_a_read_stalls(settings: Any) -> None:
     # A DynamoDB endpoint that takes the request and never answers (a stalled socket,
     # a connection to a node that went away): waiting.py says the wait's timeout bounds
