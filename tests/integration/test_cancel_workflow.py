@@ -68,6 +68,23 @@ def _cancelled_error(execution: dict[str, Any]) -> str:
     return str(output["error"]["Error"])
 
 
+def held_in_its_execution(flow: Workflow, task_id: str) -> None:
+    """A retryable failure whose execution runs, waiting out a live lease (TaskLeaseHeld:
+    5 s between tries), as after an attempt whose handler could not be stopped."""
+    app = flow.app
+    flow.insert(task_id, "FLAKY_TASK", {"fail_times": 3})
+    claimed = app.store.claim_pending(task_id, source=ClaimSource.STREAM, lease_seconds=60)
+    app.runner.record(
+        claimed,
+        ClaimSource.STREAM,
+        error=describe_error(RetryableTaskError("timed out")),
+        lease_until=app.store.now_epoch() + 120,
+    )
+    flow.pump()
+    _until(lambda: len(app.store.get(task_id).executions) == 1)
+    _until(lambda: _describe(flow, task_id)["status"] == "RUNNING")
+
+
 def test_a_cancel_that_wins_the_race_with_a_retry_executions_start_ends_it(
     flow: Workflow,
 ) -> None:
@@ -98,17 +115,7 @@ def test_a_task_waiting_in_its_execution_is_cancelled_then_the_execution_stopped
     app = flow.app
     # Given a retryable failure whose execution waits out a live lease (TaskLeaseHeld:
     # 5 s between tries), as after an attempt whose handler could not be stopped
-    flow.insert("held", "FLAKY_TASK", {"fail_times": 3})
-    claimed = app.store.claim_pending("held", source=ClaimSource.STREAM, lease_seconds=60)
-    app.runner.record(
-        claimed,
-        ClaimSource.STREAM,
-        error=describe_error(RetryableTaskError("timed out")),
-        lease_until=app.store.now_epoch() + 120,
-    )
-    flow.pump()
-    _until(lambda: len(app.store.get("held").executions) == 1)
-    _until(lambda: _describe(flow, "held")["status"] == "RUNNING")
+    held_in_its_execution(flow, "held")
 
     result = TaskRunnerClient(app).cancel_task("held")
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from runner.client import TaskRunnerClient
 from runner.model import TaskStatus
-from tests.integration.test_cancel_workflow import _describe, flow, realtime_flow
+from tests.integration.test_cancel_workflow import (
+    _describe,
+    flow,
+    held_in_its_execution,
+    realtime_flow,
+)
 from tests.integration.test_workflow import Workflow
 
 __all__ = ["flow", "realtime_flow"]  # the fixtures, from the cancel tests
@@ -32,25 +37,10 @@ def test_a_cancel_whose_write_reply_was_lost_still_stops_the_execution(
 
     from botocore.exceptions import ReadTimeoutError
 
-    from runner.errors import RetryableTaskError
-    from runner.failures import describe_error
-    from runner.model import ClaimSource
-    from tests.integration.test_cancel_workflow import _until
-
     flow = realtime_flow
     app = flow.app
     # Given a retryable failure whose execution runs (waiting out a live lease)
-    flow.insert("held", "FLAKY_TASK", {"fail_times": 3})
-    claimed = app.store.claim_pending("held", source=ClaimSource.STREAM, lease_seconds=60)
-    app.runner.record(
-        claimed,
-        ClaimSource.STREAM,
-        error=describe_error(RetryableTaskError("timed out")),
-        lease_until=app.store.now_epoch() + 120,
-    )
-    flow.pump()
-    _until(lambda: len(app.store.get("held").executions) == 1)
-    _until(lambda: _describe(flow, "held")["status"] == "RUNNING")
+    held_in_its_execution(flow, "held")
     # and the reply of the cancel's write lost (it applied; the SDK's retry then fails its
     # condition, the status being CANCELLED already)
     lost: list[int] = []

@@ -7,29 +7,14 @@ import dataclasses
 import gzip
 import json
 
-import pytest
-
 from runner.app import App
-from runner.aws import AwsClients
 from runner.client import TaskRunnerClient
-from runner.config import Settings
 from runner.items import serialize
 from runner.payloads import task_prefix
-from tasks import build_registry
-from tests.helpers import StreamReader, create_tasks_table
+from tests.helpers import StreamReader
+from tests.integration.test_payloads import BUCKET, papp
 
-BUCKET = "payloads-lifecycle"
-
-
-@pytest.fixture
-def papp(aws: None, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> App:
-    settings = dataclasses.replace(settings, payload_bucket=BUCKET)
-    clients = AwsClients(settings)
-    create_tasks_table(clients.dynamodb, settings.table_name)
-    clients.s3.create_bucket(Bucket=BUCKET)
-    app = App.build(settings, build_registry(["runner.local.demo_tasks"]), clients)
-    monkeypatch.setattr("runner.app.get_app", lambda: app)
-    return app
+__all__ = ["papp"]  # the fixture: an app with its payload bucket, from the payload tests
 
 
 def _objects(app: App, prefix: str) -> list[str]:
